@@ -1,0 +1,226 @@
+"""The attention math, in one place.
+
+softmax1 (Miller, "Attention Is Off By One", 2023) is softmax with an extra logit fixed at 0
+whose value vector is zero, so a head may put (almost) no weight anywhere:
+
+    softmax1(x)_i = exp(x_i) / (1 + sum_j exp(x_j))
+
+The gpt-oss learned sink generalises the fixed 0 to a learned per-head logit s_h:
+
+    sink(x)_i = exp(x_i) / (exp(s_h) + sum_j exp(x_j)),      softmax1 = sink with s_h = 0.
+
+Both equal softmax(x)_i * sigmoid(logsumexp(x) - s_h), which is what the fast path uses: a fused
+attention kernel returns the softmax output and the per-query logsumexp (lse), and the softmax1
+output is out * sigmoid(lse - s). Nothing T x T is materialised.
+
+Every variant has a plain reference (`reference_attention`) that materialises the probabilities;
+the tests compare every fast path against it in float64, values and gradients.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------------------------
+# Probability functions (materialised). All are safe for -inf (masked) entries.
+
+def sink_softmax(x: torch.Tensor, sink: torch.Tensor | float, dim: int = -1) -> torch.Tensor:
+    """exp(x_i) / (exp(sink) + sum_j exp(x_j)), stable for any finite logits and -inf entries.
+
+    `sink` broadcasts against x with `dim` reduced (keepdim). The max m = max(max_j x_j, sink) is
+    subtracted from *every* term, the sink included: exp(x - m) / (exp(sink - m) + sum exp(x - m)).
+    Subtracting the row max and then adding a plain 1 (instead of exp(sink - m)) is the classic
+    bug that caps every weight at 0.5; the tests check it is caught.
+    """
+    sink = torch.as_tensor(sink, dtype=x.dtype, device=x.device)
+    # The result does not depend on m, so m carries no gradient (as in torch.softmax).
+    m = torch.maximum(x.detach().amax(dim=dim, keepdim=True), sink.detach())
+    e = torch.exp(x - m)
+    return e / (torch.exp(sink - m) + e.sum(dim=dim, keepdim=True))
+
+
+def softmax1(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Miller's softmax1: exp(x_i) / (1 + sum_j exp(x_j)). A fully masked row gives zeros."""
+    return sink_softmax(x, 0.0, dim=dim)
+
+
+def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Plain softmax, except that a fully masked (all -inf) row gives zeros instead of NaN."""
+    m = x.detach().amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf row: any finite m
+    e = torch.exp(x - m)
+    denom = e.sum(dim=dim, keepdim=True)
+    return e / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of attention variants.
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    has_sink: bool        # a sink logit enters the normaliser
+    learned_sink: bool    # ... and it is a trainable per-head parameter
+    description: str
+
+
+VARIANTS: dict[str, Variant] = {
+    "softmax": Variant("softmax", False, False, "standard softmax attention"),
+    "softmax1": Variant("softmax1", True, False,
+                        "Miller's softmax1: an extra logit fixed at 0 with a zero value"),
+    "sink": Variant("sink", True, True,
+                    "gpt-oss learned sink: one trainable logit per head, no value vector"),
+}
+
+IMPLEMENTATIONS = ("fast", "reference")
+
+
+def get_variant(name: str) -> Variant:
+    if not isinstance(name, str) or name not in VARIANTS:
+        raise ValueError(f"unknown attention variant {name!r}; valid choices: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {impl!r}; "
+                         f"valid choices: {', '.join(IMPLEMENTATIONS)}")
+
+
+def _sink_logits(variant: Variant, sink: torch.Tensor | None, n_head: int,
+                 like: torch.Tensor) -> torch.Tensor | None:
+    """The per-head sink logit as a (H,) tensor, or None for plain softmax."""
+    if not variant.has_sink:
+        if sink is not None:
+            raise ValueError(f"attention variant {variant.name!r} takes no sink logit")
+        return None
+    if variant.learned_sink:
+        if sink is None:
+            raise ValueError("attention variant 'sink' needs a sink logit tensor of shape (H,)")
+        if sink.shape != (n_head,):
+            raise ValueError(f"sink logit must have shape ({n_head},), got {tuple(sink.shape)}")
+        return sink
+    if sink is not None:
+        raise ValueError("softmax1 fixes its sink logit at 0; pass sink=None "
+                         "(use variant 'sink' for a learned one)")
+    return torch.zeros(n_head, dtype=like.dtype, device=like.device)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference path: materialise the (T, S) probabilities.
+
+def reference_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
+                        causal: bool = True, scale: float | None = None):
+    """Plain attention that materialises the probabilities. Returns (out, probs).
+
+    q: (B, H, T, D), k and v: (B, H, S, D). out: (B, H, T, D), probs: (B, H, T, S).
+    """
+    var = get_variant(variant)
+    B, H, T, D = q.shape
+    S = k.shape[-2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = _sink_logits(var, sink, H, q)
+    att = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if causal:
+        # query t sees keys 0..t (+ S - T when keys are longer, as in SDPA's top-left alignment
+        # for S == T, the only case the model uses)
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        att = att.masked_fill(~mask, float("-inf"))
+    if s is None:
+        probs = softmax(att, dim=-1)
+    else:
+        probs = sink_softmax(att, s.to(att.dtype).view(1, H, 1, 1), dim=-1)
+    return probs @ v, probs
+
+
+# --------------------------------------------------------------------------------------------
+# Fast path: fused attention plus the exact sigmoid(lse - s) correction.
+
+class _SinkFlashCPU(torch.autograd.Function):
+    """softmax-with-sink attention on the CPU flash kernel, with an exact backward.
+
+    The kernel's logsumexp output has no autograd formula, so the backward is written here. With
+    g = sigmoid(lse - s) and out1 = out * g, the stock flash backward called with grad * g as the
+    incoming gradient, out1 in place of the output and the unmodified lse gives exactly dq, dk, dv
+    (its D = rowsum(dO * O) term then carries the lse gradient). The sink gradient is
+    ds_h = -sum_{b,t} rowsum(grad * out1) * (1 - g).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, s, causal: bool, scale: float):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, scale=scale)
+        g = torch.sigmoid(lse - s.to(lse.dtype).view(1, -1, 1))  # (B, H, T)
+        out1 = out * g.unsqueeze(-1).to(out.dtype)
+        ctx.save_for_backward(q, k, v, out1, lse, g)
+        ctx.causal, ctx.scale = causal, scale
+        return out1
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out1, lse, g = ctx.saved_tensors
+        grad = grad.contiguous()
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad * g.unsqueeze(-1).to(grad.dtype), q, k, v, out1, lse, 0.0, ctx.causal,
+            scale=ctx.scale)
+        ds = None
+        if ctx.needs_input_grad[3]:
+            acc = torch.promote_types(grad.dtype, torch.float32)  # bf16/fp16 sum in fp32
+            row = (grad.to(acc) * out1.to(acc)).sum(-1) * (1.0 - g.to(acc))  # (B, H, T)
+            ds = -row.sum(dim=(0, 2))
+        return dq, dk, dv, ds, None, None
+
+
+def _sink_sdpa_appended(q, k, v, s, causal: bool, scale: float):
+    """Device-independent exact path: append one key with logit s_h (through an additive mask)
+    and a zero value, then call SDPA with an explicit (T, S + 1) mask. Autograd handles it."""
+    B, H, T, D = q.shape
+    S = k.shape[-2]
+    zeros = q.new_zeros(B, H, 1, D)
+    k1 = torch.cat([k, zeros], dim=2)
+    v1 = torch.cat([v, zeros], dim=2)
+    bias = q.new_zeros(T, S)
+    if causal:
+        bias = bias.masked_fill(~torch.ones(T, S, dtype=torch.bool, device=q.device).tril(),
+                                float("-inf"))
+    # the appended key's logit is q . 0 * scale + bias = s_h
+    sink_col = s.to(q.dtype).view(1, H, 1, 1).expand(1, H, T, 1)
+    mask = torch.cat([bias.view(1, 1, T, S).expand(1, H, T, S), sink_col], dim=-1)
+    return F.scaled_dot_product_attention(q, k1, v1, attn_mask=mask, scale=scale)
+
+
+def _cpu_flash_ok(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16,
+                                                  torch.float16)
+
+
+def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
+                   causal: bool = True, scale: float | None = None) -> torch.Tensor:
+    """Fused attention for every variant; never materialises the probabilities in Python.
+
+    q, k, v: (B, H, T, D). Returns (B, H, T, D).
+    """
+    var = get_variant(variant)
+    B, H, T, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = _sink_logits(var, sink, H, q)
+    if s is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    if causal and k.shape[-2] != T:
+        raise ValueError("causal fast attention needs as many keys as queries")
+    if _cpu_flash_ok(q):
+        return _SinkFlashCPU.apply(q.contiguous(), k.contiguous(), v.contiguous(), s, causal, scale)
+    return _sink_sdpa_appended(q, k, v, s, causal, scale)
+
+
+def attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
+              causal: bool = True, scale: float | None = None, impl: str = "fast") -> torch.Tensor:
+    """Attention of any registered variant. q, k, v: (B, H, T, D) -> (B, H, T, D)."""
+    _check_impl(impl)
+    if impl == "fast":
+        return fast_attention(q, k, v, variant, sink, causal, scale)
+    return reference_attention(q, k, v, variant, sink, causal, scale)[0]

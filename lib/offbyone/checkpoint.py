@@ -1,0 +1,87 @@
+"""Checkpoints: the full run config, model config, weights, optimizer, step and RNG states.
+
+Written atomically (temporary file, then rename) and read with `torch.load(weights_only=True)`,
+so a checkpoint can hold tensors, numbers, strings, lists and dicts, and nothing is unpickled.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .model import GPT, GPTConfig
+
+CHECKPOINT_FORMAT = "offbyone-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt, foreign or unsafe."""
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path, *, config: dict, model_config: GPTConfig, model, optimizer, step: int,
+                    rng: dict, extra: dict | None = None) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": config,
+        "model_config": model_config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": step,
+        "rng": rng,
+        "extra": extra or {},
+    }
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read and check a checkpoint. Raises CheckpointError naming the file on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"checkpoint {path} holds objects that are not allowed "
+                              f"(refused by weights_only loading): {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an offbyone checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has version {state.get('version')}, "
+                              f"this code reads version {CHECKPOINT_VERSION}")
+    for key in ("config", "model_config", "model", "step"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}")
+    return state
+
+
+def load_model(path, map_location="cpu") -> tuple[GPT, dict]:
+    """The GPT of a checkpoint, in eval mode, and the checkpoint dict."""
+    state = load_checkpoint(path, map_location)
+    try:
+        model = GPT(GPTConfig.from_dict(state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not match the model: {e}") from None
+    return model.eval(), state

@@ -1,0 +1,189 @@
+"""A nanoGPT-style decoder: pre-LayerNorm blocks, GELU MLP, learned positions, tied embeddings.
+
+The attention variant is a config field (see `offbyone.attention.VARIANTS`). Named `nn.Identity`
+hook points let measurements attach forward hooks without touching the math:
+
+    blocks[i].attn.hook_probs     attention probabilities (B, H, T, T), reference path only
+    blocks[i].attn.hook_out       attention output before its projection, heads merged (B, T, C)
+    blocks[i].attn.hook_proj      attention output after its projection (B, T, C)
+    blocks[i].mlp.hook_hidden     MLP hidden activation after GELU (B, T, 4C)
+    blocks[i].mlp.hook_out        MLP output (B, T, C)
+    blocks[i].hook_resid          residual stream after the block (B, T, C)
+    blocks[i].ln_1 / ln_2, ln_f   LayerNorm modules (hook them directly for their outputs)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import IMPLEMENTATIONS, attention, get_variant, reference_attention
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 66
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    attention: str = "softmax"       # a name in offbyone.attention.VARIANTS
+    attention_impl: str = "fast"     # "fast" (fused kernels) or "reference" (materialised)
+    sink_init: float = 0.0           # initial logit of the learned sink (variant "sink")
+
+    def __post_init__(self):
+        get_variant(self.attention)
+        if self.attention_impl not in IMPLEMENTATIONS:
+            raise ValueError(f"attention_impl {self.attention_impl!r} is not one of "
+                             f"{', '.join(IMPLEMENTATIONS)}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown GPTConfig keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.variant = get_variant(config.attention).name
+        self.impl = config.attention_impl  # may be switched at measurement time
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        if get_variant(config.attention).learned_sink:
+            self.sink = nn.Parameter(torch.full((config.n_head,), float(config.sink_init)))
+        else:
+            self.sink = None
+        self.hook_probs = nn.Identity()
+        self.hook_out = nn.Identity()
+        self.hook_proj = nn.Identity()
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        hs = C // self.n_head
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if self.impl == "reference":
+            y, probs = reference_attention(q, k, v, self.variant, self.sink, causal=True)
+            self.hook_probs(probs)  # observed by hooks only; the output does not depend on it
+        else:
+            y = attention(q, k, v, self.variant, self.sink, causal=True, impl=self.impl)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C), heads merged
+        y = self.hook_out(y)
+        y = self.hook_proj(self.c_proj(y))
+        return self.resid_dropout(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.hook_hidden = nn.Identity()
+        self.hook_out = nn.Identity()
+
+    def forward(self, x):
+        h = self.hook_hidden(F.gelu(self.c_fc(x)))  # (B, T, 4C)
+        return self.dropout(self.hook_out(self.c_proj(h)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+        self.hook_resid = nn.Identity()
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return self.hook_resid(x)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input/output embeddings
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections into the residual stream
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def set_attention_impl(self, impl: str) -> None:
+        """Switch every attention module between "fast" and "reference" (same weights)."""
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown attention implementation {impl!r}; "
+                             f"valid choices: {', '.join(IMPLEMENTATIONS)}")
+        for block in self.blocks:
+            block.attn.impl = impl
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizer(self, weight_decay: float, lr: float, betas, device_type: str):
+        """AdamW with weight decay on matrices (dim >= 2) only, not on biases, norms or sinks."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        extra = {"fused": True} if device_type == "cuda" else {}
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)

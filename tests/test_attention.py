@@ -1,0 +1,187 @@
+"""The attention math: every fast path against its float64 reference, values and gradients."""
+import math
+
+import pytest
+import torch
+
+from offbyone.attention import (VARIANTS, _sink_sdpa_appended, attention, fast_attention,
+                                get_variant, reference_attention, sink_softmax, softmax,
+                                softmax1)
+
+F64 = torch.float64
+
+
+def _inputs(B, H, T, D, dtype=F64, seed=0, scale=1.0, sink=True):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, T, D, generator=g, dtype=dtype) * s for s in (scale, scale, 1.0))
+    s = torch.randn(H, generator=g, dtype=dtype) if sink else None
+    return [t.requires_grad_() for t in (q, k, v)], (s.requires_grad_() if sink else None)
+
+
+def _sink_for(variant, s):
+    return s if get_variant(variant).learned_sink else None
+
+
+def _grads(out, leaves, seed=1):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    return torch.autograd.grad(out, leaves, g.to(out.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# softmax1 itself
+
+def check_softmax1(fn):
+    """What any softmax1 must satisfy; used on ours and on the classic wrong one."""
+    x = torch.tensor([[5.0, 5.0, -1.0], [0.0, 0.0, 0.0], [10.0, -3.0, 2.0]], dtype=F64)
+    expected = torch.exp(x) / (1.0 + torch.exp(x).sum(-1, keepdim=True))
+    torch.testing.assert_close(fn(x), expected, rtol=1e-12, atol=1e-12)
+    # a dominant logit takes (almost) all the weight: 1 / (1 + e^-20 + ...) ~ 1, not 0.5
+    big = torch.tensor([[20.0, 0.0]], dtype=F64)
+    assert fn(big)[0, 0] > 0.999
+
+
+def buggy_softmax1(x, dim=-1):
+    """The common mistake: subtract the row max, then add a plain 1 to the denominator."""
+    e = torch.exp(x - x.amax(dim, keepdim=True))
+    return e / (1.0 + e.sum(dim, keepdim=True))
+
+
+def test_softmax1_known_values():
+    check_softmax1(softmax1)
+
+
+def test_the_classic_wrong_softmax1_is_caught():
+    with pytest.raises(AssertionError):
+        check_softmax1(buggy_softmax1)
+    # and the reason: the wrong one caps every weight at 0.5
+    x = torch.randn(100, 7, dtype=F64) * 10
+    assert buggy_softmax1(x).max() <= 0.5
+    assert softmax1(x).max() > 0.9
+
+
+def test_softmax1_is_softmax_with_an_appended_zero_logit():
+    x = torch.randn(4, 5, 9, dtype=F64) * 3
+    appended = torch.softmax(torch.cat([x, torch.zeros(4, 5, 1, dtype=F64)], -1), -1)[..., :-1]
+    torch.testing.assert_close(softmax1(x), appended, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(softmax1(x), sink_softmax(x, 0.0), rtol=0, atol=0)
+    # and softmax times sigmoid(logsumexp), the identity the fast path uses
+    lse = torch.logsumexp(x, -1, keepdim=True)
+    torch.testing.assert_close(softmax1(x), torch.softmax(x, -1) * torch.sigmoid(lse),
+                               rtol=1e-13, atol=1e-15)
+
+
+def test_softmax1_extreme_shifts():
+    x = torch.randn(3, 11, dtype=F64)
+    # +1e3: the implicit 0 logit is negligible, softmax1 == softmax
+    torch.testing.assert_close(softmax1(x + 1e3), torch.softmax(x, -1), rtol=1e-12, atol=1e-14)
+    # -1e3: every weight goes to 0 (the head abstains)
+    assert softmax1(x - 1e3).abs().max() < 1e-300
+    for shift in (1e3, -1e3, 1e30, -1e30):
+        xs = (x + shift).requires_grad_()
+        y = softmax1(xs)
+        (gx,) = torch.autograd.grad((y * torch.randn_like(y)).sum(), xs)
+        assert torch.isfinite(y).all() and torch.isfinite(gx).all()
+
+
+def test_fully_masked_rows_give_zeros_and_finite_gradients():
+    x = torch.randn(2, 4, 6, dtype=F64)
+    x[0, 1] = float("-inf")
+    x[1, :, 3:] = float("-inf")
+    for fn in (softmax1, softmax, lambda t: sink_softmax(t, torch.tensor(2.0, dtype=F64))):
+        xs = x.clone().requires_grad_()
+        y = fn(xs)
+        assert torch.equal(y[0, 1], torch.zeros(6, dtype=F64))
+        assert (y[1, :, 3:] == 0).all()
+        (gx,) = torch.autograd.grad((y * torch.randn_like(y)).sum(), xs)
+        assert torch.isfinite(y).all() and torch.isfinite(gx).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Attention: fast path against the materialising reference
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("T,D", [(1, 8), (2, 16), (17, 8), (64, 32), (128, 64), (512, 16)])
+def test_fast_matches_reference_float64(variant, T, D):
+    (q, k, v), s = _inputs(2, 3, T, D, seed=T + D)
+    sink = _sink_for(variant, s)
+    leaves = [q, k, v] + ([sink] if sink is not None else [])
+    fast = fast_attention(q, k, v, variant, sink)
+    ref, probs = reference_attention(q, k, v, variant, sink)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    for gf, gr in zip(_grads(fast, leaves), _grads(ref, leaves)):
+        torch.testing.assert_close(gf, gr, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("variant", ["softmax1", "sink"])
+def test_fast_non_causal_and_appended_key_path_match_reference(variant):
+    (q, k, v), s = _inputs(2, 2, 33, 16, seed=3)
+    sink = _sink_for(variant, s)
+    s_eff = sink if sink is not None else torch.zeros(2, dtype=F64)
+    leaves = [q, k, v] + ([sink] if sink is not None else [])
+    ref, _ = reference_attention(q, k, v, variant, sink, causal=False)
+    fast = fast_attention(q, k, v, variant, sink, causal=False)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    for causal in (True, False):
+        ref, _ = reference_attention(q, k, v, variant, sink, causal=causal)
+        app = _sink_sdpa_appended(q, k, v, s_eff, causal, 1 / math.sqrt(16))
+        torch.testing.assert_close(app, ref, rtol=1e-10, atol=1e-12)
+        for ga, gr in zip(_grads(app, leaves), _grads(ref, leaves)):
+            torch.testing.assert_close(ga, gr, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fast_float32_against_float64_reference(variant):
+    (q, k, v), s = _inputs(2, 4, 256, 32, seed=5)
+    sink = _sink_for(variant, s)
+    ref, _ = reference_attention(q, k, v, variant, sink)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    s32 = sink.detach().float().requires_grad_() if sink is not None else None
+    fast = fast_attention(q32, k32, v32, variant, s32)
+    # stated tolerance: float32 fused kernel vs float64 reference
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-4, atol=1e-5)
+    leaves64 = [q, k, v] + ([sink] if sink is not None else [])
+    leaves32 = [q32, k32, v32] + ([s32] if s32 is not None else [])
+    for g32, g64 in zip(_grads(fast, leaves32), _grads(ref, leaves64)):
+        torch.testing.assert_close(g32.double(), g64, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("scale", [30.0, 1e-3])
+def test_extreme_scores_stay_finite(variant, scale):
+    (q, k, v), s = _inputs(1, 2, 40, 16, seed=7, scale=scale)
+    sink = _sink_for(variant, s)
+    if sink is not None:
+        sink = (sink.detach() * 50).requires_grad_()
+    leaves = [q, k, v] + ([sink] if sink is not None else [])
+    fast = fast_attention(q, k, v, variant, sink)
+    ref, _ = reference_attention(q, k, v, variant, sink)
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, ref, rtol=1e-8, atol=1e-10)
+    for gf, gr in zip(_grads(fast, leaves), _grads(ref, leaves)):
+        assert torch.isfinite(gf).all()
+        torch.testing.assert_close(gf, gr, rtol=1e-6, atol=1e-8)
+
+
+def test_softmax1_is_sink_with_zero_logit_and_abstains():
+    (q, k, v), _ = _inputs(2, 3, 50, 16, seed=9, sink=False)
+    zero = torch.zeros(3, dtype=F64)
+    for impl in ("fast", "reference"):
+        a = attention(q, k, v, "softmax1", impl=impl)
+        b = attention(q, k, v, "sink", sink=zero, impl=impl)
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14)
+    _, probs = reference_attention(q, k, v, "softmax1")
+    assert (probs.sum(-1) < 1).all()          # every query keeps some mass on the sink
+    _, probs = reference_attention(q, k, v, "softmax")
+    torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))
+
+
+def test_bad_names_are_refused_with_the_choices():
+    (q, k, v), s = _inputs(1, 2, 4, 8, sink=True)
+    with pytest.raises(ValueError, match="softmax, softmax1, sink"):
+        attention(q, k, v, "softmax2")
+    with pytest.raises(ValueError, match="fast, reference"):
+        attention(q, k, v, "softmax", impl="flash")
+    with pytest.raises(ValueError, match="needs a sink logit"):
+        attention(q, k, v, "sink")
+    with pytest.raises(ValueError, match="fixes its sink logit at 0"):
+        attention(q, k, v, "softmax1", sink=s)
