@@ -113,12 +113,11 @@ def _sink_logits(variant: Variant, sink: torch.Tensor | None, n_head: int,
 # --------------------------------------------------------------------------------------------
 # Reference path: materialise the (T, S) probabilities.
 
-def reference_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
-                        causal: bool = True, scale: float | None = None):
-    """Plain attention that materialises the probabilities. Returns (out, probs).
+def attention_probs(q, k, variant: str = "softmax", sink: torch.Tensor | None = None,
+                    causal: bool = True, scale: float | None = None) -> torch.Tensor:
+    """The materialised attention probabilities (B, H, T, S) of q (B, H, T, D), k (B, H, S, D).
 
-    q: (B, H, T, D), k and v: (B, H, S, D). out: (B, H, T, D), probs: (B, H, T, S).
-    """
+    Causal means query t sees keys 0..t (top-left aligned, as SDPA's is_causal)."""
     var = get_variant(variant)
     B, H, T, D = q.shape
     S = k.shape[-2]
@@ -126,14 +125,20 @@ def reference_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | 
     s = _sink_logits(var, sink, H, q)
     att = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
     if causal:
-        # query t sees keys 0..t (+ S - T when keys are longer, as in SDPA's top-left alignment
-        # for S == T, the only case the model uses)
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
         att = att.masked_fill(~mask, float("-inf"))
     if s is None:
-        probs = softmax(att, dim=-1)
-    else:
-        probs = sink_softmax(att, s.to(att.dtype).view(1, H, 1, 1), dim=-1)
+        return softmax(att, dim=-1)
+    return sink_softmax(att, s.to(att.dtype).view(1, H, 1, 1), dim=-1)
+
+
+def reference_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
+                        causal: bool = True, scale: float | None = None):
+    """Plain attention that materialises the probabilities. Returns (out, probs).
+
+    q: (B, H, T, D), k and v: (B, H, S, D). out: (B, H, T, D), probs: (B, H, T, S).
+    """
+    probs = attention_probs(q, k, variant, sink, causal, scale)
     return probs @ v, probs
 
 

@@ -3,6 +3,7 @@
 The attention variant is a config field (see `offbyone.attention.VARIANTS`). Named `nn.Identity`
 hook points let measurements attach forward hooks without touching the math:
 
+    hook_embed                    token plus position embedding (B, T, C)
     blocks[i].attn.hook_probs     attention probabilities (B, H, T, T), reference path only
     blocks[i].attn.hook_out       attention output before its projection, heads merged (B, T, C)
     blocks[i].attn.hook_proj      attention output after its projection (B, T, C)
@@ -20,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import IMPLEMENTATIONS, attention, get_variant, reference_attention
+from .attention import IMPLEMENTATIONS, attention, attention_probs, get_variant
 
 
 @dataclass
@@ -86,8 +87,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         if self.impl == "reference":
-            y, probs = reference_attention(q, k, v, self.variant, self.sink, causal=True)
-            self.hook_probs(probs)  # observed by hooks only; the output does not depend on it
+            probs = self.hook_probs(attention_probs(q, k, self.variant, self.sink))  # (B, nh, T, T)
+            y = probs @ v  # through the hook point, so a quantizer put there acts on the output
         else:
             y = attention(q, k, v, self.variant, self.sink, causal=True, impl=self.impl)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C), heads merged
@@ -132,6 +133,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
+        self.hook_embed = nn.Identity()
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -168,7 +170,7 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.drop(self.hook_embed(self.wte(idx) + self.wpe(pos)))  # (B, T, C)
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)

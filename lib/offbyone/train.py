@@ -245,7 +245,8 @@ def train(cfg: TrainConfig | dict, on_step=None) -> dict:
                 save_checkpoint(last_ckpt, config=cfg.to_dict(), model_config=mconf,
                                 model=raw_model, optimizer=optimizer, step=done, rng=rng,
                                 extra={"elapsed_s": elapsed, "val_loss": val_loss,
-                                       "world_size": world, "data_dir": str(data_dir)})
+                                       "world_size": world,
+                                       "data_dir": str(Path(data_dir).resolve())})
             if world > 1:
                 dist.barrier()
         bar.update(1)

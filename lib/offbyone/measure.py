@@ -1,0 +1,205 @@
+"""Measure a checkpoint end to end and write one tidy JSON beside it.
+
+    python -m offbyone.measure runs/4l_softmax1/ckpt_001500.pt [--force] [--set key=value ...]
+
+Losses (validation and test, nats and bits per token), activation outliers per module (kurtosis,
+inf-norm, outlier positions), weight kurtosis, attention statistics per layer and head (at the
+model's context and at T = 64 for the sink rate), and the post-training quantization sweep.
+The results go to `<checkpoint>.metrics.json`; a measured checkpoint is skipped unless forced.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_model
+from .config import ConfigError
+from .data import CorpusError, TokenData, prepare
+from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
+                      kurtosis, loss_on, summarize_activations, token_classes, weight_kurtosis)
+from .provenance import provenance
+from .quant import DEFAULT_SWEEP, sweep
+from .train import pick_device
+
+RESULTS_FORMAT = "offbyone-metrics"
+RESULTS_VERSION = 1
+
+
+@dataclass
+class MeasureConfig:
+    act_seqs: int = 64           # validation windows for activation and attention statistics
+    loss_seqs: int = 256         # validation (and test) windows for losses and quantization
+    calib_batches: int = 16      # calibration batches from the training split
+    calib_batch_size: int = 32
+    bit_widths: tuple = DEFAULT_SWEEP
+    weight_granularity: str = "tensor"
+    weight_method: str = "minmax"
+    act_method: str = "minmax"
+    seed: int = 0                # the fixed evaluation windows: the same for every checkpoint
+    threads: int = 0
+    device: str = "auto"         # auto (cuda, mps, cpu), or one of them
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "bit_widths":
+                ok = (isinstance(v, (list, tuple)) and v and all(
+                    isinstance(p, (list, tuple)) and len(p) == 2 and
+                    all(isinstance(b, int) and 2 <= b <= 16 for b in p) for p in v))
+                if not ok:
+                    raise ConfigError(f"bit_widths must be a list of [wbits, abits] pairs of "
+                                      f"integers from 2 to 16, got {v!r}")
+                self.bit_widths = tuple(tuple(p) for p in v)
+            elif f.type in ("int", int):
+                if not isinstance(v, int) or isinstance(v, bool) or v < (0 if f.name in ("seed", "threads") else 1):
+                    raise ConfigError(f"{f.name} must be a positive integer, got {v!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, mps")
+        choices = {"weight_granularity": ("tensor", "channel"),
+                   "weight_method": ("minmax", "mse"), "act_method": ("minmax", "percentile")}
+        for k, valid in choices.items():
+            if getattr(self, k) not in valid:
+                raise ConfigError(f"{k} {getattr(self, k)!r} is not one of {', '.join(valid)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MeasureConfig":
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise ConfigError(f"unknown measurement key(s) {', '.join(map(repr, unknown))}; "
+                              f"valid keys: {', '.join(known)}")
+        return cls(**d)
+
+
+def results_path(checkpoint) -> Path:
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".metrics.json")
+
+
+def _windows(data: TokenData, split: str, n: int, T: int, bos: bool, seed: int, device):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(t.to(device) for t in data.get_batch(split, n, T, g, bos))
+
+
+def _data_for(state: dict) -> TokenData:
+    cfg = state["config"]
+    data_dir = Path(state.get("extra", {}).get("data_dir", ""))
+    if data_dir.is_absolute() and (data_dir / "meta.json").exists():
+        return TokenData(data_dir)
+    return TokenData(prepare(cfg["corpus"], cfg["data_root"], verbose=False))
+
+
+def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool = False,
+            verbose: bool = True) -> dict:
+    """Measure `checkpoint`, write `<checkpoint>.metrics.json` and return the results."""
+    mc = MeasureConfig.from_dict(config) if isinstance(config, dict) else (config or MeasureConfig())
+    out = results_path(checkpoint)
+    if out.exists() and not force:
+        try:
+            old = json.loads(out.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if (old.get("format") == RESULTS_FORMAT and old.get("version") == RESULTS_VERSION
+                and old.get("measure_config") == _jsonable(asdict(mc))):
+            if verbose:
+                print(f"{out} exists; skipping (force to measure again)")
+            return old
+    t0 = time.perf_counter()
+    if mc.threads:
+        torch.set_num_threads(mc.threads)
+    device = pick_device(mc.device)
+    model, state = load_model(checkpoint)
+    model = model.float().eval().to(device)
+    cfg = state["config"]
+    data = _data_for(state)
+    T, bos = model.config.block_size, cfg["bos"]
+    classes = {k: v.to(device) for k, v in
+               token_classes(data.itos, data.bos_id if bos else None).items()}
+
+    def log(msg):
+        if verbose:
+            print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+
+    val_x, val_y = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
+    test_x, test_y = _windows(data, "test", mc.loss_seqs, T, bos, mc.seed + 1, device)
+    act_x = val_x[: mc.act_seqs]
+    log(f"measuring {checkpoint} ({cfg['attention']}, seed {cfg['seed']}, step {state['step']})")
+    val_loss, test_loss = loss_on(model, val_x, val_y), loss_on(model, test_x, test_y)
+    log(f"losses: val {val_loss:.4f}, test {test_loss:.4f}")
+    acts = activation_statistics(model, act_x, classes)
+    summary = summarize_activations(acts["modules"])
+    log(f"activations: avg kurtosis {summary['all']['avg_kurtosis']:.2f}, "
+        f"max inf-norm {summary['all']['max_inf_norm']:.2f}")
+    attn = attention_statistics(model, act_x, classes)
+    sink_T = min(SINK_T, T)
+    attn64 = attention_statistics(model, act_x[:, :sink_T], classes)
+    log(f"attention: sink rate (T={sink_T}) {attn64['sink_rate']:.3f}, "
+        f"mean abstention {attn['mean_abstention']:.3f}")
+    wk = weight_kurtosis(model)
+    g = torch.Generator().manual_seed(mc.seed + 2)
+    calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
+             for _ in range(mc.calib_batches)]
+    quant = sweep(model, calib, val_x, val_y, mc.bit_widths, fp_loss=val_loss,
+                  weight_granularity=mc.weight_granularity, weight_method=mc.weight_method,
+                  act_method=mc.act_method)
+    log("quantization: " + ", ".join(f"{r['config']} gap {r['gap']:+.4f}" for r in quant))
+    wall = time.perf_counter() - t0
+    results = {
+        "format": RESULTS_FORMAT, "version": RESULTS_VERSION,
+        "checkpoint": str(checkpoint), "variant": cfg["attention"], "seed": cfg["seed"],
+        "step": state["step"], "max_steps": cfg["max_steps"], "config": cfg,
+        "measure_config": _jsonable(asdict(mc)),
+        "losses": {"val": val_loss, "test": test_loss, "val_bits_per_token": bits_per_token(val_loss),
+                   "test_bits_per_token": bits_per_token(test_loss), "tokenizer": data.meta["tokenizer"]},
+        "activations": summary, "modules": acts["modules"], "base_rates": acts["base_rates"],
+        "weights": {"kurtosis": wk, "avg_kurtosis": sum(wk.values()) / len(wk),
+                    "max_kurtosis": max(wk.values())},
+        "attention": attn, "attention_T64": attn64,
+        "quant": quant,
+        "quant_notes": "fake quant; weights symmetric, activations asymmetric per tensor with "
+                       "static calibrated ranges; final LayerNorm and LM head in full precision",
+        "provenance": {**provenance(device), "measure_wall_s": wall,
+                       "train_wall_s": state.get("extra", {}).get("elapsed_s")},
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, out)
+    log(f"wrote {out} in {wall:.1f}s")
+    return results
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d))
+
+
+def main(argv=None):
+    import yaml
+    ap = argparse.ArgumentParser(description="Measure outliers, sinks and quantization of checkpoints.")
+    ap.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt)")
+    ap.add_argument("--force", action="store_true", help="measure again even if done")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help=f"measurement options: {', '.join(f.name for f in fields(MeasureConfig))}")
+    args = ap.parse_args(argv)
+    try:
+        overrides = {}
+        for item in args.set:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            k, v = item.split("=", 1)
+            overrides[k] = yaml.safe_load(v)
+        mc = MeasureConfig.from_dict(overrides)
+        for ckpt in args.checkpoints:
+            measure(ckpt, mc, force=args.force)
+    except (ConfigError, CheckpointError, CorpusError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Outliers, attention sinks and losses of a trained GPT, with the literature's definitions.
+
+Definitions (Bondarenko et al. 2023; Gu et al. 2025; see the paper's methods section):
+- kurtosis: Pearson, non-excess (a Gaussian gives 3), mu4 / (sigma^4 + eps), per sequence over the
+  flattened T x d values of a module's output, averaged over the evaluation sequences;
+- inf-norm: per-sequence max |x| of a module's output, averaged over sequences;
+- outlier: a value more than 6 standard deviations from its (per-sequence) tensor's mean;
+- sink rate: share of heads whose mean attention on the first position, averaged over queries,
+  exceeds 0.3 at T = 64; the uniform causal baseline of that mean is H_T / T.
+
+Statistics are streamed batch by batch through forward hooks: nothing like the whole activation
+history is kept.
+"""
+from __future__ import annotations
+
+import math
+import string
+from collections import defaultdict
+
+import torch
+
+KURTOSIS_EPS = 1e-12
+OUTLIER_SIGMAS = 6.0
+SINK_THRESHOLD = 0.3
+SINK_T = 64
+DELIMITERS = set(string.whitespace) | set(string.punctuation)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float64 for accumulating statistics (float32 on MPS, which has no float64)."""
+    return x.detach().to(torch.float32 if x.device.type == "mps" else torch.float64)
+
+
+def kurtosis(x: torch.Tensor, dim=None, eps: float = KURTOSIS_EPS) -> torch.Tensor:
+    """Pearson (non-excess) kurtosis mu4 / (sigma^4 + eps) over `dim` (all elements if None)."""
+    x = _wide(x)
+    if dim is None:
+        x, dim = x.flatten(), 0
+    c = x - x.mean(dim=dim, keepdim=True)
+    var = c.pow(2).mean(dim=dim)
+    return c.pow(4).mean(dim=dim) / (var.pow(2) + eps)
+
+
+def uniform_first_position_mass(T: int) -> float:
+    """Mean over queries t = 1..T of 1/t: the first-position attention of uniform causal heads."""
+    return sum(1.0 / t for t in range(1, T + 1)) / T
+
+
+def token_classes(itos: list[str], bos_id: int | None) -> dict[str, torch.Tensor]:
+    """Boolean masks over the vocabulary: 'delimiter' (whitespace or punctuation) and 'bos'."""
+    delim = torch.tensor([(s in DELIMITERS) for s in itos], dtype=torch.bool)
+    bos = torch.zeros(len(itos), dtype=torch.bool)
+    if bos_id is not None:
+        bos[bos_id] = True
+        delim[bos_id] = False
+    return {"delimiter": delim, "bos": bos}
+
+
+def activation_modules(model) -> dict[str, torch.nn.Module]:
+    """The measured module outputs, by name ('blocks.{i}.{kind}' and 'embed', 'ln_f')."""
+    mods = {"embed": model.hook_embed}
+    for i, b in enumerate(model.blocks):
+        mods.update({f"blocks.{i}.ln_1": b.ln_1, f"blocks.{i}.attn_out": b.attn.hook_out,
+                     f"blocks.{i}.attn_proj": b.attn.hook_proj, f"blocks.{i}.ln_2": b.ln_2,
+                     f"blocks.{i}.mlp_hidden": b.mlp.hook_hidden,
+                     f"blocks.{i}.mlp_out": b.mlp.hook_out, f"blocks.{i}.resid": b.hook_resid})
+    mods["ln_f"] = model.ln_f
+    return mods
+
+
+def module_kind(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+class _ActivationStats:
+    """Streaming per-module statistics of (B, T, d) outputs."""
+
+    def __init__(self):
+        self.n_seq = 0
+        self.kurt_sum = 0.0
+        self.inf_sum = 0.0
+        self.max_abs = 0.0
+        self.n_values = 0
+        self.n_outliers = 0
+        self.out_delim = 0
+        self.out_pos0 = 0
+        self.out_bos = 0
+        self.dim_counts = None
+
+    def update(self, x: torch.Tensor, delim: torch.Tensor, bos: torch.Tensor):
+        x = _wide(x)                                              # (B, T, d)
+        B, T, d = x.shape
+        flat = x.reshape(B, -1)
+        mean = flat.mean(1, keepdim=True)
+        c = flat - mean
+        var = c.pow(2).mean(1)
+        self.kurt_sum += (c.pow(4).mean(1) / (var.pow(2) + KURTOSIS_EPS)).sum().item()
+        self.inf_sum += flat.abs().amax(1).sum().item()
+        self.max_abs = max(self.max_abs, flat.abs().max().item())
+        self.n_seq += B
+        self.n_values += flat.numel()
+        out = (c.abs() > OUTLIER_SIGMAS * var.sqrt().unsqueeze(1)).reshape(B, T, d)
+        self.n_outliers += int(out.sum())
+        per_pos = out.sum(-1)                                     # (B, T)
+        self.out_delim += int(per_pos[delim].sum())
+        self.out_bos += int(per_pos[bos].sum())
+        self.out_pos0 += int(per_pos[:, 0].sum())
+        dims = out.sum((0, 1)).long().cpu()
+        self.dim_counts = dims if self.dim_counts is None else self.dim_counts + dims
+
+    def result(self, top_dims: int = 5) -> dict:
+        n = max(self.n_outliers, 1)
+        top = []
+        if self.dim_counts is not None and self.n_outliers:
+            counts, idx = self.dim_counts.topk(min(top_dims, len(self.dim_counts)))
+            top = [[int(i), int(c)] for i, c in zip(idx, counts) if c > 0]
+        return {"kurtosis": self.kurt_sum / self.n_seq, "inf_norm": self.inf_sum / self.n_seq,
+                "max_abs": self.max_abs, "n_outliers": self.n_outliers,
+                "outlier_rate": self.n_outliers / max(self.n_values, 1),
+                "outlier_share_delimiter": self.out_delim / n if self.n_outliers else None,
+                "outlier_share_pos0": self.out_pos0 / n if self.n_outliers else None,
+                "outlier_share_bos": self.out_bos / n if self.n_outliers else None,
+                "outlier_top_dims": top}
+
+
+@torch.no_grad()
+def activation_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: int = 16) -> dict:
+    """Per-module kurtosis, inf-norm and outlier positions over the sequences `seqs` (N, T)."""
+    stats = defaultdict(_ActivationStats)
+    current = {}
+    handles = []
+    for name, mod in activation_modules(model).items():
+        def hook(m, i, o, name=name):
+            stats[name].update(o, current["delim"], current["bos"])
+        handles.append(mod.register_forward_hook(hook))
+    n_pos = n_delim = n_bos = 0
+    try:
+        for s in range(0, len(seqs), batch_size):
+            x = seqs[s:s + batch_size]
+            current["delim"] = classes["delimiter"][x]
+            current["bos"] = classes["bos"][x]
+            n_pos += x.numel()
+            n_delim += int(current["delim"].sum())
+            n_bos += int(current["bos"].sum())
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = {name: st.result() for name, st in stats.items()}
+    T = seqs.shape[1]
+    return {"modules": modules,
+            "base_rates": {"delimiter": n_delim / n_pos, "pos0": 1.0 / T, "bos": n_bos / n_pos}}
+
+
+def summarize_activations(modules: dict) -> dict:
+    """The literature's aggregates over modules, overall and per module kind."""
+    def agg(names):
+        k = [modules[n]["kurtosis"] for n in names]
+        inf = [modules[n]["inf_norm"] for n in names]
+        n_out = sum(modules[n]["n_outliers"] for n in names)
+
+        def share(key):
+            if not n_out:
+                return None
+            return sum((modules[n][key] or 0) * modules[n]["n_outliers"] for n in names) / n_out
+        imax = max(range(len(names)), key=lambda i: k[i])
+        jmax = max(range(len(names)), key=lambda i: inf[i])
+        return {"avg_kurtosis": sum(k) / len(k), "max_kurtosis": k[imax],
+                "max_kurtosis_module": names[imax], "max_inf_norm": inf[jmax],
+                "max_inf_norm_module": names[jmax],
+                "avg_inf_norm": sum(inf) / len(inf), "n_outliers": n_out,
+                "outlier_share_delimiter": share("outlier_share_delimiter"),
+                "outlier_share_pos0": share("outlier_share_pos0"),
+                "outlier_share_bos": share("outlier_share_bos")}
+    names = sorted(modules)
+    kinds = defaultdict(list)
+    for n in names:
+        kinds[module_kind(n)].append(n)
+    return {"all": agg(names), "by_kind": {k: agg(v) for k, v in kinds.items()}}
+
+
+@torch.no_grad()
+def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: int = 16) -> dict:
+    """Per layer and head: mean attention on the first position and on delimiter keys, and the
+    abstention mass 1 - sum of weights (non-zero only for sink variants). Means are over all
+    queries of all sequences. Needs the reference path (materialised probabilities)."""
+    old_impl = model.blocks[0].attn.impl
+    model.set_attention_impl("reference")
+    L, H = len(model.blocks), model.config.n_head
+    sums = {k: torch.zeros(L, H, dtype=torch.float64)
+            for k in ("first", "delimiter", "abstain", "first_late")}
+    current, count = {}, {"n": 0}
+    handles = []
+    for li, b in enumerate(model.blocks):
+        def hook(m, i, p, li=li):
+            p = _wide(p)                                            # (B, H, T, T)
+            T = p.shape[-1]
+            sums["first"][li] += p[..., 0].mean(-1).sum(0).cpu()
+            sums["first_late"][li] += p[:, :, T // 2:, 0].mean(-1).sum(0).cpu()
+            key_delim = current["delim"].to(p.dtype)[:, None, None, :]  # (B, 1, 1, T)
+            sums["delimiter"][li] += (p * key_delim).sum(-1).mean(-1).sum(0).cpu()
+            sums["abstain"][li] += (1.0 - p.sum(-1)).mean(-1).sum(0).cpu()
+        handles.append(b.attn.hook_probs.register_forward_hook(hook))
+    try:
+        for s in range(0, len(seqs), batch_size):
+            x = seqs[s:s + batch_size]
+            current["delim"] = classes["delimiter"][x]
+            count["n"] += len(x)
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.set_attention_impl(old_impl)
+    mean = {k: (v / count["n"]) for k, v in sums.items()}
+    T = seqs.shape[1]
+    first = mean["first"]
+    return {"T": T,
+            "first_position": first.tolist(),
+            "first_position_late_queries": mean["first_late"].tolist(),
+            "delimiter": mean["delimiter"].tolist(),
+            "abstention": mean["abstain"].tolist(),
+            "mean_first_position": first.mean().item(),
+            "max_head_first_position": first.max().item(),
+            "mean_abstention": mean["abstain"].mean().item(),
+            "mean_delimiter": mean["delimiter"].mean().item(),
+            "uniform_first_position": uniform_first_position_mass(T),
+            "sink_rate": (first > SINK_THRESHOLD).double().mean().item(),
+            "sink_threshold": SINK_THRESHOLD}
+
+
+@torch.no_grad()
+def loss_on(model, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int = 32) -> float:
+    """Mean next-token cross-entropy (nats) over (N, T) windows."""
+    total, n = 0.0, 0
+    for s in range(0, len(seqs), batch_size):
+        _, loss = model(seqs[s:s + batch_size], targets[s:s + batch_size])
+        k = targets[s:s + batch_size].numel()
+        total += loss.item() * k
+        n += k
+    return total / n
+
+
+def weight_kurtosis(model) -> dict:
+    """Pearson kurtosis of every weight matrix (parameters with 2 or more dimensions)."""
+    return {n: kurtosis(p.detach()).item() for n, p in model.named_parameters() if p.dim() >= 2}
+
+
+def bits_per_token(loss_nats: float) -> float:
+    return loss_nats / math.log(2)

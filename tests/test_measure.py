@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from offbyone.config import ConfigError
+from offbyone.measure import MeasureConfig, measure, results_path
+from offbyone.train import train
+
+from conftest import tiny_train_config
+
+SMALL = dict(act_seqs=4, loss_seqs=8, calib_batches=2, calib_batch_size=4,
+             bit_widths=[[8, 8], [4, 4]])
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_corpus, tiny_data):
+    out = {}
+    for variant in ("softmax", "sink"):
+        tmp = tmp_path_factory.mktemp(variant)
+        cfg = tiny_train_config(tmp, tiny_corpus, tiny_data.parent, attention=variant,
+                                max_steps=10, bos=True, checkpoint_fractions=[1.0])
+        out[variant] = train(cfg)["final_checkpoint"]
+    return out
+
+
+@pytest.mark.parametrize("variant", ["softmax", "sink"])
+def test_measure_writes_one_tidy_file(checkpoints, variant):
+    r = measure(checkpoints[variant], SMALL, verbose=False)
+    path = results_path(checkpoints[variant])
+    assert json.loads(path.read_text()) == r
+    assert r["variant"] == variant and r["step"] == 10 and r["config"]["bos"] is True
+    assert set(r["losses"]) >= {"val", "test", "val_bits_per_token", "test_bits_per_token"}
+    assert r["activations"]["all"]["avg_kurtosis"] > 1
+    assert len(r["attention"]["first_position"]) == 2          # layers
+    assert len(r["attention"]["first_position"][0]) == 2       # heads
+    assert r["attention_T64"]["T"] == 16                        # capped at the model's context
+    abst = r["attention"]["mean_abstention"]
+    assert (abst > 0) if variant == "sink" else (abs(abst) < 1e-6)
+    assert [q["config"] for q in r["quant"]] == ["W8A8", "W4A4"]
+    assert r["quant"][0]["fp_loss"] == r["losses"]["val"]
+    assert r["provenance"]["git_sha"] and r["provenance"]["measure_wall_s"] > 0
+    # with a BOS token, position 0 is the BOS: the shares agree
+    a = r["activations"]["all"]
+    if a["n_outliers"]:
+        assert a["outlier_share_bos"] == pytest.approx(a["outlier_share_pos0"])
+
+
+def test_measured_checkpoint_is_skipped_unless_forced(checkpoints):
+    ckpt = checkpoints["softmax"]
+    first = measure(ckpt, SMALL, verbose=False)
+    mtime = results_path(ckpt).stat().st_mtime_ns
+    assert measure(ckpt, SMALL, verbose=False) == first
+    assert results_path(ckpt).stat().st_mtime_ns == mtime
+    again = measure(ckpt, SMALL, force=True, verbose=False)
+    assert results_path(ckpt).stat().st_mtime_ns != mtime
+    assert again["losses"] == first["losses"]                  # deterministic evaluation set
+    assert again["quant"][0]["gap"] == first["quant"][0]["gap"]
+
+
+def test_bad_measure_options():
+    with pytest.raises(ConfigError, match="unknown measurement key.*'act_seq'"):
+        MeasureConfig.from_dict({"act_seq": 3})
+    with pytest.raises(ConfigError, match="bit_widths"):
+        MeasureConfig.from_dict({"bit_widths": [[8]]})
+    with pytest.raises(ConfigError, match="tensor, channel"):
+        MeasureConfig.from_dict({"weight_granularity": "row"})
