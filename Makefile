@@ -14,14 +14,25 @@ TORCH_CPU_PIP_ARGS ?=
 TORCH_GPU_PIP_ARGS ?=
 PYTEST_ARGS        ?=
 
-.PHONY: help setup test test-all data clean
+PDF      := build/paper/offbyone.pdf
+TEX_PKGS := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended lmodern \
+            latexmk texlive-latex-extra
+# The profile: gpu where CUDA is usable, else cpu (PROFILE=smoke|cpu|gpu overrides).
+DETECT_PROFILE = $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)
+
+.PHONY: help setup test test-all data reproduce pipeline figures paper tex lab clean
 
 help:
+	@echo "make reproduce  everything: set-up, data, every run of the profile, measurement,"
+	@echo "                figures, tables and the paper ($(PDF)); PROFILE=smoke|cpu|gpu"
 	@echo "make test       the fast test suite (sets itself up on first use)"
 	@echo "make test-all   the fast and the slow tests"
 	@echo "make data       prepare the Shakespeare corpus (data/shakespeare_char)"
+	@echo "make figures    tables, figures and macros from existing results (PROFILE=...)"
+	@echo "make paper      rebuild the PDF from the existing generated inputs"
+	@echo "make lab        open JupyterLab on notebooks/ (installs it on first use)"
 	@echo "make setup      create $(VENV) and install everything"
-	@echo "make clean      remove runs and build outputs (keeps $(VENV) and data)"
+	@echo "make clean      remove runs, results and build outputs (keeps $(VENV) and data)"
 
 setup: $(STAMP)
 
@@ -47,5 +58,73 @@ test-all: $(STAMP)
 data: $(STAMP)
 	$(PY) -m offbyone.data --corpus shakespeare --data-root data
 
+# ------------------------------------------------------------------------------------------
+# The pipeline. `reproduce` and `figures` call make again once the environment exists, so that
+# the profile's run list can be read from configs/$(PROFILE).yaml by the package itself.
+
+reproduce: $(STAMP) tex
+	@$(MAKE) --no-print-directory PIPELINE=1 PROFILE=$(or $(PROFILE),$(DETECT_PROFILE)) pipeline
+
+figures: $(STAMP)
+	$(eval P := $(or $(PROFILE),$(DETECT_PROFILE)))
+	$(PY) -m offbyone.pipeline nb report notebooks/04_report.ipynb build/$(P)/notebooks/04_report.ipynb -p profile $(P)
+
+paper: $(STAMP) tex
+	@test -f paper/generated/macros.tex || { echo "paper/generated/macros.tex is missing: run make reproduce (or make figures) first"; exit 1; }
+	@$(MAKE) --no-print-directory $(PDF)
+
+tex:
+	@if ! command -v latexmk >/dev/null 2>&1 || ! kpsewhich cleveref.sty >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing TeX Live from Debian packages (about 2 minutes)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEX_PKGS) poppler-utils; \
+	  else \
+	    echo "TeX Live is missing. Install: $(TEX_PKGS) (Debian/Ubuntu names), or a TeX distribution with latexmk, booktabs, cleveref and natbib"; exit 1; \
+	  fi; \
+	fi
+
+ifdef PIPELINE
+RUNS   := $(shell $(PY) -m offbyone.pipeline runs $(PROFILE))
+ifeq ($(RUNS),)
+$(error could not read the runs of profile '$(PROFILE)' (see the message above))
+endif
+NB      := build/$(PROFILE)/notebooks
+TIMINGS := build/$(PROFILE)/timings.jsonl
+RUN_NB   = $(PY) -m offbyone.pipeline nb $(1) notebooks/$(2).ipynb $@ --timings $(TIMINGS)
+variant  = $(firstword $(subst -s, ,$(1)))
+seed     = $(lastword $(subst -s, ,$(1)))
+
+pipeline: $(PDF)
+	@echo "paper: $(PDF) (profile $(PROFILE))"
+
+report: $(NB)/04_report.ipynb
+
+$(NB)/01_prepare_data.ipynb: configs/$(PROFILE).yaml
+	$(call RUN_NB,data,01_prepare_data) -p corpus "$$($(PY) -c 'from offbyone.pipeline import load_profile; print(load_profile("$(PROFILE)")["train"].get("corpus", "shakespeare"))')"
+
+$(NB)/02_train-%.ipynb: $(NB)/01_prepare_data.ipynb configs/$(PROFILE).yaml
+	$(call RUN_NB,train,02_train) -p profile $(PROFILE) -p variant $(call variant,$*) -p seed $(call seed,$*)
+
+$(NB)/03_measure-%.ipynb: $(NB)/02_train-%.ipynb
+	$(call RUN_NB,measure,03_measure) -p profile $(PROFILE) -p variant $(call variant,$*) -p seed $(call seed,$*)
+
+$(NB)/04_report.ipynb: $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb)
+	$(call RUN_NB,report,04_report) -p profile $(PROFILE)
+
+$(PDF): $(NB)/04_report.ipynb
+endif
+
+$(PDF): paper/main.tex paper/refs.bib $(wildcard paper/generated/*.tex paper/generated/*/*)
+	@mkdir -p build/paper/latex
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error \
+	  -outdir=../build/paper/latex main.tex > ../build/paper/latex.log 2>&1 || \
+	  { tail -40 ../build/paper/latex.log; exit 1; }
+	cp build/paper/latex/main.pdf $@.tmp && mv $@.tmp $@
+
+lab: $(STAMP)
+	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q -e ".[lab]"
+	$(VENV)/bin/jupyter lab notebooks/
+
 clean:
 	rm -rf runs build paper/generated .pytest_cache
+	find results -mindepth 1 -maxdepth 1 ! -name gpu -exec rm -rf {} + 2>/dev/null || true

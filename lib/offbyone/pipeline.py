@@ -1,0 +1,234 @@
+"""The study's plumbing: profiles, run folders, and notebook parameter checks.
+
+A profile (`configs/<name>.yaml`) names the variants, seeds, training config and measurement
+options of one run of the whole study:
+
+    description: ...
+    variants: [softmax, softmax1]
+    seeds: [0, 1, 2]
+    train: {TrainConfig keys}
+    measure: {MeasureConfig keys}
+
+    python -m offbyone.pipeline runs cpu      # the run names, for the Makefile
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from .attention import VARIANTS
+from .config import ConfigError, TrainConfig
+from .measure import MeasureConfig
+
+PROFILE_KEYS = ("description", "variants", "seeds", "train", "measure")
+RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The repository root: the first folder upward holding configs/ and lib/offbyone/."""
+    here = Path(start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "configs").is_dir() and (p / "lib" / "offbyone").is_dir():
+            return p
+    return Path(__file__).resolve().parents[2]
+
+
+def profile_path(profile: str) -> Path:
+    path = repo_root() / "configs" / f"{profile}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in (repo_root() / "configs").glob("*.yaml")
+                       if "variants" in (yaml.safe_load(p.read_text()) or {}))
+        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(names)}")
+    return path
+
+
+def load_profile(profile: str) -> dict:
+    path = profile_path(profile)
+    prof = yaml.safe_load(path.read_text()) or {}
+    unknown = [k for k in prof if k not in PROFILE_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(PROFILE_KEYS)}")
+    for k in ("variants", "seeds"):
+        if not isinstance(prof.get(k), list) or not prof[k]:
+            raise ConfigError(f"{path}: {k} must be a non-empty list")
+    bad = [v for v in prof["variants"] if v not in VARIANTS]
+    if bad:
+        raise ConfigError(f"{path}: unknown variant(s) {bad}; valid choices: {', '.join(VARIANTS)}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in prof["seeds"]):
+        raise ConfigError(f"{path}: seeds must be non-negative integers")
+    train = prof.get("train") or {}
+    fixed = [k for k in RUN_FIXED_KEYS if k in train]
+    if fixed:
+        raise ConfigError(f"{path}: train may not set {fixed}; each run sets them")
+    TrainConfig.from_dict(train)                       # validates every key now
+    MeasureConfig.from_dict(prof.get("measure") or {})
+    prof["name"] = profile
+    prof["train"], prof["measure"] = train, prof.get("measure") or {}
+    return prof
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant}-s{seed}"
+
+
+def run_dir(profile: str, variant: str, seed: int, runs_root: str = "runs") -> Path:
+    return repo_root() / runs_root / profile / run_name(variant, seed)
+
+
+def run_config(profile: str, variant: str, seed: int, overrides: dict | None = None,
+               runs_root: str = "runs") -> TrainConfig:
+    """The TrainConfig of one run of a profile (paths made absolute from the repo root)."""
+    prof = load_profile(profile)
+    if variant not in prof["variants"]:
+        raise ConfigError(f"variant {variant!r} is not in profile {profile!r}: "
+                          f"{', '.join(prof['variants'])}")
+    d = dict(prof["train"])
+    d.update(overrides or {})
+    d.update(out_dir=str(run_dir(profile, variant, seed, runs_root)), attention=variant, seed=seed)
+    root = repo_root()
+    d["data_root"] = str(root / d.get("data_root", "data"))
+    return TrainConfig.from_dict(d)
+
+
+def runs(profile: str) -> list[tuple[str, int]]:
+    prof = load_profile(profile)
+    return [(v, s) for s in prof["seeds"] for v in prof["variants"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook parameters: papermill only warns about names a notebook does not declare; we refuse.
+
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def _assigned(source: str) -> dict:
+    names = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    try:
+                        names[t.id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        names[t.id] = None
+    return names
+
+
+def check_parameters(namespace: dict) -> dict:
+    """Call in the cell after the `parameters` cell. Under papermill, refuses injected names
+    the parameters cell does not declare and values whose type differs from the default.
+    Returns {name: value} of the declared parameters."""
+    ip = namespace.get("get_ipython")
+    hist = list(ip().history_manager.input_hist_raw) if ip is not None else []
+    injected_i = [i for i, src in enumerate(hist) if src.lstrip().startswith("# Parameters")]
+    if not injected_i:
+        return {}
+    i = injected_i[-1]
+    declared = _assigned(hist[i - 1])
+    injected = _assigned(hist[i])
+    unknown = sorted(set(injected) - set(declared))
+    if unknown:
+        raise NameError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; "
+                        f"this notebook takes: {', '.join(declared)}")
+    for name, default in declared.items():
+        value = namespace[name]
+        if default is None or name not in injected:
+            continue
+        ok = (isinstance(value, type(default)) and isinstance(value, bool) == isinstance(default, bool))
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise TypeError(f"notebook parameter {name!r} must be of type "
+                            f"{type(default).__name__}, got {value!r} ({type(value).__name__})")
+    return {name: namespace[name] for name in declared}
+
+
+def write_json_atomic(path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run_notebook(notebook: str, output: str, params: dict, stage: str,
+                 timings: str | None = None) -> None:
+    """Execute a notebook with papermill into `output`, atomically: a failed run leaves its
+    executed copy beside the target as `<output>.failed.ipynb`, never at `output`. Cell output
+    (progress bars included) streams to the terminal. The wall time goes to `timings`."""
+    import time
+
+    import papermill as pm
+
+    root = repo_root()
+    declared = pm.inspect_notebook(str(root / notebook))
+    unknown = [k for k in params if k not in declared]
+    if unknown:
+        raise ConfigError(f"{notebook} takes no parameter(s) {unknown}; it takes: {', '.join(declared)}")
+    out = root / output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.running.ipynb")
+    label = stage
+    if "variant" in params and "seed" in params and "profile" in params:
+        names = [run_name(v, s) for v, s in runs(params["profile"])]
+        name = run_name(params["variant"], params["seed"])
+        if name in names:
+            label = f"{stage} run {names.index(name) + 1}/{len(names)}: {name}"
+    print(f"==> [{label}] {notebook} -> {output}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(root / notebook), str(tmp), parameters=params,
+                            kernel_name="python3", log_output=True, progress_bar=False,
+                            cwd=str(root))
+    except BaseException:
+        if tmp.exists():
+            os.replace(tmp, out.with_name(out.stem + ".failed.ipynb"))
+        raise
+    seconds = time.perf_counter() - t0
+    os.replace(tmp, out)
+    print(f"==> [{label}] done in {seconds:.1f}s", flush=True)
+    if timings:
+        path = root / timings
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({"stage": stage, "target": output, "seconds": seconds}) + "\n")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    usage = ("usage: python -m offbyone.pipeline runs PROFILE\n"
+             "       python -m offbyone.pipeline check PROFILE\n"
+             "       python -m offbyone.pipeline nb STAGE NOTEBOOK OUTPUT [--timings FILE] "
+             "[-p NAME VALUE ...]")
+    if len(argv) < 2 or argv[0] not in ("runs", "check", "nb"):
+        sys.exit(usage)
+    try:
+        if argv[0] == "runs":
+            print(" ".join(run_name(v, s) for v, s in runs(argv[1])))
+        elif argv[0] == "check":
+            load_profile(argv[1])
+        else:
+            if len(argv) < 4:
+                sys.exit(usage)
+            stage, notebook, output, rest = argv[1], argv[2], argv[3], argv[4:]
+            timings, params = None, {}
+            while rest:
+                if rest[0] == "--timings" and len(rest) >= 2:
+                    timings, rest = rest[1], rest[2:]
+                elif rest[0] == "-p" and len(rest) >= 3:
+                    params[rest[1]] = yaml.safe_load(rest[2])
+                    rest = rest[3:]
+                else:
+                    sys.exit(usage)
+            run_notebook(notebook, output, params, stage, timings)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

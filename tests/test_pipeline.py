@@ -1,0 +1,112 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import math
+import pandas as pd
+import papermill as pm
+import pytest
+
+from offbyone import report as R
+from offbyone.config import ConfigError
+from offbyone.pipeline import load_profile, run_config, runs
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_are_clean_and_parameterised():
+    assert len(NOTEBOOKS) == 4
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert "parameters" in code[0]["metadata"].get("tags", []), path.name
+        assert not any(c.get("outputs") or c.get("execution_count") for c in code), path.name
+        # the cell after the parameters refuses unknown or mistyped parameters
+        assert "check_parameters(globals())" in "".join(code[1]["source"]), path.name
+
+
+def test_makefile_passes_only_declared_parameters():
+    make = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    calls = re.findall(r"\$\(call RUN_NB,\w+,(\w+)\)(.*)", make)
+    calls += [(m[0], m[1]) for m in re.findall(r"notebooks/(\w+)\.ipynb \S+(.*)", make)]
+    assert {c[0] for c in calls} >= {"01_prepare_data", "02_train", "03_measure", "04_report"}
+    for name, rest in calls:
+        declared = pm.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb"))
+        passed = re.findall(r"-p (\w+)", rest)
+        assert passed, name
+        for p in passed:
+            assert p in declared, f"Makefile passes {p!r} to {name}, which takes {list(declared)}"
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"corpus": "shakespeare", "data_rot": "x"}, "unknown notebook parameter(s) 'data_rot'"),
+    ({"data_root": 3}, "notebook parameter 'data_root' must be of type str"),
+])
+def test_notebook_refuses_bad_parameters_before_work(tmp_path, params, message):
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(REPO / "notebooks" / "01_prepare_data.ipynb"), str(out),
+                            parameters=params, kernel_name="python3", progress_bar=False,
+                            cwd=str(REPO))
+    assert message in str(e.value)
+    nb = json.loads(out.read_text())
+    ran = [c for c in nb["cells"] if c["cell_type"] == "code" and c.get("execution_count")]
+    assert len(ran) == 3       # parameters, injected parameters, and the check that failed
+
+
+def test_runner_refuses_undeclared_parameter_without_starting_a_kernel(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "offbyone.pipeline", "nb", "report",
+                          "notebooks/04_report.ipynb", str(tmp_path / "x.ipynb"),
+                          "-p", "profil", "smoke"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode != 0 and "takes no parameter(s) ['profil']" in res.stderr
+    assert not (tmp_path / "x.ipynb").exists()
+
+
+def test_profiles_are_valid_and_runs_are_paired():
+    for name in ("smoke", "cpu", "gpu"):
+        prof = load_profile(name)
+        assert "softmax" in prof["variants"] and "softmax1" in prof["variants"]
+        pairs = runs(name)
+        assert len(pairs) == len(prof["variants"]) * len(prof["seeds"])
+        a = run_config(name, "softmax", prof["seeds"][0])
+        b = run_config(name, "softmax1", prof["seeds"][0])
+        diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
+        assert diff == {"attention", "out_dir"}     # same seed, data order and recipe
+    assert len(load_profile("cpu")["seeds"]) >= 3
+    with pytest.raises(ConfigError, match="valid profiles: cpu, gpu, smoke"):
+        load_profile("laptop")
+
+
+def test_paired_difference_and_generated_sentences():
+    fin = pd.DataFrame({"variant": ["softmax"] * 3 + ["softmax1"] * 3, "seed": [0, 1, 2] * 2,
+                        "m": [10.0, 11.0, 12.0, 8.0, 9.2, 9.9]})
+    r = R.paired_difference(fin, "m", "softmax1")
+    d = [-2.0, -1.8, -2.1]
+    assert r["diff"] == pytest.approx(sum(d) / 3) and r["n"] == 3
+    sd = pd.Series(d).std()
+    half = 4.302652729911275 * sd / math.sqrt(3)          # t_{0.975, 2}
+    assert r["ci_low"] == pytest.approx(r["diff"] - half) and r["ci_high"] == pytest.approx(r["diff"] + half)
+    assert r["significant"] and r["p"] < 0.01
+    s = R.effect_sentence(r, "average kurtosis")
+    assert s.startswith("softmax1 lowered the average kurtosis") and "95\\% CI" in s
+    noisy = fin.copy()
+    noisy.loc[3:, "m"] = [12.0, 9.0, 12.5]
+    r2 = R.paired_difference(noisy, "m", "softmax1")
+    assert not r2["significant"]
+    assert "no significant difference" in R.effect_sentence(r2, "average kurtosis")
+    one = R.paired_difference(fin[fin.seed == 0], "m", "softmax1")
+    assert "no test" in R.effect_sentence(one, "x")
+    missing = fin.copy()
+    missing.loc[4:, "m"] = float("nan")
+    assert R.paired_difference(missing, "m", "softmax1")["n"] == 1
+
+
+def test_macros_and_numbers():
+    assert R.macro_name("gap", "W8A8", "softmax1") == "GapWEightAEightSoftmaxOne"
+    assert R.fmt(1234.5678) == "1{,}235" and R.fmt(0.012345) == "0.0123"
+    assert R.fmt(float("nan")) == "n/a" and R.pct(1.0) == "100.0\\%"
+    with pytest.raises(ValueError, match="letters only"):
+        R.write_macros({"Bad1": "x"}, "/tmp/never.tex")
