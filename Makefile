@@ -99,16 +99,17 @@ pipeline: $(PDF)
 
 report: $(NB)/04_report.ipynb
 
-$(NB)/01_prepare_data.ipynb: configs/$(PROFILE).yaml
+$(NB)/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb configs/$(PROFILE).yaml
 	$(call RUN_NB,data,01_prepare_data) -p corpus "$$($(PY) -c 'from offbyone.pipeline import load_profile; print(load_profile("$(PROFILE)")["train"].get("corpus", "shakespeare"))')"
 
-$(NB)/02_train-%.ipynb: $(NB)/01_prepare_data.ipynb configs/$(PROFILE).yaml
+$(NB)/02_train-%.ipynb: notebooks/02_train.ipynb $(NB)/01_prepare_data.ipynb configs/$(PROFILE).yaml
 	$(call RUN_NB,train,02_train) -p profile $(PROFILE) -p variant $(call variant,$*) -p seed $(call seed,$*)
 
-$(NB)/03_measure-%.ipynb: $(NB)/02_train-%.ipynb
+$(NB)/03_measure-%.ipynb: notebooks/03_measure.ipynb $(NB)/02_train-%.ipynb
 	$(call RUN_NB,measure,03_measure) -p profile $(PROFILE) -p variant $(call variant,$*) -p seed $(call seed,$*)
 
-$(NB)/04_report.ipynb: $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb)
+$(NB)/04_report.ipynb: notebooks/04_report.ipynb lib/offbyone/report.py paper/published.csv \
+                       $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb)
 	$(call RUN_NB,report,04_report) -p profile $(PROFILE)
 
 $(PDF): $(NB)/04_report.ipynb
