@@ -31,7 +31,7 @@ def test_notebooks_are_clean_and_parameterised():
 def test_makefile_passes_only_declared_parameters():
     make = (REPO / "Makefile").read_text().replace("\\\n", " ")
     calls = re.findall(r"\$\(call RUN_NB,\w+,(\w+)\)(.*)", make)
-    calls += [(m[0], m[1]) for m in re.findall(r"notebooks/(\w+)\.ipynb \S+(.*)", make)]
+    calls += re.findall(r"offbyone.pipeline nb \w+ notebooks/(\w+)\.ipynb \S+(.*)", make)
     assert {c[0] for c in calls} >= {"01_prepare_data", "02_train", "03_measure", "04_report"}
     for name, rest in calls:
         declared = pm.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb"))
@@ -66,7 +66,7 @@ def test_runner_refuses_undeclared_parameter_without_starting_a_kernel(tmp_path)
 
 
 def test_profiles_are_valid_and_runs_are_paired():
-    for name in ("smoke", "cpu", "gpu"):
+    for name in ("smoke", "cpu", "gpu", "rivals"):
         prof = load_profile(name)
         assert "softmax" in prof["variants"] and "softmax1" in prof["variants"]
         pairs = runs(name)
@@ -76,7 +76,7 @@ def test_profiles_are_valid_and_runs_are_paired():
         diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
         assert diff == {"attention", "out_dir"}     # same seed, data order and recipe
     assert len(load_profile("cpu")["seeds"]) >= 3
-    with pytest.raises(ConfigError, match="valid profiles: cpu, gpu, smoke"):
+    with pytest.raises(ConfigError, match="valid profiles: cpu, gpu, rivals, smoke"):
         load_profile("laptop")
 
 

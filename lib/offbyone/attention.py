@@ -57,23 +57,63 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return e / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
+def clipped_softmax(x: torch.Tensor, gamma: float, zeta: float = 1.0, dim: int = -1) -> torch.Tensor:
+    """Bondarenko et al.'s clipped softmax: clip((zeta - gamma) * softmax(x) + gamma, 0, 1).
+
+    With gamma < 0 small probabilities become exact zeros (a head can attend to nothing without
+    pushing its logits to -inf), and with zeta > 1 large ones become exact ones."""
+    return torch.clamp((zeta - gamma) * softmax(x, dim=dim) + gamma, 0.0, 1.0)
+
+
+def softpick(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
+    """Zuhri et al.'s rectified softmax: ReLU(exp(x_i) - 1) / sum_j |exp(x_j) - 1|.
+
+    Stable form with m = max(max_j x_j, 0): ReLU(e^(x-m) - e^(-m)) / (sum |e^(x-m) - e^(-m)| + eps).
+    Non-positive logits get exactly 0; masked (-inf) entries take no part in the denominator, and
+    a fully masked row gives zeros."""
+    live = x > float("-inf")
+    # unlike softmax, the eps makes the result depend on m, so m keeps its gradient
+    m = x.masked_fill(~live, float("-inf")).amax(dim=dim, keepdim=True).clamp(min=0.0)
+    e = torch.exp(x - m) - torch.exp(-m)
+    e = torch.where(live, e, torch.zeros_like(e))
+    return torch.relu(e) / (e.abs().sum(dim=dim, keepdim=True) + eps)
+
+
 # --------------------------------------------------------------------------------------------
-# The registry of attention variants.
+# The registry of attention variants. A variant is a normaliser (how scores become weights)
+# and, optionally, a gate on the attention output (applied by the model, see model.py).
+
+NORMALISERS = ("softmax", "sink", "clipped", "softpick")
+GATES = ("none", "gated", "outgate")
+
 
 @dataclass(frozen=True)
 class Variant:
     name: str
+    normaliser: str       # one of NORMALISERS
     has_sink: bool        # a sink logit enters the normaliser
     learned_sink: bool    # ... and it is a trainable per-head parameter
+    gate: str             # one of GATES: the gate this variant brings
+    fused: bool           # a fast path that never materialises the probabilities exists
     description: str
 
 
 VARIANTS: dict[str, Variant] = {
-    "softmax": Variant("softmax", False, False, "standard softmax attention"),
-    "softmax1": Variant("softmax1", True, False,
+    "softmax": Variant("softmax", "softmax", False, False, "none", True,
+                       "standard softmax attention"),
+    "softmax1": Variant("softmax1", "sink", True, False, "none", True,
                         "Miller's softmax1: an extra logit fixed at 0 with a zero value"),
-    "sink": Variant("sink", True, True,
+    "sink": Variant("sink", "sink", True, True, "none", True,
                     "gpt-oss learned sink: one trainable logit per head, no value vector"),
+    "clipped": Variant("clipped", "clipped", False, False, "none", False,
+                       "Bondarenko et al.'s clipped softmax, gamma = -alpha / T, zeta = 1 "
+                       "(needs the materialised probabilities)"),
+    "softpick": Variant("softpick", "softpick", False, False, "none", False,
+                        "Zuhri et al.'s rectified softmax (needs the materialised probabilities)"),
+    "gated": Variant("gated", "softmax", False, False, "gated", True,
+                     "Bondarenko et al.'s gated attention: per head sigmoid(Linear(d_head -> 1))"),
+    "outgate": Variant("outgate", "softmax", False, False, "outgate", True,
+                       "Qiu et al.'s output gate (G1): attention output * sigmoid(X W)"),
 }
 
 IMPLEMENTATIONS = ("fast", "reference")
@@ -114,10 +154,12 @@ def _sink_logits(variant: Variant, sink: torch.Tensor | None, n_head: int,
 # Reference path: materialise the (T, S) probabilities.
 
 def attention_probs(q, k, variant: str = "softmax", sink: torch.Tensor | None = None,
-                    causal: bool = True, scale: float | None = None) -> torch.Tensor:
+                    causal: bool = True, scale: float | None = None,
+                    clip_alpha: float = 4.0) -> torch.Tensor:
     """The materialised attention probabilities (B, H, T, S) of q (B, H, T, D), k (B, H, S, D).
 
-    Causal means query t sees keys 0..t (top-left aligned, as SDPA's is_causal)."""
+    Causal means query t sees keys 0..t (top-left aligned, as SDPA's is_causal). For `clipped`,
+    gamma = -clip_alpha / S with S the number of keys (Bondarenko et al.'s T)."""
     var = get_variant(variant)
     B, H, T, D = q.shape
     S = k.shape[-2]
@@ -127,18 +169,23 @@ def attention_probs(q, k, variant: str = "softmax", sink: torch.Tensor | None = 
     if causal:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
         att = att.masked_fill(~mask, float("-inf"))
+    if var.normaliser == "clipped":
+        return clipped_softmax(att, gamma=-clip_alpha / S)
+    if var.normaliser == "softpick":
+        return softpick(att)
     if s is None:
         return softmax(att, dim=-1)
     return sink_softmax(att, s.to(att.dtype).view(1, H, 1, 1), dim=-1)
 
 
 def reference_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
-                        causal: bool = True, scale: float | None = None):
+                        causal: bool = True, scale: float | None = None, clip_alpha: float = 4.0):
     """Plain attention that materialises the probabilities. Returns (out, probs).
 
     q: (B, H, T, D), k and v: (B, H, S, D). out: (B, H, T, D), probs: (B, H, T, S).
+    Gates are not part of it: the model applies them to the output.
     """
-    probs = attention_probs(q, k, variant, sink, causal, scale)
+    probs = attention_probs(q, k, variant, sink, causal, scale, clip_alpha)
     return probs @ v, probs
 
 
@@ -204,14 +251,19 @@ def _cpu_flash_ok(q: torch.Tensor) -> bool:
 
 
 def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
-                   causal: bool = True, scale: float | None = None) -> torch.Tensor:
-    """Fused attention for every variant; never materialises the probabilities in Python.
+                   causal: bool = True, scale: float | None = None,
+                   clip_alpha: float = 4.0) -> torch.Tensor:
+    """Fused attention; never materialises the probabilities in Python for the variants that
+    have a fused path (`Variant.fused`). Clipped softmax and softpick need the probabilities
+    themselves (clipping and rectification act on them), so they fall back to the reference.
 
     q, k, v: (B, H, T, D). Returns (B, H, T, D).
     """
     var = get_variant(variant)
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if not var.fused:
+        return reference_attention(q, k, v, variant, sink, causal, scale, clip_alpha)[0]
     s = _sink_logits(var, sink, H, q)
     if s is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
@@ -223,9 +275,11 @@ def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None 
 
 
 def attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
-              causal: bool = True, scale: float | None = None, impl: str = "fast") -> torch.Tensor:
-    """Attention of any registered variant. q, k, v: (B, H, T, D) -> (B, H, T, D)."""
+              causal: bool = True, scale: float | None = None, impl: str = "fast",
+              clip_alpha: float = 4.0) -> torch.Tensor:
+    """Attention of any registered variant's normaliser. q, k, v: (B, H, T, D) -> (B, H, T, D).
+    The gates of `gated` and `outgate` act on this output and live in the model."""
     _check_impl(impl)
     if impl == "fast":
-        return fast_attention(q, k, v, variant, sink, causal, scale)
-    return reference_attention(q, k, v, variant, sink, causal, scale)[0]
+        return fast_attention(q, k, v, variant, sink, causal, scale, clip_alpha)
+    return reference_attention(q, k, v, variant, sink, causal, scale, clip_alpha)[0]

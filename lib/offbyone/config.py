@@ -37,6 +37,10 @@ class TrainConfig:
     attention: str = "softmax1"
     attention_impl: str = "fast"
     sink_init: float = 0.0
+    clip_alpha: float = 4.0           # clipped softmax: gamma = -clip_alpha / T
+    gate: str = "none"                # none, gated, outgate: a gate on top of `attention`
+    gate_init: float = 0.25           # gated: initial gate value
+    outgate_mode: str = "elementwise" # outgate: elementwise or headwise
     # optimisation
     batch_size: int = 32
     max_steps: int = 1500
@@ -93,8 +97,10 @@ class TrainConfig:
         if self.attention_impl not in IMPLEMENTATIONS:
             raise ConfigError(f"attention_impl {self.attention_impl!r} is not one of "
                               f"{', '.join(IMPLEMENTATIONS)}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        try:  # the model's own checks (divisibility, gate combinations, option ranges)
+            self.model_config(vocab_size=1)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
         fr = tuple(float(x) for x in self.checkpoint_fractions)

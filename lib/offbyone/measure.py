@@ -25,7 +25,7 @@ from .data import CorpusError, TokenData, prepare
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
                       kurtosis, loss_on, summarize_activations, token_classes, weight_kurtosis)
 from .provenance import provenance
-from .quant import DEFAULT_SWEEP, sweep
+from .quant import DEFAULT_SWEEP, QuantConfig, sweep
 from .train import pick_device
 
 RESULTS_FORMAT = "offbyone-metrics"
@@ -62,11 +62,11 @@ class MeasureConfig:
                     raise ConfigError(f"{f.name} must be a positive integer, got {v!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, mps")
-        choices = {"weight_granularity": ("tensor", "channel"),
-                   "weight_method": ("minmax", "mse"), "act_method": ("minmax", "percentile")}
-        for k, valid in choices.items():
-            if getattr(self, k) not in valid:
-                raise ConfigError(f"{k} {getattr(self, k)!r} is not one of {', '.join(valid)}")
+        try:  # the quantizer options are QuantConfig's: it validates them
+            QuantConfig(weight_granularity=self.weight_granularity,
+                        weight_method=self.weight_method, act_method=self.act_method)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @classmethod
     def from_dict(cls, d: dict) -> "MeasureConfig":

@@ -191,6 +191,20 @@ def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: i
             for k in ("first", "delimiter", "abstain", "first_late")}
     current, count = {}, {"n": 0}
     handles = []
+    has_gate = model.blocks[0].attn.gate != "none"
+    if has_gate:
+        sums["gate"] = torch.zeros(L, H, dtype=torch.float64)
+        for li, b in enumerate(model.blocks):
+            headwise = b.attn.gate == "gated" or b.attn.outgate_mode == "headwise"
+
+            def gate_hook(m, i, g, li=li, headwise=headwise):
+                g = _wide(g)
+                if headwise:                                         # (B, H, T) -> (B, H)
+                    per_head = g.mean(-1)
+                else:                                                # (B, T, C) -> (B, H)
+                    per_head = g.view(g.shape[0], g.shape[1], H, -1).mean((1, 3))
+                sums["gate"][li] += per_head.sum(0).cpu()
+            handles.append(b.attn.hook_gate.register_forward_hook(gate_hook))
     for li, b in enumerate(model.blocks):
         def hook(m, i, p, li=li):
             p = _wide(p)                                            # (B, H, T, T)
@@ -225,7 +239,9 @@ def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: i
             "mean_delimiter": mean["delimiter"].mean().item(),
             "uniform_first_position": uniform_first_position_mass(T),
             "sink_rate": (first > SINK_THRESHOLD).double().mean().item(),
-            "sink_threshold": SINK_THRESHOLD}
+            "sink_threshold": SINK_THRESHOLD,
+            "gate": mean["gate"].tolist() if has_gate else None,
+            "mean_gate": mean["gate"].mean().item() if has_gate else None}
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ hook points let measurements attach forward hooks without touching the math:
 
     hook_embed                    token plus position embedding (B, T, C)
     blocks[i].attn.hook_probs     attention probabilities (B, H, T, T), reference path only
+    blocks[i].attn.hook_gate      gate values of gated variants: (B, H, T) per head, or (B, T, C)
     blocks[i].attn.hook_out       attention output before its projection, heads merged (B, T, C)
     blocks[i].attn.hook_proj      attention output after its projection (B, T, C)
     blocks[i].mlp.hook_hidden     MLP hidden activation after GELU (B, T, 4C)
@@ -21,7 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import IMPLEMENTATIONS, attention, attention_probs, get_variant
+from .attention import GATES, IMPLEMENTATIONS, VARIANTS, attention, attention_probs, get_variant
+
+OUTGATE_MODES = ("elementwise", "headwise")
 
 
 @dataclass
@@ -36,9 +39,21 @@ class GPTConfig:
     attention: str = "softmax"       # a name in offbyone.attention.VARIANTS
     attention_impl: str = "fast"     # "fast" (fused kernels) or "reference" (materialised)
     sink_init: float = 0.0           # initial logit of the learned sink (variant "sink")
+    clip_alpha: float = 4.0          # clipped softmax: gamma = -clip_alpha / T
+    gate: str = "none"               # a gate on top of any normaliser: none, gated, outgate
+    gate_init: float = 0.25          # gated: the initial gate value pi_init (bias = logit)
+    outgate_mode: str = "elementwise"  # outgate: one gate per channel, or per head
 
     def __post_init__(self):
         get_variant(self.attention)
+        self.gate_kind()
+        if self.outgate_mode not in OUTGATE_MODES:
+            raise ValueError(f"outgate_mode {self.outgate_mode!r} is not one of "
+                             f"{', '.join(OUTGATE_MODES)}")
+        if not 0.0 < self.gate_init < 1.0:
+            raise ValueError(f"gate_init must be in (0, 1), got {self.gate_init}")
+        if self.clip_alpha < 0:
+            raise ValueError(f"clip_alpha must be >= 0, got {self.clip_alpha}")
         if self.attention_impl not in IMPLEMENTATIONS:
             raise ValueError(f"attention_impl {self.attention_impl!r} is not one of "
                              f"{', '.join(IMPLEMENTATIONS)}")
@@ -49,6 +64,17 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def gate_kind(self) -> str:
+        """The gate in effect: the variant's own (gated, outgate) or the `gate` option."""
+        if self.gate not in GATES:
+            raise ValueError(f"gate {self.gate!r} is not one of {', '.join(GATES)}")
+        own = get_variant(self.attention).gate
+        if own != "none" and self.gate != "none":
+            plain = [n for n, v in VARIANTS.items() if v.gate == "none"]
+            raise ValueError(f"attention {self.attention!r} already has its gate; gate must be "
+                             f"'none', or combine a gate with one of {', '.join(plain)}")
+        return own if own != "none" else self.gate
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
@@ -75,6 +101,18 @@ class CausalSelfAttention(nn.Module):
             self.sink = nn.Parameter(torch.full((config.n_head,), float(config.sink_init)))
         else:
             self.sink = None
+        self.clip_alpha = config.clip_alpha
+        self.gate = config.gate_kind()
+        self.outgate_mode = config.outgate_mode
+        hs = config.n_embd // config.n_head
+        if self.gate == "gated":      # per head: Linear(d_head -> 1) on the head's input slice
+            self.gate_weight = nn.Parameter(torch.randn(config.n_head, hs) * 0.02)
+            pi = config.gate_init
+            self.gate_bias = nn.Parameter(torch.full((config.n_head,), math.log(pi / (1 - pi))))
+        elif self.gate == "outgate":  # G1: sigmoid(X W) from the block's normalised input
+            out = config.n_embd if config.outgate_mode == "elementwise" else config.n_head
+            self.gate_proj = nn.Linear(config.n_embd, out, bias=True)
+        self.hook_gate = nn.Identity()
         self.hook_probs = nn.Identity()
         self.hook_out = nn.Identity()
         self.hook_proj = nn.Identity()
@@ -87,11 +125,23 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
         if self.impl == "reference":
-            probs = self.hook_probs(attention_probs(q, k, self.variant, self.sink))  # (B, nh, T, T)
+            probs = self.hook_probs(attention_probs(q, k, self.variant, self.sink,
+                                                    clip_alpha=self.clip_alpha))  # (B, nh, T, T)
             y = probs @ v  # through the hook point, so a quantizer put there acts on the output
         else:
-            y = attention(q, k, v, self.variant, self.sink, causal=True, impl=self.impl)
+            y = attention(q, k, v, self.variant, self.sink, causal=True, impl=self.impl,
+                          clip_alpha=self.clip_alpha)
+        if self.gate == "gated":
+            xh = x.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+            g = torch.sigmoid(torch.einsum("bhtd,hd->bht", xh, self.gate_weight)
+                              + self.gate_bias.view(1, -1, 1))
+            y = y * self.hook_gate(g).unsqueeze(-1)  # (B, nh, T, hs)
+        elif self.gate == "outgate" and self.outgate_mode == "headwise":
+            g = torch.sigmoid(self.gate_proj(x)).transpose(1, 2)  # (B, nh, T)
+            y = y * self.hook_gate(g).unsqueeze(-1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C), heads merged
+        if self.gate == "outgate" and self.outgate_mode == "elementwise":
+            y = y * self.hook_gate(torch.sigmoid(self.gate_proj(x)))  # (B, T, C), elementwise
         y = self.hook_out(y)
         y = self.hook_proj(self.c_proj(y))
         return self.resid_dropout(y)

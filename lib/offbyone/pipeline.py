@@ -3,6 +3,7 @@
 A profile (`configs/<name>.yaml`) names the variants, seeds, training config and measurement
 options of one run of the whole study:
 
+    base: cpu                  # optional: start from another profile's train and measure
     description: ...
     variants: [softmax, softmax1]
     seeds: [0, 1, 2]
@@ -25,7 +26,7 @@ from .attention import VARIANTS
 from .config import ConfigError, TrainConfig
 from .measure import MeasureConfig
 
-PROFILE_KEYS = ("description", "variants", "seeds", "train", "measure")
+PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
 
@@ -47,12 +48,20 @@ def profile_path(profile: str) -> Path:
     return path
 
 
-def load_profile(profile: str) -> dict:
+def load_profile(profile: str, _seen: tuple = ()) -> dict:
     path = profile_path(profile)
     prof = yaml.safe_load(path.read_text()) or {}
     unknown = [k for k in prof if k not in PROFILE_KEYS]
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(PROFILE_KEYS)}")
+    if "base" in prof:
+        if prof["base"] in _seen + (profile,):
+            raise ConfigError(f"{path}: profile bases form a loop through {prof['base']!r}")
+        base = load_profile(prof.pop("base"), _seen + (profile,))
+        for k in ("train", "measure"):
+            prof[k] = {**base[k], **(prof.get(k) or {})}
+        for k in ("description", "variants", "seeds"):
+            prof.setdefault(k, base[k])
     for k in ("variants", "seeds"):
         if not isinstance(prof.get(k), list) or not prof[k]:
             raise ConfigError(f"{path}: {k} must be a non-empty list")

@@ -7,7 +7,8 @@ half to even as PyTorch's own fake-quantize ops do.
   MSE-optimal clipping of it.
 - Activations: asymmetric per tensor, static ranges estimated on calibration batches from the
   training split (running min-max with momentum 0.9, or a running percentile), then frozen.
-- Quantized: the inputs of every Linear (attention qkv and output projections, MLP layers), the
+- Quantized: the inputs of every Linear (attention qkv, output and gate projections, MLP layers;
+  the weights of per-head gates), the
   embedding tables and their sum, the LayerNorm outputs inside the blocks, the attention
   probabilities and outputs, the MLP outputs and the residual stream after every block. Kept in
   full precision, as Bondarenko et al. do: the final LayerNorm and the LM head.
@@ -183,6 +184,13 @@ def _build_quantized(model, qc: QuantConfig) -> nn.Module:
             setattr(parent, name, QuantLinear(getattr(parent, name), qc.wbits, qc.abits,
                                               qc.weight_granularity, qc.weight_method,
                                               qc.act_method))
+        if b.attn.gate == "outgate":
+            b.attn.gate_proj = QuantLinear(b.attn.gate_proj, qc.wbits, qc.abits,
+                                           qc.weight_granularity, qc.weight_method, qc.act_method)
+        elif b.attn.gate == "gated":
+            b.attn.gate_weight = nn.Parameter(quantize_weight(
+                b.attn.gate_weight, qc.wbits, qc.weight_granularity, qc.weight_method),
+                requires_grad=False)
         b.ln_1 = nn.Sequential(b.ln_1, a())
         b.ln_2 = nn.Sequential(b.ln_2, a())
         b.attn.hook_probs = a()
@@ -202,9 +210,14 @@ def calibrate_ranges(model, calib_batches, act_method: str = "minmax") -> dict:
     for emb, src in ((q.wte, model.wte), (q.wpe, model.wpe)):
         emb.weight.data.copy_(src.weight.detach())
     for b, src in zip(q.blocks, model.blocks):
-        for qlin, lin in ((b.attn.c_attn, src.attn.c_attn), (b.attn.c_proj, src.attn.c_proj),
-                          (b.mlp.c_fc, src.mlp.c_fc), (b.mlp.c_proj, src.mlp.c_proj)):
+        pairs = [(b.attn.c_attn, src.attn.c_attn), (b.attn.c_proj, src.attn.c_proj),
+                 (b.mlp.c_fc, src.mlp.c_fc), (b.mlp.c_proj, src.mlp.c_proj)]
+        if src.attn.gate == "outgate":
+            pairs.append((b.attn.gate_proj, src.attn.gate_proj))
+        for qlin, lin in pairs:
             qlin.weight.data.copy_(lin.weight.detach())
+        if src.attn.gate == "gated":
+            b.attn.gate_weight.data.copy_(src.attn.gate_weight.detach())
     n = 0
     with torch.no_grad():
         for x in calib_batches:

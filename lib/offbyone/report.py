@@ -19,8 +19,12 @@ from .measure import RESULTS_FORMAT, RESULTS_VERSION
 from .pipeline import load_profile, repo_root, run_dir
 
 CONFIDENCE = 0.95
-VARIANT_LABELS = {"softmax": "softmax", "softmax1": "softmax1", "sink": "learned sink"}
-MACRO_VARIANT = {"softmax": "Softmax", "softmax1": "SoftmaxOne", "sink": "Sink"}
+VARIANT_LABELS = {"softmax": "softmax", "softmax1": "softmax1", "sink": "learned sink",
+                  "clipped": "clipped softmax", "softpick": "softpick",
+                  "gated": "gated attention", "outgate": "output gate"}
+MACRO_VARIANT = {"softmax": "Softmax", "softmax1": "SoftmaxOne", "sink": "Sink",
+                 "clipped": "Clipped", "softpick": "Softpick", "gated": "Gated",
+                 "outgate": "Outgate"}
 
 # metric column -> (label for prose and tables, which direction is "better")
 METRICS = {

@@ -194,8 +194,10 @@ def train(cfg: TrainConfig | dict, on_step=None) -> dict:
     if start == 0:
         val_loss = evaluate(raw_model, eval_batches, device, autocast)
         write_log({"step": 0, "val_loss": val_loss, "elapsed_s": 0.0})
+    # in a terminal the bar redraws in place; in logs (papermill, CI) a line every 10 s is enough
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress),
-               desc=f"{cfg.attention} seed {cfg.seed}", unit="step", dynamic_ncols=True)
+               desc=f"{cfg.attention} seed {cfg.seed}", unit="step", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
     model.train()
     t_last, tokens_since, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
     tokens_per_s = None

@@ -1,0 +1,206 @@
+"""Benchmarks: attention forward + backward, and training throughput per variant.
+
+    python -m offbyone.bench                      # both, CSVs under results/bench/
+    python -m offbyone.bench --what attention --T 256 1024 4096
+
+Attention: B = 8, H = 8, D = 64, causal; fp32 on CPU, bf16 on CUDA. Each configuration runs in
+its own process (so its peak memory can be read: the peak RSS growth on CPU, the CUDA allocator's
+peak on a GPU), with warm-up, then the median of repeated forward + backward passes.
+Training: tokens/s of the GPT of a profile for every variant, and the share of a step spent
+outside forward, backward and the optimizer (batch sampling and bookkeeping).
+Timings are measurements, not tests: nothing here asserts a speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .attention import VARIANTS, fast_attention, reference_attention
+
+ATTENTION_CASES = [  # (label, variant, implementation)
+    ("softmax (fused SDPA)", "softmax", "fast"),
+    ("softmax1 (fast path)", "softmax1", "fast"),
+    ("sink (fast path)", "sink", "fast"),
+    ("softmax1 (materialised reference)", "softmax1", "reference"),
+]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def time_attention(variant: str, impl: str, T: int, B: int = 8, H: int = 8, D: int = 64,
+                   repeats: int = 5, warmup: int = 2, device: str = "cpu") -> dict:
+    """Median forward + backward time and peak memory of one configuration (this process)."""
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=g).to(dev, dtype).requires_grad_()
+               for _ in range(3))
+    sink = torch.zeros(H, device=dev, dtype=dtype, requires_grad=True) if variant == "sink" else None
+    grad = torch.randn(B, H, T, D, generator=g).to(dev, dtype)
+    fn = fast_attention if impl == "fast" else (lambda *a: reference_attention(*a)[0])
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_mib()
+    times = []
+    for i in range(warmup + repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = fn(q, k, v, variant, sink)
+        out.backward(grad)
+        _sync(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        q.grad = k.grad = v.grad = None
+        del out
+    peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda"
+            else _rss_mib() - base)
+    return {"variant": variant, "impl": impl, "T": T, "B": B, "H": H, "D": D,
+            "dtype": str(dtype).replace("torch.", ""), "device": dev.type,
+            "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
+            "repeats": repeats, "peak_mib": peak, "threads": torch.get_num_threads()}
+
+
+def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.0) -> list[dict]:
+    rows = []
+    for T in Ts:
+        for label, variant, impl in ATTENTION_CASES:
+            # the reference holds scores, probabilities and their gradients: ~4 x B H T^2 floats
+            need_gib = 4 * 8 * 8 * T * T * 4 / 2**30
+            if impl == "reference" and need_gib > max_reference_gib:
+                rows.append({"label": label, "variant": variant, "impl": impl, "T": T,
+                             "skipped": f"needs about {need_gib:.0f} GiB"})
+                print(f"T={T:6d} {label:36s} skipped (about {need_gib:.0f} GiB)", flush=True)
+                continue
+            cmd = [sys.executable, "-m", "offbyone.bench", "--child", json.dumps(
+                {"variant": variant, "impl": impl, "T": T, "repeats": repeats, "device": device})]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"benchmark of {label} at T={T} failed:\n{res.stderr[-2000:]}")
+            row = {"label": label, **json.loads(res.stdout.strip().splitlines()[-1])}
+            rows.append(row)
+            print(f"T={T:6d} {label:36s} {row['median_ms']:9.1f} ms  peak {row['peak_mib']:8.1f} MiB",
+                  flush=True)
+    # ratios against fused softmax at the same T
+    base = {r["T"]: r for r in rows if r["variant"] == "softmax" and "median_ms" in r}
+    for r in rows:
+        if "median_ms" in r and r["T"] in base:
+            r["time_ratio"] = r["median_ms"] / base[r["T"]]["median_ms"]
+            r["memory_ratio"] = (r["peak_mib"] / base[r["T"]]["peak_mib"]
+                                 if base[r["T"]]["peak_mib"] > 0 else float("nan"))
+    return rows
+
+
+def bench_training(profile: str, variants, steps: int, warmup: int, device: str) -> list[dict]:
+    """Tokens/s of every variant at a profile's model size, and where a step's time goes."""
+    from .data import TokenData, prepare
+    from .model import GPT
+    from .pipeline import run_config
+
+    rows = []
+    for variant in variants:
+        cfg = run_config(profile, variant, 0)
+        dev = torch.device(device)
+        data = TokenData(prepare(cfg.corpus, cfg.data_root, verbose=False))
+        torch.manual_seed(0)
+        model = GPT(cfg.model_config(data.vocab_size)).to(dev)
+        opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), dev.type)
+        gen = torch.Generator().manual_seed(0)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                    else torch.autocast("cpu", enabled=False))
+        parts = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+        t_total = 0.0
+        for i in range(warmup + steps):
+            _sync(dev)
+            t0 = time.perf_counter()
+            x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, gen, cfg.bos)
+            x, y = x.to(dev), y.to(dev)
+            t1 = time.perf_counter()
+            with autocast:
+                _, loss = model(x, y)
+            _sync(dev)
+            t2 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            _sync(dev)
+            t3 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            loss.item()
+            _sync(dev)
+            t4 = time.perf_counter()
+            if i >= warmup:
+                parts["data"] += t1 - t0
+                parts["forward"] += t2 - t1
+                parts["backward"] += t3 - t2
+                parts["optimizer"] += t4 - t3
+                t_total += t4 - t0
+        tokens = steps * cfg.batch_size * cfg.block_size
+        row = {"variant": variant, "profile": profile, "device": dev.type, "steps": steps,
+               "tokens_per_s": tokens / t_total, "step_ms": 1e3 * t_total / steps,
+               "outside_share": parts["data"] / t_total,
+               **{f"{k}_share": v / t_total for k, v in parts.items() if k != "data"},
+               "threads": torch.get_num_threads()}
+        rows.append(row)
+        print(f"{variant:10s} {row['tokens_per_s']:10,.0f} tokens/s  step {row['step_ms']:.1f} ms  "
+              f"outside fwd/bwd/opt {100 * row['outside_share']:.1f}%", flush=True)
+    base = next((r for r in rows if r["variant"] == "softmax"), None)
+    for r in rows:
+        r["tokens_per_s_ratio"] = r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
+    return rows
+
+
+def _write_csv(rows, path: Path):
+    import pandas as pd
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    tmp.replace(path)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Attention and training benchmarks.")
+    ap.add_argument("--what", choices=["attention", "training", "both"], default="both")
+    ap.add_argument("--T", type=int, nargs="+", default=None,
+                    help="sequence lengths (default 256 1024 4096, and 16384 on CUDA)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--profile", default=None, help="model size for training (default: cpu, or gpu on CUDA)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", default="results/bench", help="folder for the CSVs")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.child:
+        print(json.dumps(time_attention(**json.loads(args.child))))
+        return
+    out = Path(args.out)
+    if args.what in ("attention", "both"):
+        Ts = args.T or ([256, 1024, 4096, 16384] if device == "cuda" else [256, 1024, 4096])
+        _write_csv(bench_attention(Ts, args.repeats, device), out / f"attention_{device}.csv")
+    if args.what in ("training", "both"):
+        profile = args.profile or ("gpu" if device == "cuda" else "cpu")
+        _write_csv(bench_training(profile, args.variants, args.steps, 3, device),
+                   out / f"training_{device}.csv")
+
+
+if __name__ == "__main__":
+    main()
