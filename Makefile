@@ -20,7 +20,7 @@ TEX_PKGS := texlive-latex-base texlive-latex-recommended texlive-fonts-recommend
 # The profile: gpu where CUDA is usable, else cpu (PROFILE=smoke|cpu|gpu overrides).
 DETECT_PROFILE = $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)
 
-.PHONY: help setup test test-all data reproduce pipeline figures paper tex lab clean
+.PHONY: help setup test test-all data reproduce pipeline figures paper bench tex lab clean
 
 help:
 	@echo "make reproduce  everything: set-up, data, every run of the profile, measurement,"
@@ -30,6 +30,7 @@ help:
 	@echo "make data       prepare the Shakespeare corpus (data/shakespeare_char)"
 	@echo "make figures    tables, figures and macros from existing results (PROFILE=...)"
 	@echo "make paper      rebuild the PDF from the existing generated inputs"
+	@echo "make bench      attention and training benchmarks, their figure and tables"
 	@echo "make lab        open JupyterLab on notebooks/ (installs it on first use)"
 	@echo "make setup      create $(VENV) and install everything"
 	@echo "make clean      remove runs, results and build outputs (keeps $(VENV) and data)"
@@ -68,6 +69,13 @@ reproduce: $(STAMP) tex
 figures: $(STAMP)
 	$(eval P := $(or $(PROFILE),$(DETECT_PROFILE)))
 	$(PY) -m offbyone.pipeline nb report notebooks/04_report.ipynb build/$(P)/notebooks/04_report.ipynb -p profile $(P)
+	@if [ -f results/$(P)/bench/bench.json ]; then \
+	  $(PY) -m offbyone.pipeline nb bench notebooks/05_bench.ipynb build/$(P)/notebooks/05_bench.ipynb -p profile $(P); fi
+
+bench: $(STAMP)
+	$(eval P := $(or $(PROFILE),$(DETECT_PROFILE)))
+	$(PY) -m offbyone.bench --for-profile $(P)
+	$(PY) -m offbyone.pipeline nb bench notebooks/05_bench.ipynb build/$(P)/notebooks/05_bench.ipynb -p profile $(P)
 
 paper: $(STAMP) tex
 	@test -f paper/generated/macros.tex || { echo "paper/generated/macros.tex is missing: run make reproduce (or make figures) first"; exit 1; }
@@ -112,7 +120,16 @@ $(NB)/04_report.ipynb: notebooks/04_report.ipynb lib/offbyone/report.py paper/pu
                        $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb)
 	$(call RUN_NB,report,04_report) -p profile $(PROFILE)
 
-$(PDF): $(NB)/04_report.ipynb
+# benchmarks: measured by the CLI (on an otherwise idle machine), plotted by a notebook
+BENCH := results/$(PROFILE)/bench/bench.json
+$(BENCH): lib/offbyone/bench.py lib/offbyone/attention.py configs/$(PROFILE).yaml $(NB)/01_prepare_data.ipynb
+	@echo "==> [bench] attention and training benchmarks of profile $(PROFILE)"
+	$(PY) -m offbyone.bench --for-profile $(PROFILE)
+
+$(NB)/05_bench.ipynb: notebooks/05_bench.ipynb $(BENCH)
+	$(call RUN_NB,bench,05_bench) -p profile $(PROFILE)
+
+$(PDF): $(NB)/04_report.ipynb $(NB)/05_bench.ipynb
 endif
 
 $(PDF): paper/main.tex paper/refs.bib $(wildcard paper/generated/*.tex paper/generated/*/*)

@@ -166,6 +166,28 @@ def bench_training(profile: str, variants, steps: int, warmup: int, device: str)
     return rows
 
 
+def run_profile(profile: str, out_root: str = "results") -> Path:
+    """The benchmarks a profile asks for (its `bench` options), into results/<profile>/bench/.
+    Writes bench.json last, so its presence means the CSVs are complete."""
+    from .pipeline import load_profile, repo_root, write_json_atomic
+    from .provenance import provenance
+
+    prof = load_profile(profile)
+    opts = {"T": [256, 1024, 4096], "repeats": 5, "steps": 20, **prof["bench"]}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = repo_root() / out_root / profile / "bench"
+    t0 = time.perf_counter()
+    attn = bench_attention(opts["T"], opts["repeats"], device)
+    _write_csv(attn, out / "attention.csv")
+    train_profile = profile
+    training = bench_training(train_profile, prof["variants"], opts["steps"], 3, device)
+    _write_csv(training, out / "training.csv")
+    write_json_atomic(out / "bench.json", {"profile": profile, "options": opts, "device": device,
+                                           "wall_s": time.perf_counter() - t0,
+                                           "provenance": provenance(device)})
+    return out
+
+
 def _write_csv(rows, path: Path):
     import pandas as pd
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,11 +208,16 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="results/bench", help="folder for the CSVs")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--for-profile", metavar="PROFILE",
+                    help="run what configs/PROFILE.yaml's bench options ask, into results/PROFILE/bench/")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.child:
         print(json.dumps(time_attention(**json.loads(args.child))))
+        return
+    if args.for_profile:
+        run_profile(args.for_profile)
         return
     out = Path(args.out)
     if args.what in ("attention", "both"):

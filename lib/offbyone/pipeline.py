@@ -9,6 +9,7 @@ options of one run of the whole study:
     seeds: [0, 1, 2]
     train: {TrainConfig keys}
     measure: {MeasureConfig keys}
+    bench: {T: [256, 1024], repeats: 5, steps: 20}   # python -m offbyone.bench --profile
 
     python -m offbyone.pipeline runs cpu      # the run names, for the Makefile
 """
@@ -26,7 +27,8 @@ from .attention import VARIANTS
 from .config import ConfigError, TrainConfig
 from .measure import MeasureConfig
 
-PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure")
+PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench")
+BENCH_KEYS = ("T", "repeats", "steps")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
 
@@ -58,7 +60,7 @@ def load_profile(profile: str, _seen: tuple = ()) -> dict:
         if prof["base"] in _seen + (profile,):
             raise ConfigError(f"{path}: profile bases form a loop through {prof['base']!r}")
         base = load_profile(prof.pop("base"), _seen + (profile,))
-        for k in ("train", "measure"):
+        for k in ("train", "measure", "bench"):
             prof[k] = {**base[k], **(prof.get(k) or {})}
         for k in ("description", "variants", "seeds"):
             prof.setdefault(k, base[k])
@@ -76,8 +78,12 @@ def load_profile(profile: str, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: train may not set {fixed}; each run sets them")
     TrainConfig.from_dict(train)                       # validates every key now
     MeasureConfig.from_dict(prof.get("measure") or {})
+    bench = prof.get("bench") or {}
+    bad = [k for k in bench if k not in BENCH_KEYS]
+    if bad:
+        raise ConfigError(f"{path}: unknown bench key(s) {bad}; valid keys: {', '.join(BENCH_KEYS)}")
     prof["name"] = profile
-    prof["train"], prof["measure"] = train, prof.get("measure") or {}
+    prof["train"], prof["measure"], prof["bench"] = train, prof.get("measure") or {}, bench
     return prof
 
 

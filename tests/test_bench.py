@@ -1,0 +1,27 @@
+"""The benchmark code runs and reports what it says (no speed is asserted: timings are
+measurements, taken by `make bench`, not tests)."""
+import pytest
+
+from offbyone.bench import bench_attention, time_attention
+from offbyone.config import ConfigError
+from offbyone.pipeline import load_profile
+
+
+def test_time_attention_reports_time_and_memory():
+    r = time_attention("softmax1", "fast", T=32, B=1, H=2, D=8, repeats=2, warmup=1)
+    assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"]
+    assert r["dtype"] == "float32" and r["T"] == 32 and "peak_mib" in r
+
+
+def test_bench_attention_in_subprocesses_with_ratios():
+    rows = bench_attention([32], repeats=1, device="cpu", max_reference_gib=6.0)
+    assert [r["variant"] for r in rows] == ["softmax", "softmax1", "sink", "softmax1"]
+    assert all(r["time_ratio"] > 0 for r in rows)
+    assert rows[0]["time_ratio"] == 1.0
+    skipped = bench_attention([4096], repeats=1, device="cpu", max_reference_gib=0.0)
+    assert "skipped" in skipped[-1] and skipped[-1]["impl"] == "reference"
+
+
+def test_profiles_bench_options_are_checked():
+    assert load_profile("cpu")["bench"]["T"] == [256, 1024, 4096]
+    assert load_profile("rivals")["bench"] == load_profile("cpu")["bench"]   # inherited
