@@ -20,7 +20,7 @@ TEX_PKGS := texlive-latex-base texlive-latex-recommended texlive-fonts-recommend
 # The profile: gpu where CUDA is usable, else cpu (PROFILE=smoke|cpu|gpu overrides).
 DETECT_PROFILE = $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)
 
-.PHONY: help setup test test-all data reproduce pipeline figures paper bench tex lab clean
+.PHONY: help setup test test-all test-slow data reproduce pipeline figures paper bench tex lab clean
 
 help:
 	@echo "make reproduce  everything: set-up, data, every run of the profile, measurement,"
@@ -55,6 +55,9 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 data: $(STAMP)
 	$(PY) -m offbyone.data --corpus shakespeare --data-root data

@@ -162,3 +162,47 @@ def test_torchrun_ddp_two_processes_agree(tmp_path, tiny_corpus, tiny_data):
     state = load_checkpoint(out / "ckpt_000006.pt")
     assert len(state["rng"]["data"]) == 2
     assert not torch.equal(state["rng"]["data"][0], state["rng"]["data"][1])  # ranks see other data
+
+
+def test_disk_full_while_checkpointing_leaves_nothing_half_written(tmp_path, tiny_corpus,
+                                                                   tiny_data, monkeypatch):
+    import offbyone.checkpoint as ck
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)          # bytes reach the temporary file, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    cfg = tiny_train_config(tmp_path, tiny_corpus, tiny_data.parent, max_steps=4,
+                            checkpoint_fractions=[0.5, 1.0])
+    with pytest.raises(OSError, match=r"could not write checkpoint .*ckpt_000002.pt.*No space"):
+        train(cfg)
+    leftovers = [p.name for p in Path(cfg.out_dir).iterdir() if p.name not in ("log.jsonl", ".lock")]
+    assert leftovers == []                   # no checkpoint, no temporary file, no summary
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, tiny_corpus, tiny_data):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cfg = tiny_train_config(tmp_path, tiny_corpus, tiny_data.parent, out_dir=str(blocker / "run"))
+    with pytest.raises(OSError, match="cannot write to the run folder .*a_file/run"):
+        train(cfg)
+
+
+def test_a_second_trainer_of_the_same_run_waits_for_the_first(tmp_path, tiny_corpus, tiny_data):
+    import fcntl
+    cfg = tiny_train_config(tmp_path, tiny_corpus, tiny_data.parent, max_steps=4,
+                            checkpoint_fractions=[1.0])
+    Path(cfg.out_dir).mkdir(parents=True)
+    holder = open(Path(cfg.out_dir) / ".lock", "w")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    import threading
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("s", train(cfg)))
+    t.start()
+    t.join(timeout=3)
+    assert t.is_alive() and not list_checkpoints(cfg.out_dir)   # blocked while the lock is held
+    holder.close()
+    t.join(timeout=120)
+    assert result["s"]["steps"] == 4

@@ -74,7 +74,13 @@ def softpick(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
     live = x > float("-inf")
     # unlike softmax, the eps makes the result depend on m, so m keeps its gradient
     m = x.masked_fill(~live, float("-inf")).amax(dim=dim, keepdim=True).clamp(min=0.0)
-    e = torch.exp(x - m) - torch.exp(-m)
+    # e^(x-m) - e^(-m) without cancellation for small |x| (bf16 would lose it all):
+    # e^(x-m) * -expm1(-x) for x >= 0, e^(-m) * expm1(x) for x < 0; each branch sees only
+    # its own side of 0, so neither overflows and no NaN reaches the gradient
+    pos = x >= 0
+    xp = torch.where(pos, x, torch.zeros_like(x))
+    xn = torch.where(pos, torch.zeros_like(x), x)
+    e = torch.where(pos, torch.exp(xp - m) * -torch.expm1(-xp), torch.exp(-m) * torch.expm1(xn))
     e = torch.where(live, e, torch.zeros_like(e))
     return torch.relu(e) / (e.abs().sum(dim=dim, keepdim=True) + eps)
 

@@ -31,6 +31,9 @@ def atomic_torch_save(obj, path: Path) -> None:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # disk full, unwritable folder: nothing half-written
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(f"could not write checkpoint {path}: {e}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -121,6 +121,32 @@ def train(cfg: TrainConfig | dict, on_step=None) -> dict:
     out_dir = Path(cfg.out_dir)
     summary_path = out_dir / "train_summary.json"
 
+    # one trainer per run folder: a second one (say, from a restarted `make` while a killed
+    # one's kernel still runs) waits for the first, then resumes from what it left
+    lock = _lock_run(out_dir) if master else None
+    try:
+        return _train(cfg, on_step, rank, world, local_rank, master, device, out_dir, summary_path)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _lock_run(out_dir: Path):
+    import fcntl
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        f = open(out_dir / ".lock", "w")
+    except OSError as e:
+        raise OSError(f"cannot write to the run folder {out_dir}: {e}") from e
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"{out_dir}: another process is training this run; waiting for it", flush=True)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def _train(cfg, on_step, rank, world, local_rank, master, device, out_dir, summary_path):
     # data (prepared once, by the first process)
     if master:
         data_dir = prepare(cfg.corpus, cfg.data_root, verbose=False)
@@ -282,7 +308,7 @@ def main(argv=None):
     try:
         cfg = TrainConfig.load(args.config, args.set)
         summary = train(cfg)
-    except (ConfigError, CorpusError, CheckpointError, FloatingPointError) as e:
+    except (ConfigError, CorpusError, CheckpointError, FloatingPointError, OSError) as e:
         sys.exit(f"error: {e}")
     finally:
         if dist.is_initialized():
