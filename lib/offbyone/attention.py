@@ -221,7 +221,6 @@ class _SinkFlashCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, k, v, out1, lse, g = ctx.saved_tensors
-        grad = grad.contiguous()
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad * g.unsqueeze(-1).to(grad.dtype), q, k, v, out1, lse, 0.0, ctx.causal,
             scale=ctx.scale)
@@ -276,7 +275,7 @@ def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None 
     if causal and k.shape[-2] != T:
         raise ValueError("causal fast attention needs as many keys as queries")
     if _cpu_flash_ok(q):
-        return _SinkFlashCPU.apply(q.contiguous(), k.contiguous(), v.contiguous(), s, causal, scale)
+        return _SinkFlashCPU.apply(q, k, v, s, causal, scale)  # strided views are fine
     return _sink_sdpa_appended(q, k, v, s, causal, scale)
 
 

@@ -111,11 +111,13 @@ def bench_training(profile: str, variants, steps: int, warmup: int, device: str)
     """Tokens/s of every variant at a profile's model size, and where a step's time goes."""
     from .data import TokenData, prepare
     from .model import GPT
-    from .pipeline import run_config
+    from .pipeline import load_profile, run_config
 
     rows = []
-    for variant in variants:
-        cfg = run_config(profile, variant, 0)
+    for variant in variants:  # the profile's recipe, any variant (not only those it trains)
+        cfg = run_config(profile, load_profile(profile)["variants"][0], 0)
+        cfg.attention = variant
+        cfg.validate()
         dev = torch.device(device)
         data = TokenData(prepare(cfg.corpus, cfg.data_root, verbose=False))
         torch.manual_seed(0)
@@ -173,7 +175,7 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
     from .provenance import provenance
 
     prof = load_profile(profile)
-    opts = {"T": [256, 1024, 4096], "repeats": 5, "steps": 20, **prof["bench"]}
+    opts = {"T": [256, 1024, 4096], "repeats": 5, "steps": 40, **prof["bench"]}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = repo_root() / out_root / profile / "bench"
     t0 = time.perf_counter()
@@ -205,7 +207,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--profile", default=None, help="model size for training (default: cpu, or gpu on CUDA)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--out", default="results/bench", help="folder for the CSVs")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--for-profile", metavar="PROFILE",
