@@ -213,7 +213,7 @@ class _SinkFlashCPU(torch.autograd.Function):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, causal, scale=scale)
         g = torch.sigmoid(lse - s.to(lse.dtype).view(1, -1, 1))  # (B, H, T)
-        out1 = out * g.unsqueeze(-1).to(out.dtype)
+        out1 = out.mul_(g.unsqueeze(-1).to(out.dtype))  # in place: the kernel's output is ours
         ctx.save_for_backward(q, k, v, out1, lse, g)
         ctx.causal, ctx.scale = causal, scale
         return out1
@@ -227,8 +227,9 @@ class _SinkFlashCPU(torch.autograd.Function):
         ds = None
         if ctx.needs_input_grad[3]:
             acc = torch.promote_types(grad.dtype, torch.float32)  # bf16/fp16 sum in fp32
-            row = (grad.to(acc) * out1.to(acc)).sum(-1) * (1.0 - g.to(acc))  # (B, H, T)
-            ds = -row.sum(dim=(0, 2))
+            # rowsum(grad * out1) as a batched (1 x D) @ (D x 1): no (B, H, T, D) temporary
+            dot = (grad.to(acc).unsqueeze(-2) @ out1.to(acc).unsqueeze(-1)).view(g.shape)
+            ds = -(dot * (1.0 - g.to(acc))).sum(dim=(0, 2))
         return dq, dk, dv, ds, None, None
 
 
