@@ -206,3 +206,18 @@ def test_a_second_trainer_of_the_same_run_waits_for_the_first(tmp_path, tiny_cor
     holder.close()
     t.join(timeout=120)
     assert result["s"]["steps"] == 4
+
+
+def test_resume_accepts_keys_added_later_at_their_default(tmp_path, tiny_corpus, tiny_data):
+    cfg = tiny_train_config(tmp_path, tiny_corpus, tiny_data.parent, max_steps=4,
+                            checkpoint_fractions=[0.5, 1.0])
+    with pytest.raises(Interrupt):
+        train(cfg, on_step=lambda s: (_ for _ in ()).throw(Interrupt) if s == 3 else None)
+    path = list_checkpoints(cfg.out_dir)[-1]
+    state = torch.load(path, weights_only=True)
+    del state["config"]["clip_alpha"]                # a checkpoint from before that key existed
+    torch.save(state, path)
+    assert train(cfg)["steps"] == 4
+    with pytest.raises(ConfigError, match="clip_alpha"):   # a value other than the default is refused
+        train(tiny_train_config(tmp_path, tiny_corpus, tiny_data.parent, max_steps=4,
+                                checkpoint_fractions=[0.5, 1.0], clip_alpha=2.0))

@@ -90,7 +90,8 @@ def collect(profile: str, runs_root: str = "runs") -> pd.DataFrame:
                 raise FileNotFoundError(f"{index} is missing: run `make reproduce PROFILE={profile}` "
                                         "(or the measure notebook) first")
             for f in json.loads(index.read_text())["files"]:
-                r = json.loads(Path(f).read_text())
+                f = repo_root() / f          # relative to the repository (absolute stays absolute)
+                r = json.loads(f.read_text())
                 if r.get("format") != RESULTS_FORMAT or r.get("version") != RESULTS_VERSION:
                     raise ValueError(f"{f} is a results file of another format or version; "
                                      "measure again with force=True")
@@ -105,7 +106,7 @@ def per_layer(profile: str, runs_root: str = "runs") -> pd.DataFrame:
     for v in prof["variants"]:
         for s in prof["seeds"]:
             files = json.loads((run_dir(profile, v, s, runs_root) / "measurements.json").read_text())["files"]
-            r = json.loads(Path(files[-1]).read_text())
+            r = json.loads((repo_root() / files[-1]).read_text())
             for name, m in r["modules"].items():
                 parts = name.split(".")
                 layer = int(parts[1]) if parts[0] == "blocks" else (-1 if name == "embed" else 99)

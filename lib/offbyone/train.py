@@ -98,7 +98,9 @@ def _gather(obj, world: int) -> list:
 
 def _check_resumable(state: dict, cfg: TrainConfig, path: Path) -> None:
     old, new = state["config"], cfg.to_dict()
-    diff = [k for k in new if k not in RESUME_FREE_KEYS and old.get(k) != new[k]]
+    # a key the checkpoint lacks was added to the code later: it ran with that key's default
+    defaults = TrainConfig().to_dict()
+    diff = [k for k in new if k not in RESUME_FREE_KEYS and old.get(k, defaults[k]) != new[k]]
     if diff:
         k = diff[0]
         raise ConfigError(f"{cfg.out_dir} holds a run with a different configuration "
