@@ -70,7 +70,8 @@ def softpick(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
 
     Stable form with m = max(max_j x_j, 0): ReLU(e^(x-m) - e^(-m)) / (sum |e^(x-m) - e^(-m)| + eps).
     Non-positive logits get exactly 0; masked (-inf) entries take no part in the denominator, and
-    a fully masked row gives zeros."""
+    a fully masked row gives zeros. Its derivative at a score of 0 is about 1/eps, more than
+    float16 can hold: train it in bfloat16 or float32."""
     live = x > float("-inf")
     # unlike softmax, the eps makes the result depend on m, so m keeps its gradient
     m = x.masked_fill(~live, float("-inf")).amax(dim=dim, keepdim=True).clamp(min=0.0)
