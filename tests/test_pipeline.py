@@ -110,3 +110,20 @@ def test_macros_and_numbers():
     assert R.fmt(float("nan")) == "n/a" and R.pct(1.0) == "100.0\\%"
     with pytest.raises(ValueError, match="letters only"):
         R.write_macros({"Bad1": "x"}, "/tmp/never.tex")
+
+
+def test_results_file_of_another_version_is_refused_by_name(tmp_path, monkeypatch):
+    import offbyone.pipeline as P
+    root = tmp_path
+    (root / "configs").mkdir()
+    (root / "lib" / "offbyone").mkdir(parents=True)
+    (root / "configs" / "mini.yaml").write_text("variants: [softmax]\nseeds: [0]\n")
+    monkeypatch.chdir(root)
+    run = P.run_dir("mini", "softmax", 0)
+    run.mkdir(parents=True)
+    (run / "ckpt_000010.metrics.json").write_text(json.dumps({"format": "offbyone-metrics",
+                                                             "version": 0}))
+    (run / "measurements.json").write_text(json.dumps(
+        {"files": ["runs/mini/softmax-s0/ckpt_000010.metrics.json"]}))
+    with pytest.raises(ValueError, match="ckpt_000010.metrics.json is a results file of another"):
+        R.collect("mini")
