@@ -1,9 +1,6 @@
 """The benchmark code runs and reports what it says (no speed is asserted: timings are
 measurements, taken by `make bench`, not tests)."""
-import pytest
-
 from offbyone.bench import bench_attention, time_attention
-from offbyone.config import ConfigError
 from offbyone.pipeline import load_profile
 
 

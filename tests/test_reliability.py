@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from offbyone.checkpoint import load_checkpoint
 

@@ -2,9 +2,12 @@
 
 Written atomically (temporary file, then rename) and read with `torch.load(weights_only=True)`,
 so a checkpoint can hold tensors, numbers, strings, lists and dicts, and nothing is unpickled.
+The project's other results files are written atomically by `write_text_atomic` and
+`write_json_atomic` here too.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -37,6 +40,23 @@ def atomic_torch_save(obj, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write to a hidden temporary file beside `path`, then rename: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def save_checkpoint(path, *, config: dict, model_config: GPTConfig, model, optimizer, step: int,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -19,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .config import ConfigError
 from .data import CorpusError, TokenData, prepare
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
-                      kurtosis, loss_on, summarize_activations, token_classes, weight_kurtosis)
+                      loss_on, summarize_activations, token_classes, weight_kurtosis)
 from .provenance import provenance
 from .quant import DEFAULT_SWEEP, QuantConfig, sweep
 from .train import pick_device
@@ -168,9 +167,7 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "provenance": {**provenance(device), "measure_wall_s": wall,
                        "train_wall_s": state.get("extra", {}).get("elapsed_s")},
     }
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out)
+    write_json_atomic(out, results)
     log(f"wrote {out} in {wall:.1f}s")
     return results
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .attention import VARIANTS
+from .checkpoint import write_json_atomic  # noqa: F401  (re-exported for the notebooks)
 from .config import ConfigError, TrainConfig
 from .measure import MeasureConfig
 
@@ -161,14 +162,6 @@ def check_parameters(namespace: dict) -> dict:
             raise TypeError(f"notebook parameter {name!r} must be of type "
                             f"{type(default).__name__}, got {value!r} ({type(value).__name__})")
     return {name: namespace[name] for name in declared}
-
-
-def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def run_notebook(notebook: str, output: str, params: dict, stage: str,

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .checkpoint import write_text_atomic
 from .measure import RESULTS_FORMAT, RESULTS_VERSION
 from .pipeline import load_profile, repo_root, run_dir
 
@@ -210,14 +209,6 @@ def macro_name(*parts: str) -> str:
     name = re.sub(r"[^A-Za-z]", "", name.replace("0", "Zero").replace("1", "One")
                   .replace("2", "Two").replace("4", "Four").replace("6", "Six").replace("8", "Eight"))
     return name
-
-
-def write_text_atomic(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_macros(macros: dict[str, str], path) -> None:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, TrainConfig
 from .data import CorpusError, TokenData, prepare
 from .model import GPT
@@ -294,9 +294,7 @@ def _train(cfg, on_step, rank, world, local_rank, master, device, out_dir, summa
                                           for other in _gather(flat, world))
     if master:
         write_log({"step": cfg.max_steps, "event": "done", **summary})
-        tmp = summary_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, summary_path)
+        write_json_atomic(summary_path, summary)
         log.close()
     return summary
 
