@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
+# executed notebooks are results a reader opens: never delete them as intermediate files
+.SECONDARY:
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

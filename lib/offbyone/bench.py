@@ -3,11 +3,12 @@
     python -m offbyone.bench                      # both, CSVs under results/bench/
     python -m offbyone.bench --what attention --T 256 1024 4096
 
-Attention: B = 8, H = 8, D = 64, causal; fp32 on CPU, bf16 on CUDA. Each configuration runs in
-its own process (so its peak memory can be read: the peak RSS growth on CPU, the CUDA allocator's
-peak on a GPU), with warm-up, then the median of repeated forward + backward passes.
-Training: tokens/s of the GPT of a profile for every variant, and the share of a step spent
-outside forward, backward and the optimizer (batch sampling and bookkeeping).
+Attention: B = 8, H = 8, D = 64, causal; fp32 on CPU, bf16 on CUDA. Times: after warm-up, the
+median of repeated forward + backward passes, the cases interleaved round by round in one process
+so that a shared machine's drifts hit all alike. Peak memory: each case once more in a fresh
+process (the peak RSS growth on CPU, the CUDA allocator's peak on a GPU).
+Training: tokens/s of the GPT of a profile for every variant (steps interleaved across variants,
+same batches), and the share of a step spent outside forward, backward and the optimizer.
 Timings are measurements, not tests: nothing here asserts a speed.
 """
 from __future__ import annotations
@@ -39,7 +40,15 @@ def _sync(device):
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak resident memory. Linux's VmHWM belongs to the process image (the
+    rusage peak would carry over the parent's across fork and exec)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_attention(variant: str, impl: str, T: int, B: int = 8, H: int = 8, D: int = 64,
@@ -77,23 +86,63 @@ def time_attention(variant: str, impl: str, T: int, B: int = 8, H: int = 8, D: i
             "repeats": repeats, "peak_mib": peak, "threads": torch.get_num_threads()}
 
 
-def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.0) -> list[dict]:
+def _inputs(T, B, H, D, device, variant):
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=g).to(dev, dtype).requires_grad_()
+               for _ in range(3))
+    sink = torch.zeros(H, device=dev, dtype=dtype, requires_grad=True) if variant == "sink" else None
+    grad = torch.randn(B, H, T, D, generator=g).to(dev, dtype)
+    return dev, dtype, q, k, v, sink, grad
+
+
+def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.0,
+                    B: int = 8, H: int = 8, D: int = 64) -> list[dict]:
+    """Times are taken in this process with the cases interleaved round by round (rotating
+    their order), so slow drifts of a shared machine hit every case alike; peak memory is
+    read in a fresh process per case."""
     rows = []
     for T in Ts:
+        cases = []
         for label, variant, impl in ATTENTION_CASES:
             # the reference holds scores, probabilities and their gradients: ~4 x B H T^2 floats
-            need_gib = 4 * 8 * 8 * T * T * 4 / 2**30
+            need_gib = 4 * B * H * T * T * 4 / 2**30
             if impl == "reference" and need_gib > max_reference_gib:
                 rows.append({"label": label, "variant": variant, "impl": impl, "T": T,
                              "skipped": f"needs about {need_gib:.0f} GiB"})
                 print(f"T={T:6d} {label:36s} skipped (about {need_gib:.0f} GiB)", flush=True)
                 continue
+            cases.append((label, variant, impl))
+        times = {c: [] for c in cases}
+        inputs = {c: _inputs(T, B, H, D, device, c[1]) for c in cases}
+        warmup = 2
+        for i in range(warmup + repeats):
+            order = cases[i % len(cases):] + cases[:i % len(cases)]
+            for c in order:
+                dev, dtype, q, k, v, sink, grad = inputs[c]
+                fn = fast_attention if c[2] == "fast" else (lambda *a: reference_attention(*a)[0])
+                _sync(dev)
+                t0 = time.perf_counter()
+                fn(q, k, v, c[1], sink).backward(grad)
+                _sync(dev)
+                if i >= warmup:
+                    times[c].append(time.perf_counter() - t0)
+                q.grad = k.grad = v.grad = None
+                if sink is not None:
+                    sink.grad = None
+        del inputs
+        for label, variant, impl in cases:
             cmd = [sys.executable, "-m", "offbyone.bench", "--child", json.dumps(
-                {"variant": variant, "impl": impl, "T": T, "repeats": repeats, "device": device})]
+                {"variant": variant, "impl": impl, "T": T, "repeats": 3, "warmup": 1,
+                 "device": device, "B": B, "H": H, "D": D})]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"benchmark of {label} at T={T} failed:\n{res.stderr[-2000:]}")
-            row = {"label": label, **json.loads(res.stdout.strip().splitlines()[-1])}
+            mem = json.loads(res.stdout.strip().splitlines()[-1])
+            t = times[(label, variant, impl)]
+            row = {"label": label, **mem, "median_ms": 1e3 * statistics.median(t),
+                   "min_ms": 1e3 * min(t), "repeats": repeats}
             rows.append(row)
             print(f"T={T:6d} {label:36s} {row['median_ms']:9.1f} ms  peak {row['peak_mib']:8.1f} MiB",
                   flush=True)
@@ -108,30 +157,36 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
 
 
 def bench_training(profile: str, variants, steps: int, warmup: int, device: str) -> list[dict]:
-    """Tokens/s of every variant at a profile's model size, and where a step's time goes."""
+    """Tokens/s of every variant at a profile's model size, and where a step's time goes.
+    The variants' steps are interleaved round by round, each on the same batches."""
     from .data import TokenData, prepare
     from .model import GPT
     from .pipeline import load_profile, run_config
 
-    rows = []
+    dev = torch.device(device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    runs = {}
     for variant in variants:  # the profile's recipe, any variant (not only those it trains)
         cfg = run_config(profile, load_profile(profile)["variants"][0], 0)
         cfg.attention = variant
         cfg.validate()
-        dev = torch.device(device)
         data = TokenData(prepare(cfg.corpus, cfg.data_root, verbose=False))
         torch.manual_seed(0)
         model = GPT(cfg.model_config(data.vocab_size)).to(dev)
         opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), dev.type)
-        gen = torch.Generator().manual_seed(0)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                    else torch.autocast("cpu", enabled=False))
-        parts = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-        t_total = 0.0
-        for i in range(warmup + steps):
+        runs[variant] = dict(cfg=cfg, data=data, model=model, opt=opt,
+                             gen=torch.Generator().manual_seed(0),
+                             parts={"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0})
+    names = list(runs)
+    for i in range(warmup + steps):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for variant in order:
+            r = runs[variant]
+            cfg, model, opt, parts = r["cfg"], r["model"], r["opt"], r["parts"]
             _sync(dev)
             t0 = time.perf_counter()
-            x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, gen, cfg.bos)
+            x, y = r["data"].get_batch("train", cfg.batch_size, cfg.block_size, r["gen"], cfg.bos)
             x, y = x.to(dev), y.to(dev)
             t1 = time.perf_counter()
             with autocast:
@@ -148,16 +203,16 @@ def bench_training(profile: str, variants, steps: int, warmup: int, device: str)
             _sync(dev)
             t4 = time.perf_counter()
             if i >= warmup:
-                parts["data"] += t1 - t0
-                parts["forward"] += t2 - t1
-                parts["backward"] += t3 - t2
-                parts["optimizer"] += t4 - t3
-                t_total += t4 - t0
-        tokens = steps * cfg.batch_size * cfg.block_size
+                for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    parts[k] += dt
+    rows = []
+    for variant in names:
+        cfg, parts = runs[variant]["cfg"], runs[variant]["parts"]
+        total = sum(parts.values())
         row = {"variant": variant, "profile": profile, "device": dev.type, "steps": steps,
-               "tokens_per_s": tokens / t_total, "step_ms": 1e3 * t_total / steps,
-               "outside_share": parts["data"] / t_total,
-               **{f"{k}_share": v / t_total for k, v in parts.items() if k != "data"},
+               "tokens_per_s": steps * cfg.batch_size * cfg.block_size / total,
+               "step_ms": 1e3 * total / steps, "outside_share": parts["data"] / total,
+               **{f"{k}_share": v / total for k, v in parts.items() if k != "data"},
                "threads": torch.get_num_threads()}
         rows.append(row)
         print(f"{variant:10s} {row['tokens_per_s']:10,.0f} tokens/s  step {row['step_ms']:.1f} ms  "
