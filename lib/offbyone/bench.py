@@ -51,41 +51,6 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_attention(variant: str, impl: str, T: int, B: int = 8, H: int = 8, D: int = 64,
-                   repeats: int = 5, warmup: int = 2, device: str = "cpu") -> dict:
-    """Median forward + backward time and peak memory of one configuration (this process)."""
-    dev = torch.device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(B, H, T, D, generator=g).to(dev, dtype).requires_grad_()
-               for _ in range(3))
-    sink = torch.zeros(H, device=dev, dtype=dtype, requires_grad=True) if variant == "sink" else None
-    grad = torch.randn(B, H, T, D, generator=g).to(dev, dtype)
-    fn = fast_attention if impl == "fast" else (lambda *a: reference_attention(*a)[0])
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_mib()
-    times = []
-    for i in range(warmup + repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        out = fn(q, k, v, variant, sink)
-        out.backward(grad)
-        _sync(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-        q.grad = k.grad = v.grad = None
-        del out
-    peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda"
-            else _rss_mib() - base)
-    return {"variant": variant, "impl": impl, "T": T, "B": B, "H": H, "D": D,
-            "dtype": str(dtype).replace("torch.", ""), "device": dev.type,
-            "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-            "repeats": repeats, "peak_mib": peak, "threads": torch.get_num_threads()}
-
-
 def _inputs(T, B, H, D, device, variant):
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -95,6 +60,39 @@ def _inputs(T, B, H, D, device, variant):
     sink = torch.zeros(H, device=dev, dtype=dtype, requires_grad=True) if variant == "sink" else None
     grad = torch.randn(B, H, T, D, generator=g).to(dev, dtype)
     return dev, dtype, q, k, v, sink, grad
+
+
+def _timed_pass(variant, impl, dev, q, k, v, sink, grad) -> float:
+    """Seconds of one forward + backward; the gradients are cleared afterwards."""
+    fn = fast_attention if impl == "fast" else (lambda *a: reference_attention(*a)[0])
+    _sync(dev)
+    t0 = time.perf_counter()
+    fn(q, k, v, variant, sink).backward(grad)
+    _sync(dev)
+    seconds = time.perf_counter() - t0
+    for t in (q, k, v, sink):
+        if t is not None:
+            t.grad = None
+    return seconds
+
+
+def time_attention(variant: str, impl: str, T: int, B: int = 8, H: int = 8, D: int = 64,
+                   repeats: int = 5, warmup: int = 2, device: str = "cpu") -> dict:
+    """Median forward + backward time and peak memory of one configuration (this process)."""
+    dev, dtype, q, k, v, sink, grad = _inputs(T, B, H, D, device, variant)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_mib()
+    times = [_timed_pass(variant, impl, dev, q, k, v, sink, grad)
+             for _ in range(warmup + repeats)][warmup:]
+    peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda"
+            else _rss_mib() - base)
+    return {"variant": variant, "impl": impl, "T": T, "B": B, "H": H, "D": D,
+            "dtype": str(dtype).replace("torch.", ""), "device": dev.type,
+            "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
+            "repeats": repeats, "peak_mib": peak, "threads": torch.get_num_threads()}
 
 
 def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.0,
@@ -120,17 +118,10 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
         for i in range(warmup + repeats):
             order = cases[i % len(cases):] + cases[:i % len(cases)]
             for c in order:
-                dev, dtype, q, k, v, sink, grad = inputs[c]
-                fn = fast_attention if c[2] == "fast" else (lambda *a: reference_attention(*a)[0])
-                _sync(dev)
-                t0 = time.perf_counter()
-                fn(q, k, v, c[1], sink).backward(grad)
-                _sync(dev)
+                dev, _, q, k, v, sink, grad = inputs[c]
+                seconds = _timed_pass(c[1], c[2], dev, q, k, v, sink, grad)
                 if i >= warmup:
-                    times[c].append(time.perf_counter() - t0)
-                q.grad = k.grad = v.grad = None
-                if sink is not None:
-                    sink.grad = None
+                    times[c].append(seconds)
         del inputs
         for label, variant, impl in cases:
             cmd = [sys.executable, "-m", "offbyone.bench", "--child", json.dumps(
