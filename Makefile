@@ -101,9 +101,13 @@ RUNS   := $(shell $(PY) -m offbyone.pipeline runs $(PROFILE))
 ifeq ($(RUNS),)
 $(error could not read the runs of profile '$(PROFILE)' (see the message above))
 endif
+TESTBED      := $(shell $(PY) -m offbyone.pipeline testbed $(PROFILE))
+TESTBED_RUNS := $(if $(TESTBED),$(shell $(PY) -m offbyone.pipeline runs $(TESTBED)))
 NB      := build/$(PROFILE)/notebooks
 TIMINGS := build/$(PROFILE)/timings.jsonl
 RUN_NB   = $(PY) -m offbyone.pipeline nb $(1) notebooks/$(2).ipynb $@ --timings $(TIMINGS)
+# a change to what is measured measures again (measure() skips results of the current version)
+MEASURE_CODE := lib/offbyone/measure.py lib/offbyone/metrics.py lib/offbyone/quant.py
 variant  = $(firstword $(subst -s, ,$(1)))
 seed     = $(lastword $(subst -s, ,$(1)))
 
@@ -112,17 +116,23 @@ pipeline: $(PDF)
 
 report: $(NB)/04_report.ipynb
 
-$(NB)/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb configs/$(PROFILE).yaml
-	$(call RUN_NB,data,01_prepare_data) -p corpus "$$($(PY) -c 'from offbyone.pipeline import load_profile; print(load_profile("$(PROFILE)")["train"].get("corpus", "shakespeare"))')"
+# The data, train and measure notebooks of a profile; instantiated for the profile and for its
+# synthetic testbed profile (a `testbed:` key), whose runs the report puts beside the main ones.
+define STUDY_RULES
+build/$(1)/notebooks/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb configs/$(1).yaml
+	$$(call RUN_NB,data,01_prepare_data) -p corpus "$$(shell $(PY) -m offbyone.pipeline corpus $(1))"
 
-$(NB)/02_train-%.ipynb: notebooks/02_train.ipynb $(NB)/01_prepare_data.ipynb configs/$(PROFILE).yaml
-	$(call RUN_NB,train,02_train) -p profile $(PROFILE) -p variant $(call variant,$*) -p seed $(call seed,$*)
+build/$(1)/notebooks/02_train-%.ipynb: notebooks/02_train.ipynb build/$(1)/notebooks/01_prepare_data.ipynb configs/$(1).yaml
+	$$(call RUN_NB,train,02_train) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)
 
-$(NB)/03_measure-%.ipynb: notebooks/03_measure.ipynb $(NB)/02_train-%.ipynb
-	$(call RUN_NB,measure,03_measure) -p profile $(PROFILE) -p variant $(call variant,$*) -p seed $(call seed,$*)
+build/$(1)/notebooks/03_measure-%.ipynb: notebooks/03_measure.ipynb build/$(1)/notebooks/02_train-%.ipynb $(MEASURE_CODE)
+	$$(call RUN_NB,measure,03_measure) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)
+endef
+$(foreach p,$(PROFILE) $(TESTBED),$(eval $(call STUDY_RULES,$(p))))
 
 $(NB)/04_report.ipynb: notebooks/04_report.ipynb lib/offbyone/report.py paper/published.csv \
-                       $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb)
+                       $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) \
+                       $(foreach r,$(TESTBED_RUNS),build/$(TESTBED)/notebooks/03_measure-$(r).ipynb)
 	$(call RUN_NB,report,04_report) -p profile $(PROFILE)
 
 # benchmarks: measured by the CLI (on an otherwise idle machine), plotted by a notebook

@@ -76,7 +76,7 @@ def test_profiles_are_valid_and_runs_are_paired():
         diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
         assert diff == {"attention", "out_dir"}     # same seed, data order and recipe
     assert len(load_profile("cpu")["seeds"]) >= 3
-    with pytest.raises(ConfigError, match="valid profiles: cpu, gpu, rivals, smoke"):
+    with pytest.raises(ConfigError, match="valid profiles: cpu, gpu, rivals, smoke, testbed"):
         load_profile("laptop")
 
 
@@ -127,3 +127,31 @@ def test_results_file_of_another_version_is_refused_by_name(tmp_path, monkeypatc
         {"files": ["runs/mini/softmax-s0/ckpt_000010.metrics.json"]}))
     with pytest.raises(ValueError, match="ckpt_000010.metrics.json is a results file of another"):
         R.collect("mini")
+
+
+def test_testbed_profiles_are_named_checked_and_paired(tmp_path, monkeypatch):
+    for name, tb in (("cpu", "testbed"), ("smoke", "testbed_smoke"), ("rivals", "testbed_rivals"),
+                     ("gpu", "testbed_gpu")):
+        assert load_profile(name)["testbed"] == tb
+        prof = load_profile(tb)
+        assert prof["train"]["corpus"] == "bigram_backcopy" and prof["train"]["bos"] is True
+        a = run_config(tb, "softmax", prof["seeds"][0]).to_dict()
+        b = run_config(tb, "softmax1", prof["seeds"][0]).to_dict()
+        assert {k for k in a if a[k] != b[k]} == {"attention", "out_dir"}
+    assert len(load_profile("testbed")["seeds"]) >= 3
+    import offbyone.pipeline as P
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "lib" / "offbyone").mkdir(parents=True)
+    (tmp_path / "configs" / "a.yaml").write_text("variants: [softmax]\nseeds: [0]\ntestbed: a\n")
+    (tmp_path / "configs" / "b.yaml").write_text("variants: [softmax]\nseeds: [0]\ntestbed: c\n")
+    (tmp_path / "configs" / "c.yaml").write_text("variants: [softmax]\nseeds: [0]\ntestbed: d\n")
+    (tmp_path / "configs" / "d.yaml").write_text("variants: [softmax]\nseeds: [0]\n")
+    (tmp_path / "configs" / "e.yaml").write_text("variants: [softmax]\nseeds: [0]\ntestbed: nope\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="testbed must name another profile"):
+        P.load_profile("a")
+    with pytest.raises(ConfigError, match="may not have a testbed itself"):
+        P.load_profile("b")
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        P.load_profile("e")
+    assert P.load_profile("c")["testbed"] == "d"

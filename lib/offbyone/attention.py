@@ -160,13 +160,31 @@ def _sink_logits(variant: Variant, sink: torch.Tensor | None, n_head: int,
 # --------------------------------------------------------------------------------------------
 # Reference path: materialise the (T, S) probabilities.
 
+def window_mask(T: int, S: int, window: int | None = None, keep: int = 0,
+                device=None) -> torch.Tensor:
+    """(T, S) bool, True where query t may see key j: causal (j <= t) and, with a window, only
+    the `window` most recent keys (t - j < window) plus the first `keep` positions, which stay
+    visible whatever the window (StreamingLLM's kept initial tokens)."""
+    t = torch.arange(T, device=device).view(-1, 1)
+    j = torch.arange(S, device=device).view(1, -1)
+    mask = j <= t
+    if window is not None:
+        if window < 1 or keep < 0:
+            raise ValueError(f"window must be >= 1 and keep >= 0, got window={window}, keep={keep}")
+        mask &= (t - j < window) | (j < keep)
+    return mask
+
+
 def attention_probs(q, k, variant: str = "softmax", sink: torch.Tensor | None = None,
                     causal: bool = True, scale: float | None = None,
-                    clip_alpha: float = 4.0) -> torch.Tensor:
+                    clip_alpha: float = 4.0, window: int | None = None,
+                    keep: int = 0) -> torch.Tensor:
     """The materialised attention probabilities (B, H, T, S) of q (B, H, T, D), k (B, H, S, D).
 
     Causal means query t sees keys 0..t (top-left aligned, as SDPA's is_causal). For `clipped`,
-    gamma = -clip_alpha / S with S the number of keys (Bondarenko et al.'s T)."""
+    gamma = -clip_alpha / S with S the number of keys (Bondarenko et al.'s T). `window` and `keep`
+    (causal only) restrict each query to its `window` latest keys plus the first `keep`: an
+    evaluation-time sliding window. The implicit zero logit of the sink variants stays."""
     var = get_variant(variant)
     B, H, T, D = q.shape
     S = k.shape[-2]
@@ -174,8 +192,9 @@ def attention_probs(q, k, variant: str = "softmax", sink: torch.Tensor | None = 
     s = _sink_logits(var, sink, H, q)
     att = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
     if causal:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
-        att = att.masked_fill(~mask, float("-inf"))
+        att = att.masked_fill(~window_mask(T, S, window, keep, q.device), float("-inf"))
+    elif window is not None:
+        raise ValueError("a sliding window needs causal attention")
     if var.normaliser == "clipped":
         return clipped_softmax(att, gamma=-clip_alpha / S)
     if var.normaliser == "softpick":

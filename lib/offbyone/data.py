@@ -12,6 +12,12 @@ sinks form there.
 
     python -m offbyone.data                       # Shakespeare into data/shakespeare_char
     python -m offbyone.data --corpus my.txt       # any UTF-8 text file (or a folder of .txt)
+    python -m offbyone.data --corpus bigram_backcopy   # the synthetic testbed (no download)
+
+`bigram_backcopy` is Guo et al.'s (2024) synthetic task, generated deterministically from a
+fixed seed: tokens follow a random bigram chain, except that after one of a few trigger tokens
+the next token copies the token before the trigger. Predicting the chain needs only the current
+token; only trigger positions need attention, so heads must learn to "do nothing" elsewhere.
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import torch
 
@@ -40,6 +48,19 @@ SPLITS = ("train", "val", "test")
 HELDOUT_FRACTION = 0.05   # of characters, for each of val and test
 SPLIT_SEED = 0            # the seeded shuffle that picks held-out works
 FORMAT_VERSION = 1
+SYNTHETIC = ("bigram_backcopy",)
+
+
+@dataclass(frozen=True)
+class BigramBackcopy:
+    """The testbed's generator settings (Guo et al. 2024 use a vocabulary of 64, 3 triggers)."""
+    vocab: int = 64                # ordinary tokens plus triggers (BOS comes on top)
+    triggers: int = 3
+    alpha: float = 0.1             # Dirichlet concentration of each bigram row (peaked rows)
+    train_tokens: int = 2_000_000
+    heldout_tokens: int = 100_000  # each of val and test
+    chains: int = 256              # independent chains per split, generated side by side
+    seed: int = 0
 
 
 class CorpusError(ValueError):
@@ -216,7 +237,64 @@ def build(works: dict[str, str], out_dir: Path, source: dict) -> dict:
     return meta
 
 
+# --------------------------------------------------------------------------------------------
+# The synthetic testbed
+
+def bigram_backcopy_tokens(spec: BigramBackcopy, n: int, rng: np.random.Generator,
+                           cdf: np.ndarray, triggers: np.ndarray) -> np.ndarray:
+    """n tokens: `spec.chains` independent chains of equal length, concatenated. In each chain
+    a trigger is always followed by a copy of the (ordinary) token before it, so two triggers
+    never meet; the chain starts on an ordinary token."""
+    is_trig = np.zeros(spec.vocab, dtype=bool)
+    is_trig[triggers] = True
+    C = spec.chains
+    L = -(-n // C)
+    out = np.empty((C, L), dtype=np.int64)
+    ordinary = np.flatnonzero(~is_trig)
+    out[:, 0] = ordinary[rng.integers(len(ordinary), size=C)]
+    for t in range(1, L):
+        prev = out[:, t - 1]
+        u = rng.random(C)
+        nxt = (cdf[prev] < u[:, None]).sum(1)               # inverse-CDF draw per chain
+        np.minimum(nxt, spec.vocab - 1, out=nxt)
+        if t >= 2:
+            copy = is_trig[prev]
+            nxt[copy] = out[copy, t - 2]
+        out[:, t] = nxt
+    return out.reshape(-1)[:n]
+
+
+def build_bigram_backcopy(out_dir: Path, spec: BigramBackcopy) -> dict:
+    rng = np.random.default_rng(spec.seed)
+    triggers = np.sort(rng.choice(spec.vocab, size=spec.triggers, replace=False))
+    probs = rng.dirichlet(np.full(spec.vocab, spec.alpha), size=spec.vocab)
+    probs[triggers] = 0.0                  # rows of triggers are never used (the copy rule is)
+    cdf = np.cumsum(probs, axis=1)
+    cdf[:, -1] = np.maximum(cdf[:, -1], 1.0)
+    itos = [(f"T{i:02d}" if i in triggers else f"a{i:02d}") for i in range(spec.vocab)] + [BOS]
+    meta = {"format_version": FORMAT_VERSION, "tokenizer": "synthetic",
+            "source": {"kind": "synthetic", "generator": "bigram_backcopy", **asdict(spec)},
+            "vocab_size": len(itos), "itos": itos, "bos_id": spec.vocab,
+            "token_classes": {"trigger": [int(t) for t in triggers]}, "splits": {}}
+    sizes = {"train": spec.train_tokens, "val": spec.heldout_tokens, "test": spec.heldout_tokens}
+
+    def write(tmp: Path):
+        for i, split in enumerate(SPLITS):
+            split_rng = np.random.default_rng([spec.seed, i + 1])
+            ids = bigram_backcopy_tokens(spec, sizes[split], split_rng, cdf, triggers)
+            ids = ids.astype(np.uint16)
+            ids.tofile(tmp / f"{split}.bin")
+            meta["splits"][split] = {"tokens": int(len(ids)), "works": [f"{split} chains"],
+                                     "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    _write_atomic_dir(out_dir, write)
+    return meta
+
+
 def corpus_name(corpus: str) -> str:
+    if corpus in SYNTHETIC:
+        return corpus
     return "shakespeare" if corpus == "shakespeare" else Path(corpus).stem or "corpus"
 
 
@@ -224,6 +302,19 @@ def prepare(corpus: str = "shakespeare", data_root: str | os.PathLike = "data",
             force: bool = False, verbose: bool = True) -> Path:
     """Prepare `corpus` ('shakespeare' or a path) under data_root; return the prepared folder."""
     data_root = Path(data_root)
+    if corpus in SYNTHETIC:
+        out_dir = data_root / corpus
+        spec = BigramBackcopy()
+        source = {"kind": "synthetic", "generator": corpus, **asdict(spec)}
+        old = _read_meta(out_dir / "meta.json")
+        if old.get("source") == source and old.get("format_version") == FORMAT_VERSION and not force:
+            if verbose:
+                print(f"{out_dir} is already prepared: {describe(old)}")
+            return out_dir
+        meta = build_bigram_backcopy(out_dir, spec)
+        if verbose:
+            print(f"prepared {out_dir}: {describe(meta)}")
+        return out_dir
     out_dir = data_root / f"{corpus_name(corpus)}_char"
     if corpus == "shakespeare":
         archive = fetch_shakespeare(data_root / "cache")
@@ -232,18 +323,14 @@ def prepare(corpus: str = "shakespeare", data_root: str | os.PathLike = "data",
         path = Path(corpus).expanduser().resolve()
         if not path.exists():
             raise CorpusError(f"corpus {corpus} does not exist; give a UTF-8 text file, a folder "
-                              "of *.txt files, or 'shakespeare'")
+                              "of *.txt files, 'shakespeare' or 'bigram_backcopy'")
         files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
         h = hashlib.sha256()
         for f in files:
             h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
         source = {"kind": "local", "path": str(path), "sha256": h.hexdigest()}
-    meta_path = out_dir / "meta.json"
-    if meta_path.exists() and not force:
-        try:
-            old = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
+    if not force:
+        old = _read_meta(out_dir / "meta.json")
         if old.get("source") == source and old.get("format_version") == FORMAT_VERSION:
             if verbose:
                 print(f"{out_dir} is already prepared: {describe(old)}")
@@ -255,11 +342,19 @@ def prepare(corpus: str = "shakespeare", data_root: str | os.PathLike = "data",
     return out_dir
 
 
+def _read_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def describe(meta: dict) -> str:
+    unit = "chars" if meta.get("tokenizer") == "char" else "tokens"
     parts = [f"vocab {meta['vocab_size']} (incl. {BOS})"]
     for split in SPLITS:
         s = meta["splits"][split]
-        parts.append(f"{split} {s['tokens']:,} chars in {len(s['works'])} work(s)")
+        parts.append(f"{split} {s['tokens']:,} {unit} in {len(s['works'])} work(s)")
     return ", ".join(parts)
 
 
@@ -318,7 +413,8 @@ class TokenData:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default="shakespeare",
-                    help="'shakespeare' (default) or a path to a UTF-8 text file or folder")
+                    help="'shakespeare' (default), 'bigram_backcopy' (synthetic), or a path to a "
+                         "UTF-8 text file or folder")
     ap.add_argument("--data-root", default="data", help="where prepared corpora go (default data)")
     ap.add_argument("--force", action="store_true", help="prepare again even if done")
     args = ap.parse_args(argv)

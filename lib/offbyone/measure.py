@@ -22,13 +22,14 @@ from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .config import ConfigError
 from .data import CorpusError, TokenData, prepare
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
-                      loss_on, summarize_activations, token_classes, weight_kurtosis)
+                      loss_by_class, loss_on, summarize_activations, token_classes, weight_kurtosis,
+                      windowed_losses)
 from .provenance import provenance
 from .quant import DEFAULT_SWEEP, QuantConfig, sweep
 from .train import pick_device
 
 RESULTS_FORMAT = "offbyone-metrics"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2   # 2: sliding-window losses, per-class losses and trigger-split attention
 
 
 @dataclass
@@ -41,6 +42,8 @@ class MeasureConfig:
     weight_granularity: str = "tensor"
     weight_method: str = "minmax"
     act_method: str = "minmax"
+    windows: tuple = (16, 32, 64)  # sliding-window evaluation (final checkpoint): window sizes
+    keeps: tuple = (0, 1, 2, 4)    # ... and initial positions kept visible
     seed: int = 0                # the fixed evaluation windows: the same for every checkpoint
     threads: int = 0
     device: str = "auto"         # auto (cuda, mps, cpu), or one of them
@@ -56,6 +59,12 @@ class MeasureConfig:
                     raise ConfigError(f"bit_widths must be a list of [wbits, abits] pairs of "
                                       f"integers from 2 to 16, got {v!r}")
                 self.bit_widths = tuple(tuple(p) for p in v)
+            elif f.name in ("windows", "keeps"):
+                lo = 1 if f.name == "windows" else 0
+                if not (isinstance(v, (list, tuple)) and all(
+                        isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)):
+                    raise ConfigError(f"{f.name} must be a list of integers >= {lo}, got {v!r}")
+                setattr(self, f.name, tuple(v))
             elif f.type in ("int", int):
                 if not isinstance(v, int) or isinstance(v, bool) or v < (0 if f.name in ("seed", "threads") else 1):
                     raise ConfigError(f"{f.name} must be a positive integer, got {v!r}")
@@ -120,7 +129,8 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     data = _data_for(state)
     T, bos = model.config.block_size, cfg["bos"]
     classes = {k: v.to(device) for k, v in
-               token_classes(data.itos, data.bos_id if bos else None).items()}
+               token_classes(data.itos, data.bos_id if bos else None,
+                             data.meta.get("token_classes")).items()}
 
     def log(msg):
         if verbose:
@@ -132,6 +142,11 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     log(f"measuring {checkpoint} ({cfg['attention']}, seed {cfg['seed']}, step {state['step']})")
     val_loss, test_loss = loss_on(model, val_x, val_y), loss_on(model, test_x, test_y)
     log(f"losses: val {val_loss:.4f}, test {test_loss:.4f}")
+    by_class = {}
+    if "trigger" in classes:   # the testbed: copy positions (after a trigger) and the others
+        by_class["trigger"] = loss_by_class(model, val_x, val_y, classes["trigger"])
+        log(f"loss after a trigger {by_class['trigger']['in_class']:.4f}, "
+            f"elsewhere {by_class['trigger']['other']:.4f}")
     acts = activation_statistics(model, act_x, classes)
     summary = summarize_activations(acts["modules"])
     log(f"activations: avg kurtosis {summary['all']['avg_kurtosis']:.2f}, "
@@ -141,6 +156,13 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     attn64 = attention_statistics(model, act_x[:, :sink_T], classes)
     log(f"attention: sink rate (T={sink_T}) {attn64['sink_rate']:.3f}, "
         f"mean abstention {attn['mean_abstention']:.3f}")
+    windowed = None
+    if state["step"] == cfg["max_steps"] and mc.windows:   # the final checkpoint only
+        windowed = {split: windowed_losses(model, x, y, mc.windows, mc.keeps or (0,))
+                    for split, (x, y) in (("val", (val_x, val_y)), ("test", (test_x, test_y)))}
+        if windowed["val"]["grid"]:
+            log("sliding window (val): " + ", ".join(
+                f"W{c['window']}/k{c['keep']} {c['loss']:.3f}" for c in windowed["val"]["grid"]))
     wk = weight_kurtosis(model)
     g = torch.Generator().manual_seed(mc.seed + 2)
     calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
@@ -156,11 +178,12 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "step": state["step"], "max_steps": cfg["max_steps"], "config": cfg,
         "measure_config": _jsonable(asdict(mc)),
         "losses": {"val": val_loss, "test": test_loss, "val_bits_per_token": bits_per_token(val_loss),
-                   "test_bits_per_token": bits_per_token(test_loss), "tokenizer": data.meta["tokenizer"]},
+                   "test_bits_per_token": bits_per_token(test_loss), "tokenizer": data.meta["tokenizer"],
+                   "by_class": by_class},
         "activations": summary, "modules": acts["modules"], "base_rates": acts["base_rates"],
         "weights": {"kurtosis": wk, "avg_kurtosis": sum(wk.values()) / len(wk),
                     "max_kurtosis": max(wk.values())},
-        "attention": attn, "attention_T64": attn64,
+        "attention": attn, "attention_T64": attn64, "windowed": windowed,
         "quant": quant,
         "quant_notes": "fake quant; weights symmetric, activations asymmetric per tensor with "
                        "static calibrated ranges; final LayerNorm and LM head in full precision",

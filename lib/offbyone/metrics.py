@@ -46,14 +46,23 @@ def uniform_first_position_mass(T: int) -> float:
     return sum(1.0 / t for t in range(1, T + 1)) / T
 
 
-def token_classes(itos: list[str], bos_id: int | None) -> dict[str, torch.Tensor]:
-    """Boolean masks over the vocabulary: 'delimiter' (whitespace or punctuation) and 'bos'."""
+def token_classes(itos: list[str], bos_id: int | None,
+                  extra: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Boolean masks over the vocabulary: 'delimiter' (whitespace or punctuation), 'bos', and
+    any classes a corpus names by token id in its meta.json (`token_classes`, e.g. 'trigger')."""
     delim = torch.tensor([(s in DELIMITERS) for s in itos], dtype=torch.bool)
     bos = torch.zeros(len(itos), dtype=torch.bool)
     if bos_id is not None:
         bos[bos_id] = True
         delim[bos_id] = False
-    return {"delimiter": delim, "bos": bos}
+    out = {"delimiter": delim, "bos": bos}
+    for name, ids in (extra or {}).items():
+        if name in out:
+            raise ValueError(f"corpus token class {name!r} clashes with a built-in class")
+        mask = torch.zeros(len(itos), dtype=torch.bool)
+        mask[torch.as_tensor(ids, dtype=torch.long)] = True
+        out[name] = mask
+    return out
 
 
 def activation_modules(model) -> dict[str, torch.nn.Module]:
@@ -191,6 +200,11 @@ def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: i
             for k in ("first", "delimiter", "abstain", "first_late")}
     current, count = {}, {"n": 0}
     handles = []
+    has_trigger = "trigger" in classes
+    if has_trigger:
+        sums.update(first_trig=torch.zeros(L, H, dtype=torch.float64),
+                    first_other=torch.zeros(L, H, dtype=torch.float64))
+        n_q = {"trig": 0, "other": 0}
     has_gate = model.blocks[0].attn.gate != "none"
     if has_gate:
         sums["gate"] = torch.zeros(L, H, dtype=torch.float64)
@@ -214,21 +228,40 @@ def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: i
             key_delim = current["delim"].to(p.dtype)[:, None, None, :]  # (B, 1, 1, T)
             sums["delimiter"][li] += (p * key_delim).sum(-1).mean(-1).sum(0).cpu()
             sums["abstain"][li] += (1.0 - p.sum(-1)).mean(-1).sum(0).cpu()
+            if has_trigger:
+                q = current["trigger"].to(p.dtype)[:, None, :]            # (B, 1, T)
+                sums["first_trig"][li] += (p[..., 0] * q).sum((0, 2)).cpu()
+                sums["first_other"][li] += (p[..., 0] * (1 - q)).sum((0, 2)).cpu()
         handles.append(b.attn.hook_probs.register_forward_hook(hook))
     try:
         for s in range(0, len(seqs), batch_size):
             x = seqs[s:s + batch_size]
             current["delim"] = classes["delimiter"][x]
             count["n"] += len(x)
+            if has_trigger:
+                current["trigger"] = classes["trigger"][x]
+                n_q["trig"] += int(current["trigger"].sum())
+                n_q["other"] += int((~current["trigger"]).sum())
             model(x)
     finally:
         for h in handles:
             h.remove()
         model.set_attention_impl(old_impl)
-    mean = {k: (v / count["n"]) for k, v in sums.items()}
+    mean = {k: (v / count["n"]) for k, v in sums.items() if not k.startswith("first_")
+            or k == "first_late"}
     T = seqs.shape[1]
     first = mean["first"]
-    return {"T": T,
+    split = {}
+    if has_trigger:
+        trig = sums["first_trig"] / max(n_q["trig"], 1)
+        other = sums["first_other"] / max(n_q["other"], 1)
+        split = {"first_position_trigger_queries": trig.tolist(),
+                 "first_position_other_queries": other.tolist(),
+                 "mean_first_position_trigger_queries": trig.mean().item(),
+                 "mean_first_position_other_queries": other.mean().item(),
+                 "max_head_first_position_other_queries": other.max().item(),
+                 "n_trigger_queries": n_q["trig"]}
+    return {"T": T, **split,
             "first_position": first.tolist(),
             "first_position_late_queries": mean["first_late"].tolist(),
             "delimiter": mean["delimiter"].tolist(),
@@ -254,6 +287,67 @@ def loss_on(model, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int = 
         total += loss.item() * k
         n += k
     return total / n
+
+
+@torch.no_grad()
+def loss_by_class(model, seqs: torch.Tensor, targets: torch.Tensor, query_mask: torch.Tensor,
+                  batch_size: int = 32) -> dict:
+    """Mean next-token loss (nats) at positions whose input token is in a class (query_mask
+    True) and at the others: on the testbed, the copy positions after a trigger and the
+    bigram positions."""
+    tot = {"in": 0.0, "out": 0.0}
+    n = {"in": 0, "out": 0}
+    for s in range(0, len(seqs), batch_size):
+        x, y = seqs[s:s + batch_size], targets[s:s + batch_size]
+        logits, _ = model(x)
+        nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1),
+                                                reduction="none").view_as(y).double()
+        m = query_mask[x]
+        tot["in"] += nll[m].sum().item()
+        tot["out"] += nll[~m].sum().item()
+        n["in"] += int(m.sum())
+        n["out"] += int((~m).sum())
+    return {"in_class": tot["in"] / n["in"] if n["in"] else None,
+            "other": tot["out"] / n["out"] if n["out"] else None,
+            "n_in_class": n["in"], "n_other": n["out"]}
+
+
+@torch.no_grad()
+def windowed_losses(model, seqs: torch.Tensor, targets: torch.Tensor, windows, keeps,
+                    batch_size: int = 32) -> dict:
+    """StreamingLLM's test as an evaluation-time mask: next-token loss when every query sees only
+    its `window` latest tokens plus the first `keep` positions, for each window and keep, beside
+    full causal attention. The loss is taken at the positions t >= window + max(keeps), where
+    every setting has evicted something, so all cells of the grid score the same targets.
+    Windows that leave no such position (window + max(keeps) >= T) are skipped."""
+    T = seqs.shape[1]
+    keeps = sorted(set(int(k) for k in keeps))
+    grid = []
+    old = (model.blocks[0].attn.window, model.blocks[0].attn.keep)
+
+    def loss_from(start, window, keep):
+        model.set_attention_window(window, keep)
+        total, n = 0.0, 0
+        for s in range(0, len(seqs), batch_size):
+            logits, _ = model(seqs[s:s + batch_size])
+            lg, y = logits[:, start:].float(), targets[s:s + batch_size, start:]
+            total += torch.nn.functional.cross_entropy(
+                lg.reshape(-1, lg.shape[-1]), y.reshape(-1), reduction="sum").item()
+            n += y.numel()
+        return total / n
+
+    try:
+        for w in sorted(set(int(w) for w in windows)):
+            start = w + max(keeps)
+            if start >= T:
+                continue
+            full = loss_from(start, None, 0)
+            for k in keeps:
+                grid.append({"window": w, "keep": k, "start": start, "loss": loss_from(start, w, k),
+                             "full_loss": full})
+    finally:
+        model.set_attention_window(*old)
+    return {"T": T, "grid": grid}
 
 
 def weight_kurtosis(model) -> dict:

@@ -94,6 +94,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.variant = get_variant(config.attention).name
         self.impl = config.attention_impl  # may be switched at measurement time
+        self.window, self.keep = None, 0   # an evaluation-time sliding window (set_attention_window)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -124,9 +125,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
-        if self.impl == "reference":
+        if self.impl == "reference" or self.window is not None:
             probs = self.hook_probs(attention_probs(q, k, self.variant, self.sink,
-                                                    clip_alpha=self.clip_alpha))  # (B, nh, T, T)
+                                                    clip_alpha=self.clip_alpha, window=self.window,
+                                                    keep=self.keep))  # (B, nh, T, T)
             y = probs @ v  # through the hook point, so a quantizer put there acts on the output
         else:
             y = attention(q, k, v, self.variant, self.sink, causal=True, impl=self.impl,
@@ -214,6 +216,17 @@ class GPT(nn.Module):
                              f"valid choices: {', '.join(IMPLEMENTATIONS)}")
         for block in self.blocks:
             block.attn.impl = impl
+
+    def set_attention_window(self, window: int | None, keep: int = 0) -> None:
+        """Evaluate with a sliding window: each query sees its `window` latest tokens plus the
+        first `keep` positions (through the materialising path). None restores full attention."""
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool)
+                                   or window < 1):
+            raise ValueError(f"window must be a positive integer or None, got {window!r}")
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+            raise ValueError(f"keep must be a non-negative integer, got {keep!r}")
+        for block in self.blocks:
+            block.attn.window, block.attn.keep = window, (keep if window is not None else 0)
 
     def forward(self, idx, targets=None):
         B, T = idx.shape

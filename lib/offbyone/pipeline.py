@@ -10,8 +10,12 @@ options of one run of the whole study:
     train: {TrainConfig keys}
     measure: {MeasureConfig keys}
     bench: {T: [256, 1024], repeats: 5, steps: 20}   # python -m offbyone.bench --profile
+    testbed: testbed           # optional: another profile (the synthetic task) whose runs are
+                               # trained, measured and reported with this one
 
     python -m offbyone.pipeline runs cpu      # the run names, for the Makefile
+    python -m offbyone.pipeline testbed cpu   # the testbed profile's name (empty if none)
+    python -m offbyone.pipeline corpus cpu    # the profile's corpus
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from .checkpoint import write_json_atomic  # noqa: F401  (re-exported for the no
 from .config import ConfigError, TrainConfig
 from .measure import MeasureConfig
 
-PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench")
+PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed")
 BENCH_KEYS = ("T", "repeats", "steps")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
@@ -83,6 +87,12 @@ def load_profile(profile: str, _seen: tuple = ()) -> dict:
     bad = [k for k in bench if k not in BENCH_KEYS]
     if bad:
         raise ConfigError(f"{path}: unknown bench key(s) {bad}; valid keys: {', '.join(BENCH_KEYS)}")
+    if prof.get("testbed") is not None:
+        tb = prof["testbed"]
+        if not isinstance(tb, str) or tb == profile:
+            raise ConfigError(f"{path}: testbed must name another profile, got {tb!r}")
+        if load_profile(tb, _seen + (profile,)).get("testbed"):
+            raise ConfigError(f"{path}: testbed profile {tb!r} may not have a testbed itself")
     prof["name"] = profile
     prof["train"], prof["measure"], prof["bench"] = train, prof.get("measure") or {}, bench
     return prof
@@ -210,16 +220,20 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     usage = ("usage: python -m offbyone.pipeline runs PROFILE\n"
-             "       python -m offbyone.pipeline check PROFILE\n"
+             "       python -m offbyone.pipeline check|testbed|corpus PROFILE\n"
              "       python -m offbyone.pipeline nb STAGE NOTEBOOK OUTPUT [--timings FILE] "
              "[-p NAME VALUE ...]")
-    if len(argv) < 2 or argv[0] not in ("runs", "check", "nb"):
+    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "corpus", "nb"):
         sys.exit(usage)
     try:
         if argv[0] == "runs":
             print(" ".join(run_name(v, s) for v, s in runs(argv[1])))
         elif argv[0] == "check":
             load_profile(argv[1])
+        elif argv[0] == "testbed":
+            print(load_profile(argv[1]).get("testbed") or "")
+        elif argv[0] == "corpus":
+            print(load_profile(argv[1])["train"].get("corpus", "shakespeare"))
         else:
             if len(argv) < 4:
                 sys.exit(usage)

@@ -38,6 +38,10 @@ METRICS = {
     "gap_W8A8": ("W8A8 loss gap", "lower"),
     "gap_W4A8": ("W4A8 loss gap", "lower"),
     "gap_W6A6": ("W6A6 loss gap", "lower"),
+    # the synthetic testbed only (NaN on natural text, where no token is a trigger)
+    "bos_other": ("attention on BOS from non-trigger queries", "lower"),
+    "bos_trigger": ("attention on BOS from trigger queries", "lower"),
+    "copy_loss": ("loss after a trigger (nats)", "lower"),
 }
 
 
@@ -50,7 +54,7 @@ def _row(r: dict, profile: str) -> dict:
         "val_bits_per_token": r["losses"]["val_bits_per_token"],
         "avg_kurtosis": a["avg_kurtosis"], "max_kurtosis": a["max_kurtosis"],
         "max_kurtosis_module": a["max_kurtosis_module"], "max_inf_norm": a["max_inf_norm"],
-        "max_inf_norm_module": a["max_inf_norm_module"],
+        "max_inf_norm_module": a["max_inf_norm_module"], "avg_inf_norm": a["avg_inf_norm"],
         "resid_avg_kurtosis": by["resid"]["avg_kurtosis"],
         "resid_max_inf_norm": by["resid"]["max_inf_norm"],
         "outlier_share_delimiter": a["outlier_share_delimiter"],
@@ -70,6 +74,13 @@ def _row(r: dict, profile: str) -> dict:
         "git_sha": r["provenance"]["git_sha"], "device": r["provenance"]["device"],
         "device_name": r["provenance"]["device_name"], "torch": r["provenance"]["torch"],
     }
+    trig = r["losses"].get("by_class", {}).get("trigger")
+    att = r["attention"]
+    row.update(copy_loss=trig["in_class"] if trig else None,
+               bigram_loss=trig["other"] if trig else None,
+               bos_other=att.get("mean_first_position_other_queries"),
+               bos_trigger=att.get("mean_first_position_trigger_queries"),
+               bos_other_max_head=att.get("max_head_first_position_other_queries"))
     for q in r["quant"]:
         row[f"gap_{q['config']}"] = q["gap"]
         row[f"loss_{q['config']}"] = q["loss"]
@@ -111,13 +122,35 @@ def per_layer(profile: str, runs_root: str = "runs") -> pd.DataFrame:
                 layer = int(parts[1]) if parts[0] == "blocks" else (-1 if name == "embed" else 99)
                 rows.append({"variant": v, "seed": s, "module": name, "kind": parts[-1],
                              "layer": layer, "kurtosis": m["kurtosis"], "inf_norm": m["inf_norm"]})
-            for li, heads in enumerate(r["attention"]["first_position"]):
+            att = r["attention"]
+            for li, heads in enumerate(att["first_position"]):
                 for h, val in enumerate(heads):
+                    split = {k: att[f"first_position_{k}_queries"][li][h]
+                             for k in ("trigger", "other") if f"first_position_{k}_queries" in att}
                     rows.append({"variant": v, "seed": s, "module": f"blocks.{li}.head{h}",
                                  "kind": "head", "layer": li, "head": h, "first_position": val,
-                                 "delimiter_attention": r["attention"]["delimiter"][li][h],
-                                 "abstention": r["attention"]["abstention"][li][h]})
+                                 "delimiter_attention": att["delimiter"][li][h],
+                                 "abstention": att["abstention"][li][h],
+                                 **{f"first_position_{k}": x for k, x in split.items()}})
     return pd.DataFrame(rows)
+
+
+def windowed(profile: str, runs_root: str = "runs") -> pd.DataFrame:
+    """The sliding-window grid of every run's final checkpoint: one row per (variant, seed,
+    split, window, keep), with loss and perplexity beside full attention on the same targets."""
+    prof = load_profile(profile)
+    rows = []
+    for v in prof["variants"]:
+        for s in prof["seeds"]:
+            files = json.loads((run_dir(profile, v, s, runs_root) / "measurements.json").read_text())["files"]
+            r = json.loads((repo_root() / files[-1]).read_text())
+            for split, res in (r.get("windowed") or {}).items():
+                for c in res["grid"]:
+                    rows.append({"variant": v, "seed": s, "split": split, "window": c["window"],
+                                 "keep": c["keep"], "loss": c["loss"], "full_loss": c["full_loss"],
+                                 "ppl": math.exp(c["loss"]), "full_ppl": math.exp(c["full_loss"])})
+    return pd.DataFrame(rows, columns=["variant", "seed", "split", "window", "keep", "loss",
+                                       "full_loss", "ppl", "full_ppl"])
 
 
 def final(df: pd.DataFrame) -> pd.DataFrame:
@@ -157,6 +190,35 @@ def paired_difference(fin: pd.DataFrame, metric: str, other: str, base: str = "s
             res["p"] = 0.0 if res["diff"] != 0 else 1.0
     res["significant"] = bool(n > 1 and (res["ci_low"] > 0 or res["ci_high"] < 0))
     return res
+
+
+# The signs of the disease the study issue names, each with the threshold we call "present".
+DISEASE_SIGNS = [
+    ("kurtosis", "max kurtosis $\\ge 10$ (Gaussian: 3)",
+     lambda r: r["max_kurtosis"] >= 10, lambda r: f"${fmt(r['max_kurtosis'])}$"),
+    ("massive activations", "max inf-norm $\\ge 5\\times$ the mean module's",
+     lambda r: r["max_inf_norm"] >= 5 * r["avg_inf_norm"],
+     lambda r: f"${fmt(r['max_inf_norm'])}$ vs ${fmt(r['avg_inf_norm'])}$"),
+    ("attention sink", "some head $> 0.3$ on position 0 ($T = 64$)",
+     lambda r: r["sink_rate"] > 0, lambda r: f"${fmt(r['max_head_first_position_T64'])}$"),
+    ("outliers on delimiters", "share $\\ge 2\\times$ the delimiter base rate",
+     lambda r: (r["outlier_share_delimiter"] or 0) >= 2 * r["delimiter_base_rate"] > 0,
+     lambda r: (f"{pct(r['outlier_share_delimiter'])} vs {pct(r['delimiter_base_rate'])}"
+                if r["delimiter_base_rate"] > 0 else "no delimiters")),
+    ("W8A8 gap", "$\\ge 0.01$ nats (1\\% perplexity)",
+     lambda r: r["gap_W8A8"] >= 0.01, lambda r: f"${fmt(r['gap_W8A8'])}$"),
+]
+
+
+def disease_signs(fin: pd.DataFrame, base: str = "softmax") -> list[dict]:
+    """Which signs of the disease the baseline's final checkpoints show, on the seed means."""
+    sub = fin[fin.variant == base]
+    if sub.empty:
+        return []
+    num = sub.select_dtypes("number").mean()
+    r = {**num.to_dict(), "outlier_share_delimiter": sub.outlier_share_delimiter.astype(float).mean()}
+    return [{"sign": name, "criterion": crit, "value": show(r), "present": bool(test(r))}
+            for name, crit, test, show in DISEASE_SIGNS]
 
 
 def fmt(x, digits: int = 3) -> str:
