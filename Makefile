@@ -3,7 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 # executed notebooks are results a reader opens: never delete them as intermediate files
-.SECONDARY:
+# (.PRECIOUS on the pattern, not a bare .SECONDARY, which would stop make from rebuilding a
+# missing report notebook whenever an older PDF exists)
+.PRECIOUS: build/%.ipynb
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -22,7 +24,7 @@ TEX_PKGS := texlive-latex-base texlive-latex-recommended texlive-fonts-recommend
 # The profile: gpu where CUDA is usable, else cpu (PROFILE=smoke|cpu|gpu overrides).
 DETECT_PROFILE = $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)
 
-.PHONY: help setup test test-all test-slow data reproduce pipeline figures paper bench tex lab clean
+.PHONY: FORCE help setup test test-all test-slow data reproduce pipeline figures paper bench tex lab clean
 
 help:
 	@echo "make reproduce  everything: set-up, data, every run of the profile, measurement,"
@@ -76,6 +78,7 @@ figures: $(STAMP)
 	$(PY) -m offbyone.pipeline nb report notebooks/04_report.ipynb build/$(P)/notebooks/04_report.ipynb -p profile $(P)
 	@if [ -f results/$(P)/bench/bench.json ]; then \
 	  $(PY) -m offbyone.pipeline nb bench notebooks/05_bench.ipynb build/$(P)/notebooks/05_bench.ipynb -p profile $(P); fi
+	@echo $(P) > paper/generated/.profile
 
 bench: $(STAMP)
 	$(eval P := $(or $(PROFILE),$(DETECT_PROFILE)))
@@ -112,7 +115,15 @@ variant  = $(firstword $(subst -s, ,$(1)))
 seed     = $(lastword $(subst -s, ,$(1)))
 
 pipeline: $(PDF)
+	@echo $(PROFILE) > paper/generated/.profile
 	@echo "paper: $(PDF) (profile $(PROFILE))"
+
+# paper/generated holds one profile's tables and macros: when it holds another's (or none), the
+# report and bench notebooks run again even if their executed copies are up to date
+ifneq ($(shell cat paper/generated/.profile 2>/dev/null),$(PROFILE))
+REGENERATE := FORCE
+endif
+FORCE:
 
 report: $(NB)/04_report.ipynb
 
@@ -134,6 +145,7 @@ $(NB)/04_report.ipynb: notebooks/04_report.ipynb lib/offbyone/report.py paper/pu
                        $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) \
                        $(foreach r,$(TESTBED_RUNS),build/$(TESTBED)/notebooks/03_measure-$(r).ipynb)
 	$(call RUN_NB,report,04_report) -p profile $(PROFILE)
+$(NB)/04_report.ipynb $(NB)/05_bench.ipynb: $(REGENERATE)
 
 # benchmarks: measured by the CLI (on an otherwise idle machine), plotted by a notebook
 BENCH := results/$(PROFILE)/bench/bench.json
