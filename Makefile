@@ -105,7 +105,9 @@ ifeq ($(RUNS),)
 $(error could not read the runs of profile '$(PROFILE)' (see the message above))
 endif
 TESTBED      := $(shell $(PY) -m offbyone.pipeline testbed $(PROFILE))
-TESTBED_RUNS := $(if $(TESTBED),$(shell $(PY) -m offbyone.pipeline runs $(TESTBED)))
+ABLATIONS    := $(shell $(PY) -m offbyone.pipeline ablations $(PROFILE))
+COMPANION_MEASURES := $(foreach p,$(TESTBED) $(ABLATIONS),\
+  $(foreach r,$(shell $(PY) -m offbyone.pipeline runs $(p)),build/$(p)/notebooks/03_measure-$(r).ipynb))
 NB      := build/$(PROFILE)/notebooks
 TIMINGS := build/$(PROFILE)/timings.jsonl
 RUN_NB   = $(PY) -m offbyone.pipeline nb $(1) notebooks/$(2).ipynb $@ --timings $(TIMINGS)
@@ -128,10 +130,11 @@ FORCE:
 report: $(NB)/04_report.ipynb
 
 # The data, train and measure notebooks of a profile; instantiated for the profile and for its
-# synthetic testbed profile (a `testbed:` key), whose runs the report puts beside the main ones.
+# companions, the synthetic testbed profile (`testbed:`) and the ablation profiles
+# (`ablations:`), whose runs the report puts beside the main ones.
 define STUDY_RULES
 build/$(1)/notebooks/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb configs/$(1).yaml
-	$$(call RUN_NB,data,01_prepare_data) -p corpus "$$(shell $(PY) -m offbyone.pipeline corpus $(1))"
+	$$(call RUN_NB,data,01_prepare_data) $$(shell $(PY) -m offbyone.pipeline data-params $(1))
 
 build/$(1)/notebooks/02_train-%.ipynb: notebooks/02_train.ipynb build/$(1)/notebooks/01_prepare_data.ipynb configs/$(1).yaml
 	$$(call RUN_NB,train,02_train) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)
@@ -139,11 +142,11 @@ build/$(1)/notebooks/02_train-%.ipynb: notebooks/02_train.ipynb build/$(1)/noteb
 build/$(1)/notebooks/03_measure-%.ipynb: notebooks/03_measure.ipynb build/$(1)/notebooks/02_train-%.ipynb $(MEASURE_CODE)
 	$$(call RUN_NB,measure,03_measure) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)
 endef
-$(foreach p,$(PROFILE) $(TESTBED),$(eval $(call STUDY_RULES,$(p))))
+$(foreach p,$(PROFILE) $(TESTBED) $(ABLATIONS),$(eval $(call STUDY_RULES,$(p))))
 
 $(NB)/04_report.ipynb: notebooks/04_report.ipynb lib/offbyone/report.py paper/published.csv \
                        $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) \
-                       $(foreach r,$(TESTBED_RUNS),build/$(TESTBED)/notebooks/03_measure-$(r).ipynb)
+                       $(COMPANION_MEASURES)
 	$(call RUN_NB,report,04_report) -p profile $(PROFILE)
 $(NB)/04_report.ipynb $(NB)/05_bench.ipynb: $(REGENERATE)
 

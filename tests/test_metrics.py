@@ -40,7 +40,7 @@ def test_inf_norm_and_outlier_positions_of_a_known_tensor():
     delim = torch.zeros(2, 64, dtype=torch.bool)
     delim[0, 3] = True
     st = _ActivationStats()
-    st.update(x, delim, torch.zeros(2, 64, dtype=torch.bool))
+    st.update(x, {"delimiter": delim, "bos": torch.zeros(2, 64, dtype=torch.bool)})
     r = st.result()
     assert r["inf_norm"] == pytest.approx((9.0 + 5.0) / 2)
     assert r["max_abs"] == pytest.approx(9.0)

@@ -36,6 +36,9 @@ def test_makefile_passes_only_declared_parameters():
     for name, rest in calls:
         declared = pm.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb"))
         passed = re.findall(r"-p (\w+)", rest)
+        if "pipeline data-params" in rest:          # the profile's data keys, printed as -p options
+            from offbyone.pipeline import data_params
+            passed += list(data_params("cpu"))
         assert passed, name
         for p in passed:
             assert p in declared, f"Makefile passes {p!r} to {name}, which takes {list(declared)}"
@@ -76,7 +79,7 @@ def test_profiles_are_valid_and_runs_are_paired():
         diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
         assert diff == {"attention", "out_dir"}     # same seed, data order and recipe
     assert len(load_profile("cpu")["seeds"]) >= 3
-    with pytest.raises(ConfigError, match="valid profiles: cpu, gpu, rivals, smoke, testbed"):
+    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_wd01, rivals, smoke, smoke_wd, testbed, "):
         load_profile("laptop")
 
 
@@ -155,3 +158,25 @@ def test_testbed_profiles_are_named_checked_and_paired(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):
         P.load_profile("e")
     assert P.load_profile("c")["testbed"] == "d"
+
+
+def test_ablation_profiles_change_one_key_and_are_checked(tmp_path, monkeypatch):
+    assert load_profile("gpu")["ablations"] == ["gpu_wd01"]
+    a = run_config("gpu", "softmax", 0).to_dict()
+    b = run_config("gpu_wd01", "softmax", 0).to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"weight_decay", "out_dir"}
+    assert load_profile("smoke")["ablations"] == ["smoke_wd"]
+    import offbyone.pipeline as P
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "lib" / "offbyone").mkdir(parents=True)
+    (tmp_path / "configs" / "m.yaml").write_text("variants: [softmax]\nseeds: [0]\nablations: [n]\n")
+    (tmp_path / "configs" / "n.yaml").write_text("base: m\ntrain: {weight_decay: 0.3}\n")
+    (tmp_path / "configs" / "o.yaml").write_text("variants: [softmax]\nseeds: [0]\nablations: o\n")
+    (tmp_path / "configs" / "q.yaml").write_text("variants: [softmax]\nseeds: [0]\nablations: [m]\n")
+    monkeypatch.chdir(tmp_path)
+    assert P.load_profile("m")["ablations"] == ["n"]            # a base may list its ablation
+    assert P.load_profile("n")["train"]["weight_decay"] == 0.3
+    with pytest.raises(ConfigError, match="ablations must be a list of other profiles' names"):
+        P.load_profile("o")
+    with pytest.raises(ConfigError, match="ablation profile 'm' may not have a testbed or ablations"):
+        P.load_profile("q")

@@ -150,7 +150,7 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
 def bench_training(profile: str, variants, steps: int, warmup: int, device: str) -> list[dict]:
     """Tokens/s of every variant at a profile's model size, and where a step's time goes.
     The variants' steps are interleaved round by round, each on the same batches."""
-    from .data import TokenData, prepare
+    from .data import TokenData, prepare_for
     from .model import GPT
     from .pipeline import load_profile, run_config
 
@@ -162,7 +162,7 @@ def bench_training(profile: str, variants, steps: int, warmup: int, device: str)
         cfg = run_config(profile, load_profile(profile)["variants"][0], 0)
         cfg.attention = variant
         cfg.validate()
-        data = TokenData(prepare(cfg.corpus, cfg.data_root, verbose=False))
+        data = TokenData(prepare_for(cfg))
         torch.manual_seed(0)
         model = GPT(cfg.model_config(data.vocab_size)).to(dev)
         opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), dev.type)

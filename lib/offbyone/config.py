@@ -14,6 +14,7 @@ import yaml
 
 from .attention import IMPLEMENTATIONS, VARIANTS
 from .model import GPTConfig
+from .tokenizer import BPE_MIN_VOCAB, TOKENIZERS
 
 
 class ConfigError(ValueError):
@@ -24,7 +25,12 @@ class ConfigError(ValueError):
 class TrainConfig:
     # where
     out_dir: str = "runs/default"
-    corpus: str = "shakespeare"       # 'shakespeare' or a path to a UTF-8 text file / folder
+    corpus: str = "shakespeare"       # 'shakespeare', 'bigram_backcopy', a UTF-8 file / folder, hf:NAME
+    corpus_fallback: str = ""         # used, with a warning, when `corpus` cannot be reached
+    tokenizer: str = "char"           # char, or bpe (byte-level, trained on the training split)
+    bpe_vocab_size: int = 4096
+    max_tokens: int = 0               # cap on the corpus's training tokens (0: all)
+    text_field: str = "text"          # the text column of an hf: dataset
     data_root: str = "data"
     bos: bool = False                 # a beginning-of-sequence token at position 0 of each window
     # model
@@ -92,6 +98,12 @@ class TrainConfig:
                 raise ConfigError(f"{k} must be in [0, 1), got {getattr(self, k)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"tokenizer {self.tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
+        if self.tokenizer == "bpe" and self.bpe_vocab_size < BPE_MIN_VOCAB:
+            raise ConfigError(f"bpe_vocab_size must be >= {BPE_MIN_VOCAB}, got {self.bpe_vocab_size}")
+        if self.max_tokens < 0:
+            raise ConfigError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if self.attention not in VARIANTS:
             raise ConfigError(f"attention {self.attention!r} is not one of {', '.join(VARIANTS)}")
         if self.attention_impl not in IMPLEMENTATIONS:

@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .config import ConfigError
-from .data import CorpusError, TokenData, prepare
+from .data import CorpusError, TokenData, prepare_for
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
                       loss_by_class, loss_on, summarize_activations, token_classes, weight_kurtosis,
                       windowed_losses)
@@ -29,7 +29,7 @@ from .quant import DEFAULT_SWEEP, QuantConfig, sweep
 from .train import pick_device
 
 RESULTS_FORMAT = "offbyone-metrics"
-RESULTS_VERSION = 2   # 2: sliding-window losses, per-class losses and trigger-split attention
+RESULTS_VERSION = 3   # 2: sliding-window losses, per-class losses, trigger-split attention; 3: data
 
 
 @dataclass
@@ -101,7 +101,7 @@ def _data_for(state: dict) -> TokenData:
     data_dir = Path(state.get("extra", {}).get("data_dir", ""))
     if data_dir.is_absolute() and (data_dir / "meta.json").exists():
         return TokenData(data_dir)
-    return TokenData(prepare(cfg["corpus"], cfg["data_root"], verbose=False))
+    return TokenData(prepare_for(cfg))
 
 
 def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool = False,
@@ -184,6 +184,14 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "weights": {"kurtosis": wk, "avg_kurtosis": sum(wk.values()) / len(wk),
                     "max_kurtosis": max(wk.values())},
         "attention": attn, "attention_T64": attn64, "windowed": windowed,
+        "data": {"dir": str(data.dir), "tokenizer": data.meta.get("tokenizer"),
+                 "vocab_size": data.vocab_size, "source": data.meta.get("source"),
+                 "fallback_for": data.meta.get("fallback_for"),
+                 "fallback_reason": data.meta.get("fallback_reason"),
+                 "max_tokens": data.meta.get("max_tokens", 0),
+                 "splits": {k: {kk: v.get(kk) for kk in ("tokens", "chars", "sha256")}
+                            | {"works": len(v.get("works", []))}
+                            for k, v in data.meta["splits"].items()}},
         "quant": quant,
         "quant_notes": "fake quant; weights symmetric, activations asymmetric per tensor with "
                        "static calibrated ranges; final LayerNorm and LM head in full precision",

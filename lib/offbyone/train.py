@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, TrainConfig
-from .data import CorpusError, TokenData, prepare
+from .data import CorpusError, TokenData, prepare_for
 from .model import GPT
 
 # Keys that do not change what is computed: a run may resume with them changed.
@@ -151,10 +151,10 @@ def _lock_run(out_dir: Path):
 def _train(cfg, on_step, rank, world, local_rank, master, device, out_dir, summary_path):
     # data (prepared once, by the first process)
     if master:
-        data_dir = prepare(cfg.corpus, cfg.data_root, verbose=False)
+        data_dir = prepare_for(cfg)
     if world > 1:
         dist.barrier()
-        data_dir = prepare(cfg.corpus, cfg.data_root, verbose=False)
+        data_dir = prepare_for(cfg)
     data = TokenData(data_dir)
 
     # resume from the latest checkpoint, if any
