@@ -3,9 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 # executed notebooks are results a reader opens: never delete them as intermediate files
-# (.PRECIOUS on the pattern, not a bare .SECONDARY, which would stop make from rebuilding a
-# missing report notebook whenever an older PDF exists)
-.PRECIOUS: build/%.ipynb
+# (.PRECIOUS on each rule's own target pattern, below; not a bare .SECONDARY, which would stop
+# make from rebuilding a missing report notebook whenever an older PDF exists)
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -138,6 +137,8 @@ build/$(1)/notebooks/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb conf
 
 build/$(1)/notebooks/02_train-%.ipynb: notebooks/02_train.ipynb build/$(1)/notebooks/01_prepare_data.ipynb configs/$(1).yaml
 	$$(call RUN_NB,train,02_train) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)
+
+.PRECIOUS: build/$(1)/notebooks/02_train-%.ipynb build/$(1)/notebooks/03_measure-%.ipynb
 
 build/$(1)/notebooks/03_measure-%.ipynb: notebooks/03_measure.ipynb build/$(1)/notebooks/02_train-%.ipynb $(MEASURE_CODE)
 	$$(call RUN_NB,measure,03_measure) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)

@@ -247,11 +247,8 @@ class _SinkFlashCPU(torch.autograd.Function):
         ds = None
         if ctx.needs_input_grad[3]:
             acc = torch.promote_types(grad.dtype, torch.float32)  # bf16/fp16 sum in fp32
-            # rowsum(grad * out1), one batch element at a time: an (H, T, D) temporary at most
-            # (a batched (1 x D) @ (D x 1) matmul needs none, but is slow for short rows)
-            dot = torch.empty(g.shape, dtype=acc, device=grad.device)
-            for b in range(grad.shape[0]):
-                torch.sum(grad[b].to(acc) * out1[b].to(acc), dim=-1, out=dot[b])
+            # rowsum(grad * out1) as a batched (1 x D) @ (D x 1): no (B, H, T, D) temporary
+            dot = (grad.to(acc).unsqueeze(-2) @ out1.to(acc).unsqueeze(-1)).view(g.shape)
             ds = -(dot * (1.0 - g.to(acc))).sum(dim=(0, 2))
         return dq, dk, dv, ds, None, None
 

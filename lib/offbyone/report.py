@@ -281,7 +281,7 @@ def fmt(x, digits: int = 3) -> str:
     if isinstance(x, (int, np.integer)):
         return f"{int(x):,}".replace(",", "{,}")
     x = float(x)
-    if x == 0:
+    if abs(x) < 1e-9:             # float64 rounding noise of a quantity that is zero (abstention)
         return "0"
     mag = math.floor(math.log10(abs(x)))
     if mag >= 5 or mag <= -5:
