@@ -132,6 +132,17 @@ def test_results_file_of_another_version_is_refused_by_name(tmp_path, monkeypatc
         R.collect("mini")
 
 
+def _profiles_in(tmp_path, monkeypatch, profiles: dict):
+    """A throwaway repository root holding the given profiles; returns offbyone.pipeline."""
+    import offbyone.pipeline as P
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "lib" / "offbyone").mkdir(parents=True)
+    for name, text in profiles.items():
+        (tmp_path / "configs" / f"{name}.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    return P
+
+
 def test_testbed_profiles_are_named_checked_and_paired(tmp_path, monkeypatch):
     for name, tb in (("cpu", "testbed"), ("smoke", "testbed_smoke"), ("rivals", "testbed_rivals"),
                      ("gpu", "testbed_gpu")):
@@ -142,15 +153,10 @@ def test_testbed_profiles_are_named_checked_and_paired(tmp_path, monkeypatch):
         b = run_config(tb, "softmax1", prof["seeds"][0]).to_dict()
         assert {k for k in a if a[k] != b[k]} == {"attention", "out_dir"}
     assert len(load_profile("testbed")["seeds"]) >= 3
-    import offbyone.pipeline as P
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "lib" / "offbyone").mkdir(parents=True)
-    (tmp_path / "configs" / "a.yaml").write_text("variants: [softmax]\nseeds: [0]\ntestbed: a\n")
-    (tmp_path / "configs" / "b.yaml").write_text("variants: [softmax]\nseeds: [0]\ntestbed: c\n")
-    (tmp_path / "configs" / "c.yaml").write_text("variants: [softmax]\nseeds: [0]\ntestbed: d\n")
-    (tmp_path / "configs" / "d.yaml").write_text("variants: [softmax]\nseeds: [0]\n")
-    (tmp_path / "configs" / "e.yaml").write_text("variants: [softmax]\nseeds: [0]\ntestbed: nope\n")
-    monkeypatch.chdir(tmp_path)
+    one = "variants: [softmax]\nseeds: [0]\n"
+    P = _profiles_in(tmp_path, monkeypatch, {"a": one + "testbed: a\n", "b": one + "testbed: c\n",
+                                             "c": one + "testbed: d\n", "d": one,
+                                             "e": one + "testbed: nope\n"})
     with pytest.raises(ConfigError, match="testbed must name another profile"):
         P.load_profile("a")
     with pytest.raises(ConfigError, match="may not have a testbed itself"):
@@ -166,14 +172,10 @@ def test_ablation_profiles_change_one_key_and_are_checked(tmp_path, monkeypatch)
     b = run_config("gpu_wd01", "softmax", 0).to_dict()
     assert {k for k in a if a[k] != b[k]} == {"weight_decay", "out_dir"}
     assert load_profile("smoke")["ablations"] == ["smoke_wd"]
-    import offbyone.pipeline as P
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "lib" / "offbyone").mkdir(parents=True)
-    (tmp_path / "configs" / "m.yaml").write_text("variants: [softmax]\nseeds: [0]\nablations: [n]\n")
-    (tmp_path / "configs" / "n.yaml").write_text("base: m\ntrain: {weight_decay: 0.3}\n")
-    (tmp_path / "configs" / "o.yaml").write_text("variants: [softmax]\nseeds: [0]\nablations: o\n")
-    (tmp_path / "configs" / "q.yaml").write_text("variants: [softmax]\nseeds: [0]\nablations: [m]\n")
-    monkeypatch.chdir(tmp_path)
+    one = "variants: [softmax]\nseeds: [0]\n"
+    P = _profiles_in(tmp_path, monkeypatch, {"m": one + "ablations: [n]\n",
+                                             "n": "base: m\ntrain: {weight_decay: 0.3}\n",
+                                             "o": one + "ablations: o\n", "q": one + "ablations: [m]\n"})
     assert P.load_profile("m")["ablations"] == ["n"]            # a base may list its ablation
     assert P.load_profile("n")["train"]["weight_decay"] == 0.3
     with pytest.raises(ConfigError, match="ablations must be a list of other profiles' names"):

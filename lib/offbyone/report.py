@@ -110,56 +110,54 @@ def collect(profile: str, runs_root: str = "runs") -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["variant", "seed", "step"]).reset_index(drop=True)
 
 
-def per_layer(profile: str, runs_root: str = "runs") -> pd.DataFrame:
-    """Per layer and module kind, the final checkpoint's kurtosis and inf-norm, for figures."""
+def final_results(profile: str, runs_root: str = "runs"):
+    """(variant, seed, results) of every run's final checkpoint, in the profile's order."""
     prof = load_profile(profile)
-    rows = []
     for v in prof["variants"]:
         for s in prof["seeds"]:
             files = json.loads((run_dir(profile, v, s, runs_root) / "measurements.json").read_text())["files"]
-            r = json.loads((repo_root() / files[-1]).read_text())
-            for name, m in r["modules"].items():
-                parts = name.split(".")
-                layer = int(parts[1]) if parts[0] == "blocks" else (-1 if name == "embed" else 99)
-                rows.append({"variant": v, "seed": s, "module": name, "kind": parts[-1],
-                             "layer": layer, "kurtosis": m["kurtosis"], "inf_norm": m["inf_norm"]})
-            att = r["attention"]
-            for li, heads in enumerate(att["first_position"]):
-                for h, val in enumerate(heads):
-                    split = {k: att[f"first_position_{k}_queries"][li][h]
-                             for k in ("trigger", "other") if f"first_position_{k}_queries" in att}
-                    rows.append({"variant": v, "seed": s, "module": f"blocks.{li}.head{h}",
-                                 "kind": "head", "layer": li, "head": h, "first_position": val,
-                                 "delimiter_attention": att["delimiter"][li][h],
-                                 "abstention": att["abstention"][li][h],
-                                 **{f"first_position_{k}": x for k, x in split.items()}})
+            yield v, s, json.loads((repo_root() / files[-1]).read_text())
+
+
+def per_layer(profile: str, runs_root: str = "runs") -> pd.DataFrame:
+    """Per layer and module kind, the final checkpoint's kurtosis and inf-norm, for figures."""
+    rows = []
+    for v, s, r in final_results(profile, runs_root):
+        for name, m in r["modules"].items():
+            parts = name.split(".")
+            layer = int(parts[1]) if parts[0] == "blocks" else (-1 if name == "embed" else 99)
+            rows.append({"variant": v, "seed": s, "module": name, "kind": parts[-1],
+                         "layer": layer, "kurtosis": m["kurtosis"], "inf_norm": m["inf_norm"]})
+        att = r["attention"]
+        for li, heads in enumerate(att["first_position"]):
+            for h, val in enumerate(heads):
+                split = {k: att[f"first_position_{k}_queries"][li][h]
+                         for k in ("trigger", "other") if f"first_position_{k}_queries" in att}
+                rows.append({"variant": v, "seed": s, "module": f"blocks.{li}.head{h}",
+                             "kind": "head", "layer": li, "head": h, "first_position": val,
+                             "delimiter_attention": att["delimiter"][li][h],
+                             "abstention": att["abstention"][li][h],
+                             **{f"first_position_{k}": x for k, x in split.items()}})
     return pd.DataFrame(rows)
 
 
 def windowed(profile: str, runs_root: str = "runs") -> pd.DataFrame:
     """The sliding-window grid of every run's final checkpoint: one row per (variant, seed,
     split, window, keep), with loss and perplexity beside full attention on the same targets."""
-    prof = load_profile(profile)
     rows = []
-    for v in prof["variants"]:
-        for s in prof["seeds"]:
-            files = json.loads((run_dir(profile, v, s, runs_root) / "measurements.json").read_text())["files"]
-            r = json.loads((repo_root() / files[-1]).read_text())
-            for split, res in (r.get("windowed") or {}).items():
-                for c in res["grid"]:
-                    rows.append({"variant": v, "seed": s, "split": split, "window": c["window"],
-                                 "keep": c["keep"], "loss": c["loss"], "full_loss": c["full_loss"],
-                                 "ppl": math.exp(c["loss"]), "full_ppl": math.exp(c["full_loss"])})
+    for v, s, r in final_results(profile, runs_root):
+        for split, res in (r.get("windowed") or {}).items():
+            for c in res["grid"]:
+                rows.append({"variant": v, "seed": s, "split": split, "window": c["window"],
+                             "keep": c["keep"], "loss": c["loss"], "full_loss": c["full_loss"],
+                             "ppl": math.exp(c["loss"]), "full_ppl": math.exp(c["full_loss"])})
     return pd.DataFrame(rows, columns=["variant", "seed", "split", "window", "keep", "loss",
                                        "full_loss", "ppl", "full_ppl"])
 
 
 def corpus_info(profile: str, runs_root: str = "runs") -> dict:
     """The prepared corpus the profile's first run was measured on (from its results file)."""
-    prof = load_profile(profile)
-    v, s = prof["variants"][0], prof["seeds"][0]
-    files = json.loads((run_dir(profile, v, s, runs_root) / "measurements.json").read_text())["files"]
-    return json.loads((repo_root() / files[-1]).read_text())["data"]
+    return next(final_results(profile, runs_root))[2]["data"]
 
 
 def _tex(x) -> str:
