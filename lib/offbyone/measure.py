@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_model, write_json_atomic
 from .config import ConfigError
-from .data import CorpusError, TokenData, prepare_for
+from .data import CorpusError, TokenData, corpus_of, fell_back, prepare_for
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
                       loss_by_class, loss_on, summarize_activations, token_classes, weight_kurtosis,
                       windowed_losses)
@@ -29,7 +29,7 @@ from .quant import DEFAULT_SWEEP, QuantConfig, sweep
 from .train import pick_device
 
 RESULTS_FORMAT = "offbyone-metrics"
-RESULTS_VERSION = 3   # 2: sliding-window losses, per-class losses, trigger-split attention; 3: data
+RESULTS_VERSION = 4   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data
 
 
 @dataclass
@@ -186,8 +186,8 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "attention": attn, "attention_T64": attn64, "windowed": windowed,
         "data": {"dir": str(data.dir), "tokenizer": data.meta.get("tokenizer"),
                  "vocab_size": data.vocab_size, "source": data.meta.get("source"),
-                 "fallback_for": data.meta.get("fallback_for"),
-                 "fallback_reason": data.meta.get("fallback_reason"),
+                 "corpus": corpus_of(data.meta), "asked_for": cfg["corpus"],
+                 "fell_back": fell_back(cfg, data.meta),
                  "max_tokens": data.meta.get("max_tokens", 0),
                  "splits": {k: {kk: v.get(kk) for kk in ("tokens", "chars", "sha256")}
                             | {"works": len(v.get("works", []))}

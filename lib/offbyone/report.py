@@ -165,7 +165,7 @@ def _tex(x) -> str:
         .replace("&", "\\&").replace("$", "\\$").replace("{", "\\{").replace("}", "\\}")
 
 
-def corpus_description(info: dict, asked: str) -> tuple[str, str, pd.DataFrame]:
+def corpus_description(info: dict) -> tuple[str, str, pd.DataFrame]:
     """(sentence naming the corpus, fallback sentence or '', per-split table) for the paper."""
     src = info.get("source") or {}
     kind = src.get("kind")
@@ -192,10 +192,10 @@ def corpus_description(info: dict, asked: str) -> tuple[str, str, pd.DataFrame]:
     if info.get("max_tokens"):
         sentence += f", capped at {fmt(int(info['max_tokens']))} training tokens"
     fallback = ""
-    if info.get("fallback_for"):
-        fallback = (f"The profile names \\texttt{{{_tex(info['fallback_for'])}}}, which could not be "
-                    f"reached on this machine ({_tex(info.get('fallback_reason', ''))}); these runs "
-                    f"used the profile's fallback corpus instead.")
+    if info.get("fell_back"):
+        fallback = (f"The profile names \\texttt{{{_tex(info['asked_for'])}}}, which could not be "
+                    f"reached when the runs were prepared (no network); they used the profile's "
+                    f"fallback corpus, \\texttt{{{_tex(info['corpus'])}}}, instead.")
     rows = [{"split": k, "tokens": f"${fmt(int(v['tokens']))}$",
              "characters": f"${fmt(int(v['chars']))}$" if v.get("chars") is not None else "--",
              "works/docs": f"${fmt(int(v['works']))}$" if v.get("works") else "--",
