@@ -123,7 +123,7 @@ def test_offline_hub_dataset_fails_fast_with_alternatives(tmp_path, monkeypatch,
 
 
 def test_config_checks_tokenizer_keys():
-    with pytest.raises(ConfigError, match="tokenizer 'wordpiece' is not one of char, bpe"):
+    with pytest.raises(ConfigError, match="unknown tokenizer 'wordpiece'; valid choices: char, bpe"):
         TrainConfig(tokenizer="wordpiece")
     with pytest.raises(ConfigError, match="bpe_vocab_size must be >= 260"):
         TrainConfig(tokenizer="bpe", bpe_vocab_size=100)

@@ -14,7 +14,7 @@ import yaml
 
 from .attention import IMPLEMENTATIONS, VARIANTS
 from .model import GPTConfig
-from .tokenizer import BPE_MIN_VOCAB, TOKENIZERS
+from .tokenizer import check_tokenizer
 
 
 class ConfigError(ValueError):
@@ -98,10 +98,10 @@ class TrainConfig:
                 raise ConfigError(f"{k} must be in [0, 1), got {getattr(self, k)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.tokenizer not in TOKENIZERS:
-            raise ConfigError(f"tokenizer {self.tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
-        if self.tokenizer == "bpe" and self.bpe_vocab_size < BPE_MIN_VOCAB:
-            raise ConfigError(f"bpe_vocab_size must be >= {BPE_MIN_VOCAB}, got {self.bpe_vocab_size}")
+        try:
+            check_tokenizer(self.tokenizer, self.bpe_vocab_size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.max_tokens < 0:
             raise ConfigError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if self.attention not in VARIANTS:

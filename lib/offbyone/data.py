@@ -223,11 +223,6 @@ def local_files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_local(path: Path) -> dict[str, str]:
-    """A UTF-8 text file (one work) or a folder of *.txt files (one work each), in memory."""
-    return {f.stem: "".join(stream_file(f)) for f in local_files(path)}
-
-
 # --------------------------------------------------------------------------------------------
 # Splitting
 

@@ -6,7 +6,6 @@ vocabulary size) and saved beside the token arrays as `tokenizer.json`.
 """
 from __future__ import annotations
 
-import json
 import string
 from pathlib import Path
 from typing import Iterable
@@ -23,7 +22,7 @@ def check_tokenizer(kind: str, vocab_size: int) -> None:
     if kind not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {kind!r}; valid choices: {', '.join(TOKENIZERS)}")
     if kind == "bpe" and not (BPE_MIN_VOCAB <= vocab_size <= 2 ** 32 - 1):
-        raise ValueError(f"bpe_vocab_size must be at least {BPE_MIN_VOCAB}, got {vocab_size}")
+        raise ValueError(f"bpe_vocab_size must be >= {BPE_MIN_VOCAB}, got {vocab_size}")
 
 
 class CharTokenizer:
@@ -128,7 +127,3 @@ def subword_classes(itos: list[str]) -> dict[str, list[int]]:
 
 def dtype_for(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2 ** 16 else "uint32"
-
-
-def dumps_meta(meta: dict) -> str:
-    return json.dumps(meta, indent=1)
