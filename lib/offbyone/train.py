@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -312,6 +313,9 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     finally:
         if dist.is_initialized():
+            # free the DDP model (and its reducer's pending gloo work) while the interpreter is
+            # fully alive: left to interpreter shutdown, gloo threads can abort the process
+            gc.collect()
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
