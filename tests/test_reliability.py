@@ -89,6 +89,7 @@ def _results(root: Path) -> dict:
             r.pop(k)
         for k in ("out_dir", "data_root"):
             r["config"].pop(k)
+        r["data"].pop("dir")                    # where the sandbox is, not what was measured
         out[str(f.relative_to(root))] = r
     for f in sorted((root / "runs" / "smoke").rglob("ckpt_*.pt")):
         out[str(f.relative_to(root))] = {k: v.tolist() for k, v in load_checkpoint(f)["model"].items()}
