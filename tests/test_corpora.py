@@ -56,6 +56,20 @@ def test_streamed_preparation_equals_in_memory(tmp_path, monkeypatch):
     assert joined == norm
 
 
+def test_text_without_newlines_streams_in_bounded_pieces(tmp_path, monkeypatch):
+    f = tmp_path / "oneline.txt"
+    text = " ".join(f"word{i}" for i in range(20_000))             # 150k characters, one line
+    f.write_text(text)
+    monkeypatch.setattr(D, "CHUNK_BYTES", 4096)
+    calls = []
+    real = D._lines_batches
+    monkeypatch.setattr(D, "_lines_batches", lambda buf: calls.append(len(buf)) or real(buf))
+    out = prepare(str(f), tmp_path / "d", tokenizer="bpe", bpe_vocab_size=300, verbose=False)
+    data = TokenData(out)
+    assert "".join(data.decode(data.splits[s]) for s in ("train", "val", "test")) == text
+    assert len(calls) > 10 and max(calls) < 3 * 4096                # never the whole text at once
+
+
 def test_large_vocabulary_uses_uint32(tmp_path):
     chars = [chr(c) for r in ((0x3400, 0x4DC0), (0x4E00, 0x9FFF), (0x20000, 0x2A6D0)) for c in range(*r)]
     assert len(chars) > 65536

