@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from offbyone.attention import (VARIANTS, _sink_sdpa_appended, attention, fast_attention,
-                                get_variant, reference_attention, sink_softmax, softmax,
-                                softmax1)
+from offbyone.attention import (FUSED_KERNELS, VARIANTS, _SinkFused, _sink_sdpa_appended,
+                                attention, fast_attention, fused_kernel_for, get_variant,
+                                reference_attention, sink_softmax, softmax, softmax1)
 
 F64 = torch.float64
 
@@ -24,7 +24,7 @@ def _sink_for(variant, s):
 
 def _grads(out, leaves, seed=1):
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    return torch.autograd.grad(out, leaves, g.to(out.dtype))
+    return torch.autograd.grad(out, leaves, g.to(out.device, out.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +127,53 @@ def test_fast_non_causal_and_appended_key_path_match_reference(variant):
         torch.testing.assert_close(app, ref, rtol=1e-10, atol=1e-12)
         for ga, gr in zip(_grads(app, leaves), _grads(ref, leaves)):
             torch.testing.assert_close(ga, gr, rtol=1e-9, atol=1e-11)
+
+
+def test_fused_kernel_choice():
+    (q, k, v), _ = _inputs(1, 2, 8, 16, sink=False)
+    assert fused_kernel_for(q, k, v) == "cpu_flash"
+    assert fused_kernel_for(q.float(), k.float(), v.float()) == "cpu_flash"
+    meta = torch.empty(1, 2, 8, 16, device="meta")
+    assert fused_kernel_for(meta, meta, meta) is None  # no kernel: the appended-key path
+    with pytest.raises(ValueError, match="cpu_flash, cuda_flash, cuda_efficient"):
+        _SinkFused.apply(q, k, v, torch.zeros(2, dtype=F64), True, 0.25, "cuda_flashy")
+
+
+@pytest.mark.parametrize("kernel,dtype", [("cuda_flash", torch.bfloat16),
+                                          ("cuda_efficient", torch.float32)])
+def test_cuda_kernel_calls_on_meta_tensors(kernel, dtype):
+    """The CUDA kernels' calls (argument order, the efficient kernel's lse padded to a multiple
+    of 32 along T) run through PyTorch's shape functions on meta tensors. Their values are the
+    CPU kernel's math (tested above in float64) and are checked on a GPU by the test below."""
+    B, H, T, D = 2, 3, 40, 64
+    q, k, v = (torch.empty(B, H, T, D, device="meta", dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    s = torch.empty(H, device="meta", dtype=torch.float32, requires_grad=True)
+    out = _SinkFused.apply(q, k, v, s, True, 0.125, kernel)
+    assert out.shape == (B, H, T, D) and out.dtype == dtype
+    dq, dk, dv, ds = torch.autograd.grad(out, (q, k, v, s), torch.empty_like(out))
+    assert dq.shape == dk.shape == dv.shape == (B, H, T, D) and dq.dtype == dtype
+    assert ds.shape == (H,) and ds.dtype == torch.float32
+    assert set(FUSED_KERNELS) == {"cpu_flash", "cuda_flash", "cuda_efficient"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("variant", ["softmax1", "sink"])
+def test_cuda_fused_against_float64_reference(variant, dtype):
+    (q, k, v), s = _inputs(2, 4, 200, 64, seed=11)
+    sink = _sink_for(variant, s)
+    ref, _ = reference_attention(q, k, v, variant, sink)
+    dev = [t.detach().to("cuda", dtype).requires_grad_() for t in (q, k, v)]
+    sd = sink.detach().to("cuda", torch.float32).requires_grad_() if sink is not None else None
+    assert fused_kernel_for(*dev) in ("cuda_flash", "cuda_efficient")
+    fast = fast_attention(*dev, variant, sd)
+    rtol, atol = (1e-3, 1e-4) if dtype == torch.float32 else (5e-2, 2e-2)
+    torch.testing.assert_close(fast.double().cpu(), ref, rtol=rtol, atol=atol)
+    leaves = [q, k, v] + ([sink] if sink is not None else [])
+    leaves_dev = dev + ([sd] if sd is not None else [])
+    for gd, gr in zip(_grads(fast, leaves_dev), _grads(ref, leaves)):
+        torch.testing.assert_close(gd.double().cpu(), gr, rtol=10 * rtol, atol=10 * atol)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -9,9 +9,10 @@ The gpt-oss learned sink generalises the fixed 0 to a learned per-head logit s_h
 
     sink(x)_i = exp(x_i) / (exp(s_h) + sum_j exp(x_j)),      softmax1 = sink with s_h = 0.
 
-Both equal softmax(x)_i * sigmoid(logsumexp(x) - s_h), which is what the fast path uses: a fused
-attention kernel returns the softmax output and the per-query logsumexp (lse), and the softmax1
-output is out * sigmoid(lse - s). Nothing T x T is materialised.
+Both equal softmax(x)_i * exp(lse - logaddexp(lse, s_h)), lse = logsumexp(x), which is what the
+fast path uses: a fused attention kernel returns the softmax output and the per-query lse, and
+the sink output is out * exp(lse - lse1) with lse1 = logaddexp(lse, s_h); the kernel's own
+backward, handed lse1, differentiates the sink attention exactly. Nothing T x T is materialised.
 
 Every variant has a plain reference (`reference_attention`) that materialises the probabilities;
 the tests compare every fast path against it in float64, values and gradients.
@@ -218,39 +219,83 @@ def reference_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | 
 # --------------------------------------------------------------------------------------------
 # Fast path: fused attention plus the exact sigmoid(lse - s) correction.
 
-class _SinkFlashCPU(torch.autograd.Function):
-    """softmax-with-sink attention on the CPU flash kernel, with an exact backward.
+# The fused kernels that return the logsumexp, and their backwards, as PyTorch's own SDPA calls
+# them (no dropout). Each forward returns (out, lse, extras): extras are what its backward needs
+# besides the tensors. The CUDA memory-efficient kernel pads lse along T to a multiple of 32.
+FUSED_KERNELS = ("cpu_flash", "cuda_flash", "cuda_efficient")
 
-    The kernel's logsumexp output has no autograd formula, so the backward is written here. With
-    g = sigmoid(lse - s) and out1 = out * g, the stock flash backward called with grad * g as the
-    incoming gradient, out1 in place of the output and the unmodified lse gives exactly dq, dk, dv
-    (its D = rowsum(dO * O) term then carries the lse gradient). The sink gradient is
-    ds_h = -sum_{b,t} rowsum(grad * out1) * (1 - g).
+
+def _kernel_forward(kernel: str, q, k, v, causal: bool, scale: float):
+    if kernel == "cpu_flash":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, scale=scale)
+        return out, lse, ()
+    if kernel == "cuda_flash":
+        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = (
+            torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False,
+                                                                scale=scale))
+        return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
+    if kernel == "cuda_efficient":
+        out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, None, True, 0.0, causal, scale=scale)
+        return out, lse, (seed, offset)
+    raise ValueError(f"unknown fused kernel {kernel!r}; valid choices: {', '.join(FUSED_KERNELS)}")
+
+
+def _kernel_backward(kernel: str, grad, q, k, v, out, lse, extras, causal: bool, scale: float):
+    if kernel == "cpu_flash":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad, q, k, v, out, lse, 0.0, causal, scale=scale)
+    if kernel == "cuda_flash":
+        cum_q, cum_k, max_q, max_k, seed, offset = extras
+        return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            grad, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset,
+            scale=scale)
+    seed, offset = extras
+    return torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        grad, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], causal,
+        scale=scale)[:3]
+
+
+class _SinkFused(torch.autograd.Function):
+    """softmax-with-sink attention on a fused kernel that returns the logsumexp, exact backward.
+
+    The kernel returns the softmax output `out` and the per-query logsumexp `lse`. With the sink,
+    the normaliser is lse1 = logaddexp(lse, s), so out1 = out * exp(lse - lse1), and the sink
+    probabilities are exp(x - lse1): the softmax probabilities of the kernel's own backward once
+    it is handed lse1 in place of lse. The stock backward called with the unmodified incoming
+    gradient, out1 and lse1 therefore gives exactly dq, dk, dv (the Jacobian of
+    p_j = e^x_j / (e^s + sum e^x) in x has the softmax form p_j (delta_jk - p_k), and its
+    D = rowsum(dO * O) term is computed from out1). Nothing (B, H, T, D) is allocated beyond
+    what fused softmax attention allocates. The sink gradient is
+    ds_h = -sum_{b,t} rowsum(grad * out1) * p_sink, with p_sink = exp(s - lse1).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, s, causal: bool, scale: float):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, causal, scale=scale)
-        g = torch.sigmoid(lse - s.to(lse.dtype).view(1, -1, 1))  # (B, H, T)
+    def forward(ctx, q, k, v, s, causal: bool, scale: float, kernel: str):
+        out, lse, extras = _kernel_forward(kernel, q, k, v, causal, scale)
+        T = q.shape[-2]
+        lse1 = torch.logaddexp(lse, s.to(lse.dtype).view(1, -1, 1))  # (B, H, T or padded T)
+        g = torch.exp(lse[..., :T] - lse1[..., :T])  # the weight left to the real keys
         out1 = out.mul_(g.unsqueeze(-1).to(out.dtype))  # in place: the kernel's output is ours
-        ctx.save_for_backward(q, k, v, out1, lse, g)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.save_for_backward(q, k, v, out1, lse1, s)
+        ctx.causal, ctx.scale, ctx.kernel, ctx.extras = causal, scale, kernel, extras
         return out1
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, out1, lse, g = ctx.saved_tensors
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad * g.unsqueeze(-1).to(grad.dtype), q, k, v, out1, lse, 0.0, ctx.causal,
-            scale=ctx.scale)
+        q, k, v, out1, lse1, s = ctx.saved_tensors
+        dq, dk, dv = _kernel_backward(ctx.kernel, grad, q, k, v, out1, lse1, ctx.extras,
+                                      ctx.causal, ctx.scale)
         ds = None
         if ctx.needs_input_grad[3]:
+            T = q.shape[-2]
             acc = torch.promote_types(grad.dtype, torch.float32)  # bf16/fp16 sum in fp32
             # rowsum(grad * out1) as a batched (1 x D) @ (D x 1): no (B, H, T, D) temporary
-            dot = (grad.to(acc).unsqueeze(-2) @ out1.to(acc).unsqueeze(-1)).view(g.shape)
-            ds = -(dot * (1.0 - g.to(acc))).sum(dim=(0, 2))
-        return dq, dk, dv, ds, None, None
+            dot = (grad.to(acc).unsqueeze(-2) @ out1.to(acc).unsqueeze(-1)).view(q.shape[:-1])
+            p_sink = torch.exp(s.to(lse1.dtype).view(1, -1, 1) - lse1[..., :T])
+            ds = -(dot * p_sink.to(acc)).sum(dim=(0, 2)).to(s.dtype)
+        return dq, dk, dv, ds, None, None, None
 
 
 def _sink_sdpa_appended(q, k, v, s, causal: bool, scale: float):
@@ -271,9 +316,23 @@ def _sink_sdpa_appended(q, k, v, s, causal: bool, scale: float):
     return F.scaled_dot_product_attention(q, k1, v1, attn_mask=mask, scale=scale)
 
 
-def _cpu_flash_ok(q: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16,
-                                                  torch.float16)
+def fused_kernel_for(q, k, v, causal: bool = True) -> str | None:
+    """The fused kernel the sink variants run on for these inputs, or None when there is none
+    (the exact appended-key path is used then). On CUDA it is the kernel PyTorch's SDPA would
+    pick for softmax, flash before memory-efficient, as far as the switches in
+    torch.backends.cuda allow; both need a head size that is a multiple of 8."""
+    if q.device.type == "cpu":
+        ok = q.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        return "cpu_flash" if ok else None
+    if q.device.type != "cuda" or q.shape[-1] % 8 or q.dtype == torch.float64:
+        return None
+    from torch.backends import cuda as bc
+    params = bc.SDPAParams(q, k, v, None, 0.0, causal, False)
+    if bc.flash_sdp_enabled() and bc.can_use_flash_attention(params):
+        return "cuda_flash"
+    if bc.mem_efficient_sdp_enabled() and bc.can_use_efficient_attention(params):
+        return "cuda_efficient"
+    return None
 
 
 def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None = None,
@@ -295,8 +354,9 @@ def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None 
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     if causal and k.shape[-2] != T:
         raise ValueError("causal fast attention needs as many keys as queries")
-    if _cpu_flash_ok(q):
-        return _SinkFlashCPU.apply(q, k, v, s, causal, scale)  # strided views are fine
+    kernel = fused_kernel_for(q, k, v, causal)
+    if kernel is not None:
+        return _SinkFused.apply(q, k, v, s, causal, scale, kernel)  # strided views are fine
     return _sink_sdpa_appended(q, k, v, s, causal, scale)
 
 
