@@ -1,5 +1,6 @@
 import os
 import pickle
+import random
 
 import pytest
 import torch
@@ -41,10 +42,13 @@ def test_foreign_and_garbage_files(tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="not an offbyone checkpoint"):
         load_checkpoint(foreign)
+    # random bytes make the unpickler raise many kinds of errors (UnpicklingError, IndexError,
+    # KeyError, UnicodeDecodeError...): every one must become a CheckpointError naming the file
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(os.urandom(1000))
-    with pytest.raises(CheckpointError, match="garbage.pt"):
-        load_checkpoint(garbage)
+    for seed in range(400):
+        garbage.write_bytes(random.Random(seed).randbytes(1000))
+        with pytest.raises(CheckpointError, match="garbage.pt"):
+            load_checkpoint(garbage)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
 

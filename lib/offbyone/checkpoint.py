@@ -11,7 +11,7 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,13 +81,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a corrupt file's first byte read as a pickle protocol: the error below says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"checkpoint {path} holds objects that are not allowed "
-                              f"(refused by weights_only loading): {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or holds objects that are not "
+                              f"allowed (refused by weights_only loading): "
+                              f"{str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - corrupt bytes surface as IndexError, KeyError,
+        # UnicodeDecodeError, zipfile.BadZipFile, EOFError, RuntimeError... from the unpickler
+        msg = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                              f"{type(e).__name__}: {msg}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an offbyone checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
