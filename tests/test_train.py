@@ -156,7 +156,7 @@ def test_torchrun_ddp_two_processes_agree(tmp_path, tiny_corpus, tiny_data):
            "eval_interval=3", "eval_batches=1", "log_interval=3", "progress=false",
            "checkpoint_fractions=0.5,1.0"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stdout[-4000:] + "\n---- stderr ----\n" + res.stderr[-12000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ddp_params_agree"] is True
     state = load_checkpoint(out / "ckpt_000006.pt")
