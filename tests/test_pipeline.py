@@ -182,3 +182,18 @@ def test_ablation_profiles_change_one_key_and_are_checked(tmp_path, monkeypatch)
         P.load_profile("o")
     with pytest.raises(ConfigError, match="ablation profile 'm' may not have a testbed or ablations"):
         P.load_profile("q")
+
+
+def test_bench_options_are_checked(tmp_path, monkeypatch):
+    one = "variants: [softmax]\nseeds: [0]\n"
+    P = _profiles_in(tmp_path, monkeypatch, {
+        "ok": one + "bench: {T: [64], variants: [softmax, sink]}\n",
+        "typo": one + "bench: {Ts: [64]}\n",
+        "badv": one + "bench: {variants: [softmax2]}\n",
+        "notlist": one + "bench: {variants: softmax}\n"})
+    assert P.load_profile("ok")["bench"]["variants"] == ["softmax", "sink"]
+    with pytest.raises(ConfigError, match="unknown bench key.*valid keys: T, repeats, steps, variants"):
+        P.load_profile("typo")
+    for name in ("badv", "notlist"):
+        with pytest.raises(ConfigError, match="bench variants must be a non-empty list of softmax, softmax1"):
+            P.load_profile(name)

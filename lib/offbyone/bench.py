@@ -6,7 +6,14 @@
 Attention: B = 8, H = 8, D = 64, causal; fp32 on CPU, bf16 on CUDA. Times: after warm-up, the
 median of repeated forward + backward passes, the cases interleaved round by round in one process
 so that a shared machine's drifts hit all alike. Peak memory: each case once more in a fresh
-process (the peak RSS growth on CPU, the CUDA allocator's peak on a GPU).
+process: the peak above the memory held after warm-up (on CPU the peak resident memory, restarted
+through /proc/self/clear_refs; on a GPU the CUDA allocator's peak), so that the inputs and the
+one-time buffers of the first pass (about 40 MiB on CPU) do not count. On CPU that process runs
+with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_): by default the threshold
+follows the sizes freed so far, so large tensors land on the heap or not depending on the
+allocation history, and the same case's peak RSS varied by 40% between runs; fixed, every tensor
+above 128 KiB is its own mapping, returned when freed, and the peak RSS follows the peak of live
+tensors (repeats agree within 0.5 MiB).
 Training: tokens/s of the GPT of a profile for every variant (steps interleaved across variants,
 same batches), and the share of a step spent outside forward, backward and the optimizer.
 Timings are measurements, not tests: nothing here asserts a speed.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -25,6 +33,9 @@ from pathlib import Path
 import torch
 
 from .attention import VARIANTS, fast_attention, reference_attention
+
+# glibc: a fixed threshold (bytes) turns off its dynamic adjustment; see the module docstring
+CPU_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 ATTENTION_CASES = [  # (label, variant, implementation)
     ("softmax (fused SDPA)", "softmax", "fast"),
@@ -39,16 +50,33 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _rss_mib() -> float:
-    """This process's peak resident memory. Linux's VmHWM belongs to the process image (the
-    rusage peak would carry over the parent's across fork and exec)."""
+def _status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM: peak resident memory, VmRSS: current), in MiB;
+    None off Linux. VmHWM belongs to the process image (the rusage peak would carry over the
+    parent's across fork and exec)."""
     try:
         for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def _rss_mib() -> float:
+    """This process's peak resident memory so far (or since the last _reset_peak_rss)."""
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the peak resident memory from the current one (Linux >= 4.0: clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _inputs(T, B, H, D, device, variant):
@@ -80,19 +108,29 @@ def time_attention(variant: str, impl: str, T: int, B: int = 8, H: int = 8, D: i
                    repeats: int = 5, warmup: int = 2, device: str = "cpu") -> dict:
     """Median forward + backward time and peak memory of one configuration (this process)."""
     dev, dtype, q, k, v, sink, grad = _inputs(T, B, H, D, device, variant)
-    if dev.type == "cuda":
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated() if cuda else _rss_mib()
+    times = [_timed_pass(variant, impl, dev, q, k, v, sink, grad) for _ in range(warmup)]
+    first_peak = (torch.cuda.max_memory_allocated() - start) / 2**20 if cuda else _rss_mib() - start
+    # the peak is read above the steady state after warm-up, so one-time allocations (libraries'
+    # buffers and thread pools set up by the first pass) do not count; the inputs never count
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_mib()
-    times = [_timed_pass(variant, impl, dev, q, k, v, sink, grad)
-             for _ in range(warmup + repeats)][warmup:]
-    peak = ((torch.cuda.max_memory_allocated() - base) / 2**20 if dev.type == "cuda"
-            else _rss_mib() - base)
+    elif _reset_peak_rss():
+        base = _status_mib("VmRSS")
+    else:  # no way to restart the peak: count from before warm-up
+        base = start
+    times = [_timed_pass(variant, impl, dev, q, k, v, sink, grad) for _ in range(repeats)]
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _rss_mib() - base
     return {"variant": variant, "impl": impl, "T": T, "B": B, "H": H, "D": D,
             "dtype": str(dtype).replace("torch.", ""), "device": dev.type,
             "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-            "repeats": repeats, "peak_mib": peak, "threads": torch.get_num_threads()}
+            "repeats": repeats, "peak_mib": peak, "warmup_peak_mib": first_peak,
+            "threads": torch.get_num_threads(),
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "")}
 
 
 def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.0,
@@ -127,7 +165,8 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
             cmd = [sys.executable, "-m", "offbyone.bench", "--child", json.dumps(
                 {"variant": variant, "impl": impl, "T": T, "repeats": 3, "warmup": 1,
                  "device": device, "B": B, "H": H, "D": D})]
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            env = {**os.environ, **(CPU_CHILD_ENV if device == "cpu" else {})}
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if res.returncode != 0:
                 raise RuntimeError(f"benchmark of {label} at T={T} failed:\n{res.stderr[-2000:]}")
             mem = json.loads(res.stdout.strip().splitlines()[-1])
@@ -221,14 +260,15 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
     from .provenance import provenance
 
     prof = load_profile(profile)
-    opts = {"T": [256, 1024, 4096], "repeats": 5, "steps": 40, **prof["bench"]}
+    opts = {"T": [256, 1024, 4096], "repeats": 5, "steps": 40, "variants": list(VARIANTS),
+            **prof["bench"]}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = repo_root() / out_root / profile / "bench"
     t0 = time.perf_counter()
     attn = bench_attention(opts["T"], opts["repeats"], device)
     _write_csv(attn, out / "attention.csv")
-    train_profile = profile
-    training = bench_training(train_profile, prof["variants"], opts["steps"], 3, device)
+    # every variant at the profile's model size, not only those the profile trains
+    training = bench_training(profile, opts["variants"], opts["steps"], 3, device)
     _write_csv(training, out / "training.csv")
     write_json_atomic(out / "bench.json", {"profile": profile, "options": opts, "device": device,
                                            "wall_s": time.perf_counter() - t0,

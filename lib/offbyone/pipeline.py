@@ -9,7 +9,8 @@ options of one run of the whole study:
     seeds: [0, 1, 2]
     train: {TrainConfig keys}
     measure: {MeasureConfig keys}
-    bench: {T: [256, 1024], repeats: 5, steps: 20}   # python -m offbyone.bench --profile
+    bench: {T: [256, 1024], repeats: 5, steps: 20}   # python -m offbyone.bench --for-profile;
+                               # optional variants: [...] for the training throughput (default all)
     testbed: testbed           # optional: another profile (the synthetic task) whose runs are
                                # trained, measured and reported with this one
     ablations: [gpu_wd01]      # optional: profiles that change one recipe key (same variants'
@@ -38,7 +39,7 @@ from .measure import MeasureConfig
 
 PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed",
                 "ablations")
-BENCH_KEYS = ("T", "repeats", "steps")
+BENCH_KEYS = ("T", "repeats", "steps", "variants")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
 
@@ -93,6 +94,11 @@ def load_profile(profile: str, _seen: tuple = (), _as_base: bool = False) -> dic
     bad = [k for k in bench if k not in BENCH_KEYS]
     if bad:
         raise ConfigError(f"{path}: unknown bench key(s) {bad}; valid keys: {', '.join(BENCH_KEYS)}")
+    bv = bench.get("variants")
+    if bv is not None and (not isinstance(bv, list) or not bv
+                           or any(not isinstance(v, str) or v not in VARIANTS for v in bv)):
+        raise ConfigError(f"{path}: bench variants must be a non-empty list of {', '.join(VARIANTS)}; "
+                          f"got {bv!r}")
     if prof.get("testbed") is not None and not _as_base:
         tb = prof["testbed"]
         if not isinstance(tb, str) or tb == profile:
