@@ -217,7 +217,7 @@ def reference_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | 
 
 
 # --------------------------------------------------------------------------------------------
-# Fast path: fused attention plus the exact sigmoid(lse - s) correction.
+# Fast path: fused attention, rescaled by the exact exp(lse - lse1) correction.
 
 # The fused kernels that return the logsumexp, and their backwards, as PyTorch's own SDPA calls
 # them (no dropout). Each forward returns (out, lse, extras): extras are what its backward needs

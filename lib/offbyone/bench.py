@@ -112,7 +112,8 @@ def time_attention(variant: str, impl: str, T: int, B: int = 8, H: int = 8, D: i
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated() if cuda else _rss_mib()
-    times = [_timed_pass(variant, impl, dev, q, k, v, sink, grad) for _ in range(warmup)]
+    for _ in range(warmup):
+        _timed_pass(variant, impl, dev, q, k, v, sink, grad)
     first_peak = (torch.cuda.max_memory_allocated() - start) / 2**20 if cuda else _rss_mib() - start
     # the peak is read above the steady state after warm-up, so one-time allocations (libraries'
     # buffers and thread pools set up by the first pass) do not count; the inputs never count
