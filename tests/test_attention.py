@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from offbyone.attention import (FUSED_KERNELS, VARIANTS, _SinkFused, _sink_sdpa_appended,
+from offbyone.attention import (FUSED_KERNELS, VARIANTS, _sink_sdpa_appended, sink_fused,
                                 attention, fast_attention, fused_kernel_for, get_variant,
                                 reference_attention, sink_softmax, softmax, softmax1)
 
@@ -136,7 +136,7 @@ def test_fused_kernel_choice():
     meta = torch.empty(1, 2, 8, 16, device="meta")
     assert fused_kernel_for(meta, meta, meta) is None  # no kernel: the appended-key path
     with pytest.raises(ValueError, match="cpu_flash, cuda_flash, cuda_efficient"):
-        _SinkFused.apply(q, k, v, torch.zeros(2, dtype=F64), True, 0.25, "cuda_flashy")
+        sink_fused(q, k, v, torch.zeros(2, dtype=F64), True, 0.25, "cuda_flashy")
 
 
 @pytest.mark.parametrize("kernel,dtype", [("cuda_flash", torch.bfloat16),
@@ -149,7 +149,7 @@ def test_cuda_kernel_calls_on_meta_tensors(kernel, dtype):
     q, k, v = (torch.empty(B, H, T, D, device="meta", dtype=dtype, requires_grad=True)
                for _ in range(3))
     s = torch.empty(H, device="meta", dtype=torch.float32, requires_grad=True)
-    out = _SinkFused.apply(q, k, v, s, True, 0.125, kernel)
+    out = sink_fused(q, k, v, s, True, 0.125, kernel)
     assert out.shape == (B, H, T, D) and out.dtype == dtype
     dq, dk, dv, ds = torch.autograd.grad(out, (q, k, v, s), torch.empty_like(out))
     assert dq.shape == dk.shape == dv.shape == (B, H, T, D) and dq.dtype == dtype
@@ -232,3 +232,18 @@ def test_bad_names_are_refused_with_the_choices():
         attention(q, k, v, "sink")
     with pytest.raises(ValueError, match="fixes its sink logit at 0"):
         attention(q, k, v, "softmax1", sink=s)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_custom_ops_pass_torch_opcheck(dtype):
+    """The sink fast path's custom ops: schema, fake (meta) implementations, autograd
+    registration, checked by torch.library.opcheck on the CPU kernel."""
+    (q, k, v), s = _inputs(2, 3, 9, 8, dtype=dtype, seed=4)
+    for causal in (True, False):
+        torch.library.opcheck(torch.ops.offbyone.sink_attention.default,
+                              (q, k, v, s, causal, 0.3, "cpu_flash"))
+    out1, lse1, seed, offset = torch.ops.offbyone.sink_attention(q, k, v, s, True, 0.3, "cpu_flash")
+    grad = torch.randn_like(out1)
+    torch.library.opcheck(torch.ops.offbyone.sink_attention_backward.default,
+                          (grad, q.detach(), k.detach(), v.detach(), out1.detach(), lse1, seed,
+                           offset, True, 0.3, "cpu_flash"))

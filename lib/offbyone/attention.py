@@ -257,45 +257,105 @@ def _kernel_backward(kernel: str, grad, q, k, v, out, lse, extras, causal: bool,
         scale=scale)[:3]
 
 
-class _SinkFused(torch.autograd.Function):
-    """softmax-with-sink attention on a fused kernel that returns the logsumexp, exact backward.
+# The sink fast path is a pair of torch.library custom ops (forward and backward) with fake
+# implementations and an autograd registration, so torch.compile traces a model through it as
+# one graph (an autograd.Function that calls private aten kernels would break the graph). The
+# fake implementations are the real ones run on fake tensors: the aten kernels' own shape
+# functions give every output's shape, dtype and device.
+#
+# Math. The kernel returns the softmax output `out` and the per-query logsumexp `lse`. With the
+# sink, the normaliser is lse1 = logaddexp(lse, s), so out1 = out * exp(lse - lse1), and the sink
+# probabilities are exp(x - lse1): the softmax probabilities of the kernel's own backward once it
+# is handed lse1 in place of lse. The stock backward called with the unmodified incoming
+# gradient, out1 and lse1 therefore gives exactly dq, dk, dv (the Jacobian of
+# p_j = e^x_j / (e^s + sum e^x) in x has the softmax form p_j (delta_jk - p_k), and its
+# D = rowsum(dO * O) term is computed from out1). Nothing (B, H, T, D) is allocated beyond what
+# fused softmax attention allocates. The sink gradient is
+# ds_h = -sum_{b,t} rowsum(grad * out1) * p_sink, with p_sink = exp(s - lse1).
 
-    The kernel returns the softmax output `out` and the per-query logsumexp `lse`. With the sink,
-    the normaliser is lse1 = logaddexp(lse, s), so out1 = out * exp(lse - lse1), and the sink
-    probabilities are exp(x - lse1): the softmax probabilities of the kernel's own backward once
-    it is handed lse1 in place of lse. The stock backward called with the unmodified incoming
-    gradient, out1 and lse1 therefore gives exactly dq, dk, dv (the Jacobian of
-    p_j = e^x_j / (e^s + sum e^x) in x has the softmax form p_j (delta_jk - p_k), and its
-    D = rowsum(dO * O) term is computed from out1). Nothing (B, H, T, D) is allocated beyond
-    what fused softmax attention allocates. The sink gradient is
-    ds_h = -sum_{b,t} rowsum(grad * out1) * p_sink, with p_sink = exp(s - lse1).
-    """
+def _resolve_kernel(kernel: str, q, k, v, causal: bool) -> str:
+    """"cuda" means: the CUDA kernel SDPA would pick for these inputs, decided inside the op
+    (on real or fake tensors alike), so compiled code need not trace the choice."""
+    if kernel != "cuda":
+        return kernel
+    chosen = fused_kernel_for(q, k, v, causal)
+    if chosen is None:
+        raise RuntimeError("no fused CUDA attention kernel can run these inputs (head size "
+                           f"{q.shape[-1]}, dtype {q.dtype}); enable flash or memory-efficient SDPA")
+    return chosen
 
-    @staticmethod
-    def forward(ctx, q, k, v, s, causal: bool, scale: float, kernel: str):
-        out, lse, extras = _kernel_forward(kernel, q, k, v, causal, scale)
+
+def _sink_attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
+                       causal: bool, scale: float, kernel: str
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (out1, lse1, philox_seed, philox_offset); the last two are what the CUDA kernels'
+    backwards take (unused without dropout; empty on CPU)."""
+    kernel = _resolve_kernel(kernel, q, k, v, causal)
+    out, lse, extras = _kernel_forward(kernel, q, k, v, causal, scale)
+    T = q.shape[-2]
+    lse1 = torch.logaddexp(lse, s.to(lse.dtype).view(1, -1, 1))  # (B, H, T or padded T)
+    g = torch.exp(lse[..., :T] - lse1[..., :T])  # the weight left to the real keys
+    out1 = out.mul_(g.unsqueeze(-1).to(out.dtype))  # in place: the kernel's output is ours
+    seed, offset = extras[-2:] if extras else (q.new_empty(0), q.new_empty(0))
+    return out1, lse1, seed.clone(), offset.clone()
+
+
+def _sink_attention_backward_impl(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                                v: torch.Tensor, out1: torch.Tensor, lse1: torch.Tensor,
+                                seed: torch.Tensor, offset: torch.Tensor, causal: bool,
+                                scale: float, kernel: str
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    kernel = _resolve_kernel(kernel, q, k, v, causal)
+    if kernel == "cuda_flash":  # dense inputs: no cumulative lengths, max lengths T and S
+        extras = (None, None, q.shape[-2], k.shape[-2], seed, offset)
+    else:
+        extras = (seed, offset)
+    dq, dk, dv = _kernel_backward(kernel, grad, q, k, v, out1, lse1, extras, causal, scale)
+    return dq, dk, dv
+
+
+# each op's fake implementation is its real one run on fake tensors
+_sink_attention_op = torch.library.custom_op("offbyone::sink_attention", mutates_args=())(
+    _sink_attention_impl)
+_sink_attention_op.register_fake(_sink_attention_impl)
+_sink_attention_backward_op = torch.library.custom_op(
+    "offbyone::sink_attention_backward", mutates_args=())(_sink_attention_backward_impl)
+_sink_attention_backward_op.register_fake(_sink_attention_backward_impl)
+
+
+def _sink_setup_context(ctx, inputs, output):
+    q, k, v, s, causal, scale, kernel = inputs
+    out1, lse1, seed, offset = output
+    ctx.save_for_backward(q, k, v, s, out1, lse1, seed, offset)
+    ctx.causal, ctx.scale, ctx.kernel = causal, scale, kernel
+    ctx.mark_non_differentiable(lse1, seed, offset)
+
+
+def _sink_backward(ctx, grad, _lse1_grad, _seed_grad, _offset_grad):
+    q, k, v, s, out1, lse1, seed, offset = ctx.saved_tensors
+    dq, dk, dv = _sink_attention_backward_op(grad.contiguous(), q, k, v, out1, lse1, seed,
+                                             offset, ctx.causal, ctx.scale, ctx.kernel)
+    ds = None
+    if ctx.needs_input_grad[3]:
         T = q.shape[-2]
-        lse1 = torch.logaddexp(lse, s.to(lse.dtype).view(1, -1, 1))  # (B, H, T or padded T)
-        g = torch.exp(lse[..., :T] - lse1[..., :T])  # the weight left to the real keys
-        out1 = out.mul_(g.unsqueeze(-1).to(out.dtype))  # in place: the kernel's output is ours
-        ctx.save_for_backward(q, k, v, out1, lse1, s)
-        ctx.causal, ctx.scale, ctx.kernel, ctx.extras = causal, scale, kernel, extras
-        return out1
+        acc = torch.promote_types(grad.dtype, torch.float32)  # bf16/fp16 sum in fp32
+        # rowsum(grad * out1) as a batched (1 x D) @ (D x 1): no (B, H, T, D) temporary
+        dot = (grad.to(acc).unsqueeze(-2) @ out1.to(acc).unsqueeze(-1)).view(q.shape[:-1])
+        p_sink = torch.exp(s.to(lse1.dtype).view(1, -1, 1) - lse1[..., :T])
+        ds = -(dot * p_sink.to(acc)).sum(dim=(0, 2)).to(s.dtype)
+    return dq, dk, dv, ds, None, None, None
 
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, out1, lse1, s = ctx.saved_tensors
-        dq, dk, dv = _kernel_backward(ctx.kernel, grad, q, k, v, out1, lse1, ctx.extras,
-                                      ctx.causal, ctx.scale)
-        ds = None
-        if ctx.needs_input_grad[3]:
-            T = q.shape[-2]
-            acc = torch.promote_types(grad.dtype, torch.float32)  # bf16/fp16 sum in fp32
-            # rowsum(grad * out1) as a batched (1 x D) @ (D x 1): no (B, H, T, D) temporary
-            dot = (grad.to(acc).unsqueeze(-2) @ out1.to(acc).unsqueeze(-1)).view(q.shape[:-1])
-            p_sink = torch.exp(s.to(lse1.dtype).view(1, -1, 1) - lse1[..., :T])
-            ds = -(dot * p_sink.to(acc)).sum(dim=(0, 2)).to(s.dtype)
-        return dq, dk, dv, ds, None, None, None
+
+_sink_attention_op.register_autograd(_sink_backward, setup_context=_sink_setup_context)
+
+
+def sink_fused(q, k, v, s, causal: bool, scale: float, kernel: str) -> torch.Tensor:
+    """Softmax-with-sink attention (per-head logit s, shape (H,)) on a fused kernel, exact
+    backward. `kernel`: one of FUSED_KERNELS, or "cuda" to let the op pick SDPA's CUDA kernel."""
+    if kernel not in FUSED_KERNELS + ("cuda",):
+        raise ValueError(f"unknown fused kernel {kernel!r}; valid choices: "
+                         f"{', '.join(FUSED_KERNELS)}, cuda")
+    return torch.ops.offbyone.sink_attention(q, k, v, s, causal, float(scale), kernel)[0]
 
 
 def _sink_sdpa_appended(q, k, v, s, causal: bool, scale: float):
@@ -354,9 +414,15 @@ def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None 
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     if causal and k.shape[-2] != T:
         raise ValueError("causal fast attention needs as many keys as queries")
-    kernel = fused_kernel_for(q, k, v, causal)
+    if torch.compiler.is_compiling():
+        # traced code: a CUDA kernel is picked inside the op, so the choice is no graph break
+        kernel = ("cpu_flash" if q.device.type == "cpu" else
+                  "cuda" if q.device.type == "cuda" and D % 8 == 0 and q.dtype != torch.float64
+                  else None)
+    else:
+        kernel = fused_kernel_for(q, k, v, causal)
     if kernel is not None:
-        return _SinkFused.apply(q, k, v, s, causal, scale, kernel)  # strided views are fine
+        return sink_fused(q, k, v, s, causal, scale, kernel)  # strided views are fine
     return _sink_sdpa_appended(q, k, v, s, causal, scale)
 
 
