@@ -23,7 +23,7 @@ TEX_PKGS := texlive-latex-base texlive-latex-recommended texlive-fonts-recommend
 # The profile: gpu where CUDA is usable, else cpu (PROFILE=smoke|cpu|gpu overrides).
 DETECT_PROFILE = $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)
 
-.PHONY: FORCE help setup test test-all test-slow data reproduce pipeline figures paper bench tex lab clean
+.PHONY: FORCE help setup test test-all test-slow data reproduce pipeline figures paper bench gpu-check tex lab clean
 
 help:
 	@echo "make reproduce  everything: set-up, data, every run of the profile, measurement,"
@@ -34,6 +34,8 @@ help:
 	@echo "make figures    tables, figures and macros from existing results (PROFILE=...)"
 	@echo "make paper      rebuild the PDF from the existing generated inputs"
 	@echo "make bench      attention and training benchmarks, their figure and tables"
+	@echo "make gpu-check  on a CUDA machine, in about 10 minutes: CUDA kernel tests, attention"
+	@echo "                and training benchmarks, the gpu profile's estimated wall time"
 	@echo "make lab        open JupyterLab on notebooks/ (installs it on first use)"
 	@echo "make setup      create $(VENV) and install everything"
 	@echo "make clean      remove runs, results and build outputs (keeps $(VENV) and data)"
@@ -83,6 +85,10 @@ bench: $(STAMP)
 	$(eval P := $(or $(PROFILE),$(DETECT_PROFILE)))
 	$(PY) -m offbyone.bench --for-profile $(P)
 	$(PY) -m offbyone.pipeline nb bench notebooks/05_bench.ipynb build/$(P)/notebooks/05_bench.ipynb -p profile $(P)
+
+# exits 2 with a message where torch sees no CUDA GPU
+gpu-check: $(STAMP)
+	$(PY) -m offbyone.gpu_check
 
 paper: $(STAMP) tex
 	@test -f paper/generated/macros.tex || { echo "paper/generated/macros.tex is missing: run make reproduce (or make figures) first"; exit 1; }

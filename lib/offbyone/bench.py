@@ -5,15 +5,16 @@
 
 Attention: B = 8, H = 8, D = 64, causal; fp32 on CPU, bf16 on CUDA. Times: after warm-up, the
 median of repeated forward + backward passes, the cases interleaved round by round in one process
-so that a shared machine's drifts hit all alike. Peak memory: each case once more in a fresh
-process: the peak above the memory held after warm-up (on CPU the peak resident memory, restarted
-through /proc/self/clear_refs; on a GPU the CUDA allocator's peak), so that the inputs and the
-one-time buffers of the first pass (about 40 MiB on CPU) do not count. On CPU that process runs
-with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_): by default the threshold
-follows the sizes freed so far, so large tensors land on the heap or not depending on the
-allocation history, and the same case's peak RSS varied by 40% between runs; fixed, every tensor
-above 128 KiB is its own mapping, returned when freed, and the peak RSS follows the peak of live
-tensors (repeats agree within 0.5 MiB).
+so that a shared machine's drifts hit all alike. Peak memory: each case once more, the peak above
+the memory held after warm-up, so that the inputs and the one-time buffers of the first pass
+(about 40 MiB on CPU) do not count. On a GPU it is the CUDA allocator's peak, read in this process
+(the allocator counts exactly what is live). On CPU it is the peak resident memory of a fresh
+process, restarted through /proc/self/clear_refs, which runs with glibc's mmap threshold fixed at
+128 KiB (MALLOC_MMAP_THRESHOLD_): by default the threshold follows the sizes freed so far, so
+large tensors land on the heap or not depending on the allocation history, and the same case's
+peak RSS varied by 40% between runs; fixed, every tensor above 128 KiB is its own mapping,
+returned when freed, and the peak RSS follows the peak of live tensors (repeats agree within
+0.5 MiB).
 Training: tokens/s of the GPT of a profile for every variant (steps interleaved across variants,
 same batches), and the share of a step spent outside forward, backward and the optimizer.
 Timings are measurements, not tests: nothing here asserts a speed.
@@ -163,14 +164,7 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
                     times[c].append(seconds)
         del inputs
         for label, variant, impl in cases:
-            cmd = [sys.executable, "-m", "offbyone.bench", "--child", json.dumps(
-                {"variant": variant, "impl": impl, "T": T, "repeats": 3, "warmup": 1,
-                 "device": device, "B": B, "H": H, "D": D})]
-            env = {**os.environ, **(CPU_CHILD_ENV if device == "cpu" else {})}
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if res.returncode != 0:
-                raise RuntimeError(f"benchmark of {label} at T={T} failed:\n{res.stderr[-2000:]}")
-            mem = json.loads(res.stdout.strip().splitlines()[-1])
+            mem = _peak_memory(variant, impl, T, B, H, D, device)
             t = times[(label, variant, impl)]
             row = {"label": label, **mem, "median_ms": 1e3 * statistics.median(t),
                    "min_ms": 1e3 * min(t), "repeats": repeats}
@@ -185,6 +179,23 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
             r["memory_ratio"] = (r["peak_mib"] / base[r["T"]]["peak_mib"]
                                  if base[r["T"]]["peak_mib"] > 0 else float("nan"))
     return rows
+
+
+def _peak_memory(variant, impl, T, B, H, D, device) -> dict:
+    """One case's peak memory. On CUDA the caching allocator counts exactly what is live, so it
+    is read in this process (after emptying the cache); on CPU the resident memory is read in a
+    fresh process (see the module docstring)."""
+    args = {"variant": variant, "impl": impl, "T": T, "repeats": 3, "warmup": 1,
+            "device": device, "B": B, "H": H, "D": D}
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        return time_attention(**args)
+    cmd = [sys.executable, "-m", "offbyone.bench", "--child", json.dumps(args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CPU_CHILD_ENV})
+    if res.returncode != 0:
+        raise RuntimeError(f"benchmark of {variant} ({impl}) at T={T} failed:\n"
+                           f"{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def bench_training(profile: str, variants, steps: int, warmup: int, device: str) -> list[dict]:

@@ -373,20 +373,20 @@ class CorpusUnreachable(CorpusError):
 
 
 def _hf_source(corpus: str, text_field: str, info: dict) -> Source:
-    try:
-        import datasets
-    except ImportError:
-        raise CorpusError(f"{corpus} needs the optional `datasets` package: "
-                          "pip install -e '.[hf]'") from None
     spec = parse_hf(corpus)
-    if spec["loader"] == "hub":
+    if spec["loader"] == "hub":  # unreachable is unreachable, with or without `datasets`
         why = _hub_reachable()
         if why:
             raise CorpusUnreachable(
                 f"Hugging Face dataset {spec['name']!r} cannot be streamed: {why}. Offline "
                 "alternatives: 'shakespeare', a local UTF-8 file or folder of *.txt, or local "
                 "files through datasets' loaders (hf:text:GLOB, hf:json:GLOB, hf:parquet:GLOB)")
-
+    try:
+        import datasets
+    except ImportError:
+        raise CorpusError(f"{corpus} needs the optional `datasets` package: "
+                          "pip install -e '.[hf]'") from None
+    if spec["loader"] == "hub":
         def load():
             return datasets.load_dataset(spec["name"], spec["config"], split="train",
                                          streaming=True)

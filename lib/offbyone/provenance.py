@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -10,7 +11,11 @@ import torch
 
 
 def git_sha(short: bool = False) -> str:
+    """The checkout's commit (with -dirty for uncommitted changes); where there is no git
+    repository (a copied tree on a remote machine), OFFBYONE_GIT_SHA names it."""
     root = Path(__file__).resolve().parents[2]
+    if os.environ.get("OFFBYONE_GIT_SHA") and not (root / ".git").exists():
+        return os.environ["OFFBYONE_GIT_SHA"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()

@@ -1,0 +1,450 @@
+"""A GPU in ten minutes: is the gpu profile safe to run here, and how long will it take?
+
+    python -m offbyone.gpu_check          # make gpu-check; writes results/gpu/check.json
+
+On a CUDA machine it
+1. runs the CUDA tests (tests/test_cuda.py and the CUDA tests of tests/test_attention.py): the
+   softmax1 and sink fast paths against the float64 reference, values and gradients, through
+   the memory-efficient kernel in fp32 and the flash kernel in bf16 and fp16, at head sizes 64
+   and 128 and T in {1, 7, 64, 1000, 4096}; and records every case's error beside fused
+   softmax's error through the same kernel;
+2. benchmarks attention forward + backward in bf16 from T = 1k to 16k (softmax, softmax1, sink:
+   time and peak-memory ratios, peak from torch.cuda.max_memory_allocated);
+3. trains the gpu profile's runs with the pipeline's own `train()` for a few hundred steps:
+   softmax and softmax1 with torch.compile off and on, the other variants and the testbed's
+   model eagerly; and measures one checkpoint of each with the pipeline's own `measure()`;
+4. estimates the wall time of `make reproduce PROFILE=gpu`, stage by stage, from those rates
+   and the profile's run list (`estimate`), beside the written FLOP count (`flop_budget`);
+5. writes it all to results/gpu/check.json with provenance and prints a summary.
+
+Without CUDA it exits with status 2 and says so. `--cpu-rehearsal` runs steps 2 to 5 on the CPU
+at toy sizes (the tests use it); its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+NO_CUDA_EXIT = 2
+CHECK_KERNELS = (("cuda_efficient", torch.float32), ("cuda_flash", torch.bfloat16),
+                 ("cuda_flash", torch.float16))
+CHECK_HEAD_SIZES = (64, 128)
+CHECK_T = (1, 7, 64, 1000, 4096)
+# The largest error allowed, relative to the largest magnitude of the float64 reference, for
+# values and gradients. Inputs are rounded to the kernel's dtype before the reference sees them,
+# so what remains is the kernel's own arithmetic and its output rounding (bf16 keeps 8 bits,
+# fp16 11, so a few units of 2^-8 and 2^-11; fp32 accumulates over T keys).
+REL_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# Named assumptions of the wall-time estimate (measured where the check can measure them)
+ASSUMED_DATA_S = 600.0        # FineWeb-Edu: stream ~0.4 GB and train/apply a 16k BPE (not measured)
+ASSUMED_REPORT_S = 120.0      # report and bench notebooks, the LaTeX build (CPU-bound)
+PAPERMILL_EXTRA_S = 3.0       # papermill's kernel start beyond a bare `import torch` process
+PEAK_BF16_FLOPS = 989e12      # H100/H200 SXM dense bf16, by NVIDIA's datasheet
+
+
+# --------------------------------------------------------------------------------------------
+# 1. The CUDA kernels against float64
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |x - ref| / max |ref| (0 when both vanish)."""
+    scale = ref.abs().max().item()
+    diff = (x.double() - ref).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def kernel_errors(kernel: str, dtype: torch.dtype, D: int, T: int, variant: str,
+                  B: int = 2, H: int = 4, seed: int = 0, device: str = "cuda") -> dict:
+    """Errors of the sink fast path through one fused kernel against the float64 reference
+    (values, dq, dk, dv and, for the learned sink, ds), beside the errors of fused softmax
+    through the same kernel against its own float64 reference."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .attention import reference_attention, sink_fused
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q, k, v, grad = (torch.randn(B, H, T, D, generator=g).to(device, dtype) for _ in range(4))
+    s = torch.randn(H, generator=g).to(device) if variant == "sink" else torch.zeros(H, device=device)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    s_leaf = s.clone().requires_grad_(variant == "sink")
+    ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    s_ref = s.detach().double().requires_grad_(variant == "sink")
+    scale = 1.0 / math.sqrt(D)
+
+    out = sink_fused(*leaves, s_leaf, True, scale, kernel)
+    ref, _ = reference_attention(*ref_leaves, "sink", s_ref, causal=True, scale=scale)
+    wrt = leaves + ([s_leaf] if variant == "sink" else [])
+    wrt_ref = ref_leaves + ([s_ref] if variant == "sink" else [])
+    grads = torch.autograd.grad(out, wrt, grad)
+    grads_ref = torch.autograd.grad(ref, wrt_ref, grad.double())
+    names = ["out", "dq", "dk", "dv"] + (["ds"] if variant == "sink" else [])
+    errors = dict(zip(names, [rel_err(out, ref)] + [rel_err(a, b) for a, b in zip(grads, grads_ref)]))
+
+    backend = (SDPBackend.EFFICIENT_ATTENTION if kernel == "cuda_efficient"
+               else SDPBackend.FLASH_ATTENTION)
+    sm_leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    sm_ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    with sdpa_kernel(backend):
+        sm = torch.nn.functional.scaled_dot_product_attention(*sm_leaves, is_causal=True, scale=scale)
+    sm_ref, _ = reference_attention(*sm_ref_leaves, "softmax", causal=True, scale=scale)
+    sm_grads = torch.autograd.grad(sm, sm_leaves, grad)
+    sm_grads_ref = torch.autograd.grad(sm_ref, sm_ref_leaves, grad.double())
+    softmax_err = max([rel_err(sm, sm_ref)] + [rel_err(a, b) for a, b in zip(sm_grads, sm_grads_ref)])
+    return {"kernel": kernel, "dtype": str(dtype).replace("torch.", ""), "D": D, "T": T,
+            "variant": variant, **{f"err_{n}": e for n, e in errors.items()},
+            "max_err": max(errors.values()), "softmax_kernel_max_err": softmax_err,
+            "tolerance": REL_TOL[dtype], "ok": max(errors.values()) <= REL_TOL[dtype]}
+
+
+def kernel_error_table(Ts=CHECK_T, head_sizes=CHECK_HEAD_SIZES, kernels=CHECK_KERNELS) -> list[dict]:
+    rows = []
+    for kernel, dtype in kernels:
+        for D in head_sizes:
+            for T in Ts:
+                for variant in ("softmax1", "sink"):
+                    rows.append(kernel_errors(kernel, dtype, D, T, variant))
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def run_cuda_tests(root: Path) -> dict:
+    """The CUDA tests through pytest, in a child process; their outcome and output tail."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "tests/test_cuda.py", "tests/test_attention.py", "-k", "cuda"]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    tail = (res.stdout + res.stderr).strip().splitlines()
+    return {"command": " ".join(cmd), "returncode": res.returncode, "passed": res.returncode == 0,
+            "summary": tail[-1] if tail else "", "output_tail": "\n".join(tail[-40:]),
+            "wall_s": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Training and measurement through the pipeline's own code
+
+def train_rate(profile: str, variant: str, steps: int, compile: bool, work: Path,
+               measure_it: bool = False, overrides: dict | None = None) -> dict:
+    """Train `steps` steps of one run of `profile` (its recipe and model) with `train()` in a
+    scratch folder; tokens/s over the last quarter of the steps (after compilation and warm-up),
+    and optionally the wall time of `measure()` on the final checkpoint."""
+    from .measure import MeasureConfig, measure
+    from .pipeline import load_profile, run_config
+    from .train import train
+
+    prof = load_profile(profile)
+    quarter = max(1, steps // 4)
+    out_dir = work / f"{profile}-{variant}-{'compiled' if compile else 'eager'}"
+    ovr = {"max_steps": steps, "warmup_steps": min(steps, 10), "log_interval": quarter,
+           "eval_interval": steps, "checkpoint_fractions": [1.0], "compile": compile,
+           "progress": False, **(overrides or {})}
+    cfg = run_config(profile, prof["variants"][0], 0, ovr)
+    cfg.attention, cfg.out_dir = variant, str(out_dir)
+    cfg.validate()
+    t0 = time.perf_counter()
+    summary = train(cfg)
+    row = {"profile": profile, "variant": variant, "compile": compile, "steps": steps,
+           "tokens_per_step": cfg.batch_size * cfg.block_size,
+           "tokens_per_s": summary["tokens_per_s"], "train_elapsed_s": summary["train_elapsed_s"],
+           "wall_s": time.perf_counter() - t0, "n_params": summary["n_params"],
+           "val_loss": summary["val_loss"]}
+    if measure_it:
+        mc = MeasureConfig.from_dict(prof["measure"])
+        t1 = time.perf_counter()
+        measure(summary["final_checkpoint"], mc, verbose=False)
+        row["measure_final_s"] = time.perf_counter() - t1
+    return row
+
+
+def graph_breaks(profile: str, variant: str, device: str = "cuda") -> dict:
+    """torch._dynamo.explain on one forward + loss of the profile's model with `variant`."""
+    from .model import GPT
+    from .pipeline import load_profile, run_config
+
+    cfg = run_config(profile, load_profile(profile)["variants"][0], 0)
+    cfg.attention = variant
+    cfg.validate()
+    vocab = cfg.bpe_vocab_size + 1 if cfg.tokenizer == "bpe" else 256
+    model = GPT(cfg.model_config(vocab)).to(device)
+    x = torch.randint(0, vocab, (2, cfg.block_size), device=device)
+    torch._dynamo.reset()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        ex = torch._dynamo.explain(model)(x, x)
+    torch._dynamo.reset()
+    return {"graphs": ex.graph_count, "graph_breaks": ex.graph_break_count,
+            "reasons": [str(r.reason) for r in ex.break_reasons][:5]}
+
+
+def process_start_s() -> float:
+    """Seconds to start a Python process that imports the package and initialises the device:
+    the fixed cost of every notebook before papermill's own."""
+    code = ("import torch, offbyone.train, offbyone.measure; "
+            "torch.zeros(1, device='cuda' if torch.cuda.is_available() else 'cpu')")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The budget: a written FLOP count, and the estimate from measured rates
+
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int,
+                    vocab_size: int = 0) -> float:
+    """Training FLOPs per token (forward + backward), as nanoGPT's estimate_mfu counts them:
+    6 N for the weights (N without the position embedding) plus 12 L C T for attention's
+    scores and weighted sum (the PaLM appendix B count)."""
+    return 6.0 * n_params + 12.0 * n_layer * n_embd * block_size
+
+
+def flop_budget(profile: str, peak_flops: float, utilisation: float, step_overhead_s: float,
+                n_params: dict | None = None) -> dict:
+    """The written count for a profile and its companions: per profile, tokens = runs x steps x
+    batch x context, FLOPs = tokens x flops_per_token, time = FLOPs / (peak x utilisation) +
+    runs x steps x per-step overhead. `n_params` maps a profile to its model's parameter count
+    (else it is counted from the config with the BPE vocabulary)."""
+    from .model import GPT
+    from .pipeline import load_profile, run_config
+
+    main = load_profile(profile)
+    rows = []
+    for name in [profile] + [p for p in [main.get("testbed")] + (main.get("ablations") or []) if p]:
+        prof = load_profile(name)
+        cfg = run_config(name, prof["variants"][0], prof["seeds"][0])
+        vocab = cfg.bpe_vocab_size + 1 if cfg.tokenizer == "bpe" else 256
+        if n_params and name in n_params:
+            n = n_params[name]
+        else:
+            with torch.device("meta"):
+                n = GPT(cfg.model_config(vocab)).num_params()
+        n_runs = len(prof["variants"]) * len(prof["seeds"])
+        tokens = n_runs * cfg.max_steps * cfg.batch_size * cfg.block_size
+        fpt = flops_per_token(n, cfg.n_layer, cfg.n_embd, cfg.block_size)
+        compute_s = tokens * fpt / (peak_flops * utilisation)
+        overhead_s = n_runs * cfg.max_steps * step_overhead_s
+        rows.append({"profile": name, "runs": n_runs, "steps": cfg.max_steps,
+                     "tokens": tokens, "n_params": n, "flops_per_token": fpt,
+                     "flops": tokens * fpt, "compute_s": compute_s, "overhead_s": overhead_s,
+                     "train_s": compute_s + overhead_s})
+    return {"peak_flops": peak_flops, "utilisation": utilisation,
+            "step_overhead_s": step_overhead_s, "profiles": rows,
+            "train_s": sum(r["train_s"] for r in rows)}
+
+
+def measured_flop_budget(profile: str, rows: list[dict], compiled: bool,
+                         peak_flops: float) -> dict:
+    """flop_budget with the utilisation of the main profile's softmax run and the testbed's
+    per-step time (its small model is bound by per-step overhead, not FLOPs) as measured."""
+    from .pipeline import load_profile
+
+    def pick(name):
+        cand = [r for r in rows if r["profile"] == name and r["variant"] == "softmax"]
+        return next((r for r in cand if r["compile"] == compiled), cand[0] if cand else None)
+
+    main, testbed = pick(profile), pick(load_profile(profile).get("testbed"))
+    cfg = load_profile(profile)["train"]
+    fpt = flops_per_token(main["n_params"], cfg["n_layer"], cfg["n_embd"], cfg["block_size"])
+    utilisation = main["tokens_per_s"] * fpt / peak_flops
+    overhead = testbed["tokens_per_step"] / testbed["tokens_per_s"] if testbed else 0.0
+    n_params = {profile: main["n_params"], **({testbed["profile"]: testbed["n_params"]} if testbed else {})}
+    budget = flop_budget(profile, peak_flops, utilisation, overhead, n_params)
+    budget["note"] = ("utilisation: the main profile's softmax run; per-step overhead: the "
+                      "testbed's whole step time, an upper bound, charged to every step")
+    return budget
+
+
+def estimate(profile: str, rates: dict, measure_s: dict, notebook_s: float,
+             bench_s: float, data_s: float = ASSUMED_DATA_S,
+             report_s: float = ASSUMED_REPORT_S) -> dict:
+    """Wall time of `make reproduce PROFILE=<profile>`, stage by stage, in seconds.
+
+    rates: {(profile, variant): tokens/s} measured with torch.compile as the profile runs
+    (an ablation uses its main profile's rate); measure_s: {profile: seconds to measure one
+    checkpoint}; notebook_s: the fixed cost of one notebook (process start, imports, papermill).
+    Training adds the evaluation passes at the forward share of a step (one third)."""
+    from .pipeline import load_profile, run_config
+
+    main = load_profile(profile)
+    companions = [p for p in [main.get("testbed")] + (main.get("ablations") or []) if p]
+    stages = {"data": data_s, "train": 0.0, "measure": 0.0, "bench": bench_s, "report": report_s}
+    per_profile = []
+    for name in [profile] + companions:
+        prof = load_profile(name)
+        rate_of = name if name not in (main.get("ablations") or []) else profile
+        train_s = measure_total = 0.0
+        for variant in prof["variants"]:
+            key = (rate_of, variant)
+            if key not in rates:
+                raise KeyError(f"no measured rate for {key}; measured: {sorted(rates)}")
+            cfg = run_config(name, variant, prof["seeds"][0])
+            tokens = cfg.max_steps * cfg.batch_size * cfg.block_size
+            n_evals = cfg.max_steps // cfg.eval_interval + 1
+            eval_tokens = n_evals * cfg.eval_batches * cfg.batch_size * cfg.block_size
+            one = (tokens + eval_tokens / 3) / rates[key] + notebook_s
+            n_ckpt = len(cfg.checkpoint_steps())
+            train_s += one * len(prof["seeds"])
+            measure_total += (n_ckpt * measure_s[rate_of] + notebook_s) * len(prof["seeds"])
+        per_profile.append({"profile": name, "runs": len(prof["variants"]) * len(prof["seeds"]),
+                            "train_s": train_s, "measure_s": measure_total})
+        stages["train"] += train_s
+        stages["measure"] += measure_total
+    return {"profile": profile, "stages_s": stages, "total_s": sum(stages.values()),
+            "per_profile": per_profile,
+            "assumptions": {"data_s": data_s, "report_s": report_s, "notebook_s": notebook_s,
+                            "every checkpoint measured at the final one's cost": True}}
+
+
+def summary_lines(check: dict) -> list[str]:
+    """A short human summary of a check.json."""
+    lines = [f"gpu-check on {check['provenance'].get('device_name', '?')} "
+             f"(torch {check['provenance'].get('torch', '?')}), {check['wall_s']:.0f} s"]
+    tests = check.get("cuda_tests")
+    if tests:
+        lines.append(f"CUDA tests: {'passed' if tests['passed'] else 'FAILED'} ({tests['summary']})")
+    errs = check.get("kernel_errors") or []
+    if errs:
+        bad = [r for r in errs if not r["ok"]]
+        worst = max(errs, key=lambda r: r["max_err"] / r["tolerance"])
+        lines.append(f"kernel errors: {len(errs) - len(bad)}/{len(errs)} within tolerance; worst "
+                     f"{worst['max_err']:.2e} ({worst['kernel']} {worst['dtype']} D={worst['D']} "
+                     f"T={worst['T']} {worst['variant']}; fused softmax there "
+                     f"{worst['softmax_kernel_max_err']:.2e})")
+    for r in check.get("attention_bench") or []:
+        if r.get("variant") in ("softmax1", "sink") and r.get("impl") == "fast" and "time_ratio" in r:
+            lines.append(f"attention T={r['T']:6d} {r['variant']:8s} time x{r['time_ratio']:.3f} "
+                         f"memory x{r['memory_ratio']:.3f}")
+    for r in check.get("training") or []:
+        lines.append(f"train {r['profile']:12s} {r['variant']:9s} "
+                     f"{'compiled' if r['compile'] else 'eager   '} {r['tokens_per_s']:12,.0f} tokens/s")
+    for v, r in (check.get("compile_graph_breaks") or {}).items():
+        lines.append(f"torch.compile {v}: {r['graphs']} graph(s), {r['graph_breaks']} graph break(s)")
+    est = check.get("estimate")
+    if est:
+        st = est["stages_s"]
+        lines.append(f"estimated make reproduce PROFILE={est['profile']}: {est['total_s'] / 60:.1f} min ("
+                     + ", ".join(f"{k} {v / 60:.1f}" for k, v in st.items()) + ")")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+
+def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
+              peak_flops: float = PEAK_BF16_FLOPS) -> dict:
+    """Everything above, in order; writes `out` (JSON) and returns its content."""
+    from .attention import VARIANTS
+    from .bench import bench_attention
+    from .checkpoint import write_json_atomic
+    from .pipeline import load_profile, repo_root
+    from .provenance import provenance
+
+    t0 = time.perf_counter()
+    root = repo_root()
+    device = "cpu" if cpu_rehearsal else "cuda"
+    main = load_profile(profile)
+    testbed = main.get("testbed")
+    check: dict = {"format": "offbyone-gpu-check", "profile": profile,
+                   "cpu_rehearsal": cpu_rehearsal, "provenance": provenance(device)}
+
+    def stage(name):
+        # what is done so far is kept, so a check cut short still leaves its results
+        check["wall_s"] = time.perf_counter() - t0
+        check["stages_done"] = check.get("stages_done", []) + ([name] if name else [])
+        write_json_atomic(out, check)
+        print(f"==> [gpu-check] {name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    if not cpu_rehearsal:
+        stage("CUDA tests")
+        check["cuda_tests"] = run_cuda_tests(root)
+        stage("kernel errors against float64")
+        check["kernel_errors"] = kernel_error_table()
+
+    stage("attention benchmark")
+    Ts = [64, 128] if cpu_rehearsal else [1024, 2048, 4096, 8192, 16384]
+    tb = time.perf_counter()
+    check["attention_bench"] = bench_attention(Ts, 2 if cpu_rehearsal else 10, device)
+    bench_s = time.perf_counter() - tb
+
+    stage("training and measurement")
+    steps, few = (4, 4) if cpu_rehearsal else (200, 100)
+    toy = {"n_layer": 1, "n_embd": 32, "n_head": 2, "batch_size": 2, "block_size": 32} if cpu_rehearsal else {}
+    measure_toy = {"loss_seqs": 4, "act_seqs": 2, "calib_batches": 1, "calib_batch_size": 2}
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=root / "build" if (root / "build").is_dir() else None))
+    rows = []
+    try:
+        variants = main["variants"] if not cpu_rehearsal else main["variants"][:2]
+        for variant in variants:
+            key_pair = variant in ("softmax", "softmax1")
+            for compile in ((False, True) if key_pair else (False,)):
+                if compile and cpu_rehearsal:
+                    continue
+                rows.append(train_rate(profile, variant, steps if key_pair else few, compile, work,
+                                       measure_it=(variant == "softmax1" and not compile),
+                                       overrides=toy))
+                print(f"    {variant} {'compiled' if compile else 'eager'}: "
+                      f"{rows[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
+        if testbed:
+            tb_prof = load_profile(testbed)
+            for variant in (tb_prof["variants"] if not cpu_rehearsal else tb_prof["variants"][:2]):
+                rows.append(train_rate(testbed, variant, few, False, work,
+                                       measure_it=(variant == tb_prof["variants"][0]),
+                                       overrides=toy))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    check["training"] = rows
+    if not cpu_rehearsal:
+        stage("graph breaks of the compiled model on CUDA")
+        check["compile_graph_breaks"] = {v: graph_breaks(profile, v) for v in ("softmax1", "sink")}
+
+    stage("estimate")
+    # the profile runs eagerly unless its train config says compile; use the rate it would see
+    compiled = bool(main["train"].get("compile", False))
+    rates = {}
+    for r in rows:
+        if r["compile"] == compiled or (r["profile"], r["variant"]) not in rates:
+            rates[(r["profile"], r["variant"])] = r["tokens_per_s"]
+    for name in [profile, testbed]:
+        if name:
+            for v in load_profile(name)["variants"]:
+                rates.setdefault((name, v), min(x for (p, _), x in rates.items() if p == name))
+    measure_s = {r["profile"]: r["measure_final_s"] for r in rows if "measure_final_s" in r}
+    notebook_s = process_start_s() + PAPERMILL_EXTRA_S
+    check["estimate"] = estimate(profile, rates, measure_s, notebook_s, bench_s)
+    # the written count, with the utilisation and per-step overhead these runs achieved
+    check["flop_budget"] = measured_flop_budget(profile, rows, compiled, peak_flops)
+    check["notebook_overhead_s"] = notebook_s
+    stage("done")
+    return check
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Check a CUDA GPU for the gpu profile in about ten "
+                                             "minutes; writes results/gpu/check.json.")
+    ap.add_argument("--out", default=None, help="where the JSON goes (default results/gpu/check.json)")
+    ap.add_argument("--profile", default="gpu", help="the profile to time (default gpu)")
+    ap.add_argument("--cpu-rehearsal", action="store_true",
+                    help="run what does not need CUDA on the CPU at toy sizes (for tests)")
+    ap.add_argument("--peak-tflops", type=float, default=PEAK_BF16_FLOPS / 1e12,
+                    help="the GPU's dense bf16 peak, for the utilisation (default: H100/H200 SXM)")
+    args = ap.parse_args(argv)
+    from .pipeline import repo_root
+    if not args.cpu_rehearsal and not torch.cuda.is_available():
+        print("gpu-check needs a CUDA GPU, and torch sees none here "
+              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
+              "Run it on a machine with an NVIDIA GPU and the CUDA build of torch "
+              "(make setup installs it where nvidia-smi works).", file=sys.stderr)
+        sys.exit(NO_CUDA_EXIT)
+    out = Path(args.out) if args.out else repo_root() / "results" / "gpu" / "check.json"
+    check = run_check(out, cpu_rehearsal=args.cpu_rehearsal, profile=args.profile,
+                      peak_flops=args.peak_tflops * 1e12)
+    print("\n".join(summary_lines(check)))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""make gpu-check: what it can do without a GPU (its refusal, the estimate, the written FLOP
+count, the summary) and its whole flow on the CPU at toy sizes."""
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from offbyone import gpu_check as G
+
+TINY = """variants: [softmax, softmax1]
+seeds: [0, 1]
+testbed: tb
+ablations: [abl]
+train:
+  corpus: {corpus}
+  n_layer: 1
+  n_head: 2
+  n_embd: 16
+  block_size: 16
+  batch_size: 4
+  max_steps: 20
+  warmup_steps: 2
+  eval_interval: 10
+  eval_batches: 2
+  checkpoint_fractions: [0.5, 1.0]
+measure:
+  act_seqs: 2
+  loss_seqs: 4
+  calib_batches: 1
+  calib_batch_size: 2
+  windows: [4]
+  keeps: [0]
+"""
+TB = """variants: [softmax, softmax1]
+seeds: [0]
+train:
+  corpus: bigram_backcopy
+  bos: true
+  n_layer: 1
+  n_head: 2
+  n_embd: 16
+  block_size: 16
+  batch_size: 4
+  max_steps: 30
+  eval_interval: 30
+  eval_batches: 1
+  checkpoint_fractions: [1.0]
+measure:
+  act_seqs: 2
+  loss_seqs: 4
+  calib_batches: 1
+  calib_batch_size: 2
+  windows: [4]
+  keeps: [0]
+"""
+ABL = "base: mini\nvariants: [softmax1]\ntrain:\n  weight_decay: 0.0\n"
+
+
+@pytest.fixture
+def mini(tmp_path, monkeypatch, tiny_corpus):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "lib" / "offbyone").mkdir(parents=True)
+    for name, text in {"mini": TINY.format(corpus=tiny_corpus), "tb": TB, "abl": ABL}.items():
+        (tmp_path / "configs" / f"{name}.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_without_cuda_it_exits_2_and_says_why(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "offbyone.gpu_check", "--out",
+                          str(tmp_path / "c.json")], capture_output=True, text=True)
+    assert res.returncode == G.NO_CUDA_EXIT == 2
+    assert "needs a CUDA GPU" in res.stderr and "nvidia-smi" in res.stderr
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_estimate_counts_every_run_stage_by_stage(mini):
+    rates = {("mini", "softmax"): 100.0, ("mini", "softmax1"): 50.0,
+             ("tb", "softmax"): 200.0, ("tb", "softmax1"): 200.0}
+    est = G.estimate("mini", rates, {"mini": 2.0, "tb": 1.0}, notebook_s=5.0, bench_s=7.0,
+                     data_s=11.0, report_s=13.0)
+    tok = 20 * 4 * 16                     # steps x batch x context
+    ev = (20 // 10 + 1) * 2 * 4 * 16 / 3  # three evaluations of two batches, forward only
+    mini_train = 2 * ((tok + ev) / 100 + 5) + 2 * ((tok + ev) / 50 + 5)
+    abl_train = 2 * ((tok + ev) / 50 + 5)  # the ablation runs at its main profile's rates
+    tb_tok, tb_ev = 30 * 4 * 16, 2 * 1 * 4 * 16 / 3
+    tb_train = 2 * ((tb_tok + tb_ev) / 200 + 5)
+    assert est["stages_s"]["train"] == pytest.approx(mini_train + abl_train + tb_train)
+    # two checkpoints per run at 2 s (mini, abl), one at 1 s (tb), plus a notebook each
+    assert est["stages_s"]["measure"] == pytest.approx(4 * (4 + 5) + 2 * (4 + 5) + 2 * (1 + 5))
+    assert est["total_s"] == pytest.approx(sum(est["stages_s"].values()))
+    assert {r["profile"]: r["runs"] for r in est["per_profile"]} == {"mini": 4, "tb": 2, "abl": 2}
+    with pytest.raises(KeyError, match="no measured rate"):
+        G.estimate("mini", {("mini", "softmax"): 1.0}, {"mini": 1.0}, 1.0, 1.0)
+
+
+def test_flop_count_is_nanogpts():
+    # GPT-2 small at T = 1024 (nanoGPT's estimate_mfu): 6N + 12 L C T
+    assert G.flops_per_token(124_000_000, 12, 768, 1024) == 6 * 124e6 + 12 * 12 * 768 * 1024
+
+
+def test_flop_budget_adds_compute_and_overhead(mini):
+    b = G.flop_budget("mini", peak_flops=1e12, utilisation=0.5, step_overhead_s=0.01,
+                      n_params={"mini": 1000, "tb": 500, "abl": 1000})
+    row = {r["profile"]: r for r in b["profiles"]}
+    tokens = 4 * 20 * 4 * 16
+    fpt = G.flops_per_token(1000, 1, 16, 16)
+    assert row["mini"]["tokens"] == tokens and row["mini"]["flops"] == tokens * fpt
+    assert row["mini"]["train_s"] == pytest.approx(tokens * fpt / 0.5e12 + 4 * 20 * 0.01)
+    assert b["train_s"] == pytest.approx(sum(r["train_s"] for r in b["profiles"]))
+
+
+def test_cpu_rehearsal_runs_every_step_and_writes_the_check(mini):
+    out = mini / "results" / "gpu" / "check.json"
+    G.main(["--cpu-rehearsal", "--profile", "mini", "--out", str(out)])
+    check = json.loads(out.read_text())
+    assert check["cpu_rehearsal"] is True and "cuda_tests" not in check
+    assert {r["variant"] for r in check["attention_bench"]} == {"softmax", "softmax1", "sink"}
+    assert {(r["profile"], r["variant"]) for r in check["training"]} == {
+        ("mini", "softmax"), ("mini", "softmax1"), ("tb", "softmax"), ("tb", "softmax1")}
+    assert all(r["tokens_per_s"] > 0 for r in check["training"])
+    assert [r["profile"] for r in check["training"] if "measure_final_s" in r] == ["mini", "tb"]
+    est = check["estimate"]
+    assert set(est["stages_s"]) == {"data", "train", "measure", "bench", "report"}
+    assert est["total_s"] > 0 and check["flop_budget"]["train_s"] > 0
+    lines = G.summary_lines(check)
+    assert any("estimated make reproduce PROFILE=mini" in l for l in lines)
+    assert not list((mini / "build").glob("gpu-check-*"))  # the scratch runs are gone
+
+
+def test_summary_flags_a_failed_kernel():
+    check = {"provenance": {"device_name": "X", "torch": "2"}, "wall_s": 1.0,
+             "cuda_tests": {"passed": False, "summary": "1 failed"},
+             "kernel_errors": [{"ok": False, "max_err": 0.1, "tolerance": 0.03,
+                                "kernel": "cuda_flash", "dtype": "bfloat16", "D": 64, "T": 7,
+                                "variant": "sink", "softmax_kernel_max_err": 0.004}]}
+    text = "\n".join(G.summary_lines(check))
+    assert "CUDA tests: FAILED" in text and "0/1 within tolerance" in text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_error_helper_on_the_cpu_kernel_and_a_wrong_path(dtype, monkeypatch):
+    """The helper the CUDA tests use, run on the CPU flash kernel: within tolerance and close to
+    fused softmax's own error; a path that forgets the sink is caught."""
+    r = G.kernel_errors("cpu_flash", dtype, 64, 100, "sink", device="cpu")
+    assert r["ok"] and set(r) >= {"err_out", "err_dq", "err_dk", "err_dv", "err_ds"}
+    assert r["max_err"] < 10 * r["softmax_kernel_max_err"] + 1e-6
+    A = importlib.import_module("offbyone.attention")  # the package exports a function of that name
+    monkeypatch.setattr(A, "sink_fused", lambda q, k, v, s, causal, scale, kernel:
+                        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                                         scale=scale))
+    wrong = G.kernel_errors("cpu_flash", dtype, 64, 100, "sink", device="cpu")
+    assert not wrong["ok"] and wrong["err_out"] > 10 * wrong["tolerance"]
