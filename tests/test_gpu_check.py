@@ -151,7 +151,7 @@ def test_kernel_error_helper_on_the_cpu_kernel_and_a_wrong_path(dtype, monkeypat
     assert r["max_err"] < 10 * r["softmax_kernel_max_err"] + 1e-6
     A = importlib.import_module("offbyone.attention")  # the package exports a function of that name
     monkeypatch.setattr(A, "sink_fused", lambda q, k, v, s, causal, scale, kernel:
-                        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                                                         scale=scale))
+                        torch.nn.functional.scaled_dot_product_attention(
+                            q, k, v, is_causal=causal, scale=scale) + 0 * s.sum())
     wrong = G.kernel_errors("cpu_flash", dtype, 64, 100, "sink", device="cpu")
     assert not wrong["ok"] and wrong["err_out"] > 10 * wrong["tolerance"]
