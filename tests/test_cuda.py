@@ -30,3 +30,17 @@ def test_default_kernel_choice_on_cuda(dtype, expected):
     s = torch.zeros(4, device="cuda")
     out = fast_attention(q, q, q, "sink", s.requires_grad_())
     assert out.shape == q.shape and torch.isfinite(out).all()
+
+
+@cuda
+def test_quantization_sweep_runs_on_cuda():
+    """The quantized copy's range buffers live on the model's device (they were made on the
+    CPU once, and calibration on a GPU failed)."""
+    from offbyone.model import GPT, GPTConfig
+    from offbyone.quant import sweep
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                          attention="softmax1")).cuda().eval()
+    x = torch.randint(0, 50, (4, 32), device="cuda")
+    rows = sweep(model, [x], x, x, [(8, 8), (4, 4)])
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)

@@ -197,7 +197,7 @@ def _build_quantized(model, qc: QuantConfig) -> nn.Module:
         b.attn.hook_proj = a()
         b.mlp.hook_out = a()
         b.hook_resid = a()
-    return q
+    return q.to(model.lm_head.weight.device)  # the new quantizers' range buffers too
 
 
 def calibrate_ranges(model, calib_batches, act_method: str = "minmax") -> dict:
