@@ -158,8 +158,13 @@ def train_rate(profile: str, variant: str, steps: int, compile: bool, work: Path
     if measure_it:
         mc = MeasureConfig.from_dict(prof["measure"])
         t1 = time.perf_counter()
-        measure(summary["final_checkpoint"], mc, verbose=False)
-        row["measure_final_s"] = time.perf_counter() - t1
+        try:
+            measure(summary["final_checkpoint"], mc, verbose=False)
+            row["measure_final_s"] = time.perf_counter() - t1
+        except Exception as e:  # a failure is a finding: record it and go on with the check
+            import traceback
+            row["measure_error"] = "".join(traceback.format_exception(e)[-6:])
+            print(f"    measure() FAILED: {e!r}", flush=True)
     return row
 
 
@@ -412,7 +417,8 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
         if name:
             for v in load_profile(name)["variants"]:
                 rates.setdefault((name, v), min(x for (p, _), x in rates.items() if p == name))
-    measure_s = {r["profile"]: r["measure_final_s"] for r in rows if "measure_final_s" in r}
+    measure_s = {r["profile"]: r.get("measure_final_s", float("nan")) for r in rows
+                 if "measure_final_s" in r or "measure_error" in r}
     notebook_s = process_start_s() + PAPERMILL_EXTRA_S
     check["estimate"] = estimate(profile, rates, measure_s, notebook_s, bench_s)
     # the written count, with the utilisation and per-step overhead these runs achieved
