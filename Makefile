@@ -22,6 +22,10 @@ TEX_PKGS := texlive-latex-base texlive-latex-recommended texlive-fonts-recommend
             latexmk texlive-latex-extra
 # The profile: gpu where CUDA is usable, else cpu (PROFILE=smoke|cpu|gpu overrides).
 DETECT_PROFILE = $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)
+# Runs at once: 4 where CUDA is usable (the small models leave a GPU idle between steps, and
+# each notebook's start-up is CPU work; `make gpu-check` measures the gain), else 1 (JOBS=N
+# overrides).
+DETECT_JOBS = $(shell $(PY) -c 'import torch; print(4 if torch.cuda.is_available() else 1)' 2>/dev/null || echo 1)
 
 .PHONY: FORCE help setup test test-all test-slow data reproduce pipeline figures paper bench gpu-check tex lab clean
 
@@ -72,7 +76,7 @@ data: $(STAMP)
 # the profile's run list can be read from configs/$(PROFILE).yaml by the package itself.
 
 reproduce: $(STAMP) tex
-	@$(MAKE) --no-print-directory PIPELINE=1 PROFILE=$(or $(PROFILE),$(DETECT_PROFILE)) pipeline
+	@$(MAKE) --no-print-directory -j$(or $(JOBS),$(DETECT_JOBS)) PIPELINE=1 PROFILE=$(or $(PROFILE),$(DETECT_PROFILE)) pipeline
 
 figures: $(STAMP)
 	$(eval P := $(or $(PROFILE),$(DETECT_PROFILE)))
@@ -159,7 +163,9 @@ $(NB)/04_report.ipynb $(NB)/05_bench.ipynb: $(REGENERATE)
 
 # benchmarks: measured by the CLI (on an otherwise idle machine), plotted by a notebook
 BENCH := results/$(PROFILE)/bench/bench.json
-$(BENCH): lib/offbyone/bench.py lib/offbyone/attention.py configs/$(PROFILE).yaml $(NB)/01_prepare_data.ipynb
+# (after every measurement: with JOBS > 1 it would otherwise time attention beside training)
+$(BENCH): lib/offbyone/bench.py lib/offbyone/attention.py configs/$(PROFILE).yaml $(NB)/01_prepare_data.ipynb \
+          | $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) $(COMPANION_MEASURES)
 	@echo "==> [bench] attention and training benchmarks of profile $(PROFILE)"
 	$(PY) -m offbyone.bench --for-profile $(PROFILE)
 

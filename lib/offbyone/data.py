@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import glob
 import hashlib
 import json
@@ -668,6 +669,29 @@ def prepare(corpus: str = "shakespeare", data_root: str | os.PathLike = "data",
     if not isinstance(max_tokens, int) or max_tokens < 0:
         raise CorpusError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
     out_dir = corpus_dir(corpus, data_root, tokenizer, bpe_vocab_size, max_tokens)
+    # one preparer per folder: parallel pipeline jobs (make -j) that need the same corpus wait
+    # for the first, then find it prepared
+    with _folder_lock(out_dir):
+        return _prepare_locked(corpus, data_root, out_dir, force, verbose, tokenizer,
+                               bpe_vocab_size, max_tokens, text_field)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive lock on the folder's parent directory itself (no lock file left behind);
+    it serialises preparations under one data root, which are rare and mostly cached."""
+    import fcntl
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _prepare_locked(corpus, data_root, out_dir, force, verbose, tokenizer, bpe_vocab_size,
+                    max_tokens, text_field) -> Path:
     if corpus in SYNTHETIC:
         spec = BigramBackcopy()
         source = {"kind": "synthetic", "generator": corpus, **asdict(spec)}

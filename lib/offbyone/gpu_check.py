@@ -49,6 +49,7 @@ ASSUMED_DATA_S = 600.0        # FineWeb-Edu: stream ~0.4 GB and train/apply a 16
 ASSUMED_REPORT_S = 120.0      # report and bench notebooks, the LaTeX build (CPU-bound)
 PAPERMILL_EXTRA_S = 3.0       # papermill's kernel start beyond a bare `import torch` process
 PEAK_BF16_FLOPS = 989e12      # H100/H200 SXM dense bf16, by NVIDIA's datasheet
+GPU_JOBS = 4                  # runs at once under `make reproduce` on a GPU (the Makefile's JOBS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,6 +116,25 @@ def kernel_error_table(Ts=CHECK_T, head_sizes=CHECK_HEAD_SIZES, kernels=CHECK_KE
     return rows
 
 
+def same_kernel_bench(Ts, B: int = 8, H: int = 8, D: int = 64) -> tuple[str, list[dict]]:
+    """Which backend SDPA picks for causal bf16 softmax here, and fused softmax timed through the
+    flash kernel (the one the sink fast path uses), so the sink path's cost can be read both
+    against SDPA's own choice and against the same kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .bench import time_attention
+
+    q = torch.randn(B, H, 1024, D, device="cuda", dtype=torch.bfloat16)
+    choice = SDPBackend(torch._fused_sdp_choice(q, q, q, is_causal=True)).name
+    rows = []
+    for T in Ts:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            rows.append({"label": "softmax (flash kernel)",
+                         **time_attention("softmax", "fast", T, B, H, D, repeats=10, device="cuda")})
+        torch.cuda.empty_cache()
+    return choice, rows
+
+
 def run_cuda_tests(root: Path) -> dict:
     """The CUDA tests through pytest, in a child process; their outcome and output tail."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -143,8 +163,8 @@ def train_rate(profile: str, variant: str, steps: int, compile: bool, work: Path
     quarter = max(1, steps // 4)
     out_dir = work / f"{profile}-{variant}-{'compiled' if compile else 'eager'}"
     ovr = {"max_steps": steps, "warmup_steps": min(steps, 10), "log_interval": quarter,
-           "eval_interval": steps, "checkpoint_fractions": [1.0], "compile": compile,
-           "progress": False, **(overrides or {})}
+           "eval_interval": steps, "checkpoint_fractions": [0.5, 1.0] if measure_it else [1.0],
+           "compile": compile, "progress": False, **(overrides or {})}
     cfg = run_config(profile, prof["variants"][0], 0, ovr)
     cfg.attention, cfg.out_dir = variant, str(out_dir)
     cfg.validate()
@@ -157,10 +177,13 @@ def train_rate(profile: str, variant: str, steps: int, compile: bool, work: Path
            "val_loss": summary["val_loss"]}
     if measure_it:
         mc = MeasureConfig.from_dict(prof["measure"])
-        t1 = time.perf_counter()
-        try:
-            measure(summary["final_checkpoint"], mc, verbose=False)
-            row["measure_final_s"] = time.perf_counter() - t1
+        try:  # a middle checkpoint (no sliding-window grid), then the final one
+            from .train import list_checkpoints
+            for key, ckpt in (("measure_mid_s", list_checkpoints(out_dir)[0]),
+                              ("measure_final_s", summary["final_checkpoint"])):
+                t1 = time.perf_counter()
+                measure(ckpt, mc, verbose=False)
+                row[key] = time.perf_counter() - t1
         except Exception as e:  # a failure is a finding: record it and go on with the check
             import traceback
             row["measure_error"] = "".join(traceback.format_exception(e)[-6:])
@@ -187,14 +210,79 @@ def graph_breaks(profile: str, variant: str, device: str = "cuda") -> dict:
             "reasons": [str(r.reason) for r in ex.break_reasons][:5]}
 
 
+def parallel_speedup(profile: str, steps: int, jobs: int, work: Path,
+                     overrides: dict | None = None) -> dict:
+    """How much `make -j<jobs>` gains on this machine for a profile's runs: the wall time of one
+    training process (`python -m offbyone.train`, start-up included) against `jobs` of them at
+    once, speedup = jobs x wall(1) / wall(jobs). Small models are bound by per-step overhead,
+    which several processes share out over the CPU cores and the GPU's idle time."""
+    import yaml
+
+    from .pipeline import load_profile, run_config
+
+    prof = load_profile(profile)
+
+    def launch(tag: str, n: int) -> float:
+        procs = []
+        t0 = time.perf_counter()
+        for i in range(n):
+            cfg = run_config(profile, prof["variants"][0], i, {
+                "max_steps": steps, "warmup_steps": min(steps, 10), "eval_interval": steps,
+                "log_interval": max(1, steps // 4), "checkpoint_fractions": [1.0],
+                "progress": False, **(overrides or {})})
+            cfg.out_dir = str(work / f"par-{profile}-{tag}-{i}")
+            path = work / f"par-{profile}-{tag}-{i}.yaml"
+            path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict()))))
+            procs.append(subprocess.Popen([sys.executable, "-m", "offbyone.train", "--config",
+                                           str(path)], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True))
+        for p in procs:
+            _, err = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError(f"a parallel training process failed:\n{err[-2000:]}")
+        return time.perf_counter() - t0
+
+    one = launch("one", 1)
+    many = launch("many", jobs)
+    return {"profile": profile, "steps": steps, "jobs": jobs, "wall_one_s": one,
+            "wall_jobs_s": many, "speedup": jobs * one / many}
+
+
 def process_start_s() -> float:
-    """Seconds to start a Python process that imports the package and initialises the device:
-    the fixed cost of every notebook before papermill's own."""
+    """Seconds to start a Python process that imports the package and initialises the device."""
     code = ("import torch, offbyone.train, offbyone.measure; "
             "torch.zeros(1, device='cuda' if torch.cuda.is_available() else 'cpu')")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return time.perf_counter() - t0
+
+
+def notebook_overhead_s(profile: str = "gpu") -> dict:
+    """The fixed cost of one pipeline notebook: the `offbyone.pipeline nb` process that drives
+    papermill, plus the kernel's start-up with the package imported and the device initialised.
+    Where papermill is installed, a trivial notebook is run through it; else papermill's own
+    share is the assumed PAPERMILL_EXTRA_S."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "offbyone.pipeline", "check", profile], check=True,
+                   capture_output=True)
+    cli = time.perf_counter() - t0
+    try:
+        import nbformat
+        import papermill as pm
+    except ImportError:
+        kernel, how = process_start_s() + PAPERMILL_EXTRA_S, "assumed papermill share"
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            nb = nbformat.v4.new_notebook()
+            nb.cells = [nbformat.v4.new_code_cell(
+                "import torch, offbyone.train, offbyone.measure\n"
+                "torch.zeros(1, device='cuda' if torch.cuda.is_available() else 'cpu')")]
+            nbformat.write(nb, f"{d}/in.ipynb")
+            t0 = time.perf_counter()
+            pm.execute_notebook(f"{d}/in.ipynb", f"{d}/out.ipynb", kernel_name="python3",
+                                progress_bar=False)
+            kernel, how = time.perf_counter() - t0, "measured through papermill"
+    return {"seconds": cli + kernel, "cli_s": cli, "kernel_s": kernel, "how": how}
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,22 +354,27 @@ def measured_flop_budget(profile: str, rows: list[dict], compiled: bool,
 
 def estimate(profile: str, rates: dict, measure_s: dict, notebook_s: float,
              bench_s: float, data_s: float = ASSUMED_DATA_S,
-             report_s: float = ASSUMED_REPORT_S) -> dict:
-    """Wall time of `make reproduce PROFILE=<profile>`, stage by stage, in seconds.
+             report_s: float = ASSUMED_REPORT_S, speedup: dict | None = None,
+             jobs: int = 1) -> dict:
+    """Wall time of `make reproduce PROFILE=<profile> JOBS=<jobs>`, stage by stage, in seconds.
 
-    rates: {(profile, variant): tokens/s} measured with torch.compile as the profile runs
-    (an ablation uses its main profile's rate); measure_s: {profile: seconds to measure one
-    checkpoint}; notebook_s: the fixed cost of one notebook (process start, imports, papermill).
-    Training adds the evaluation passes at the forward share of a step (one third)."""
+    rates: {(profile, variant): tokens/s} (an ablation runs at its main profile's rates);
+    measure_s: {profile: (seconds for a middle checkpoint, for the final one)}; notebook_s: the
+    fixed cost of one notebook; speedup: {profile: the measured gain of running `jobs` runs at
+    once}, which divides that profile's training and measurement (1 without it). Training adds
+    the evaluation passes at the forward share of a step (one third)."""
     from .pipeline import load_profile, run_config
 
     main = load_profile(profile)
-    companions = [p for p in [main.get("testbed")] + (main.get("ablations") or []) if p]
+    ablations = main.get("ablations") or []
+    companions = [p for p in [main.get("testbed")] + ablations if p]
     stages = {"data": data_s, "train": 0.0, "measure": 0.0, "bench": bench_s, "report": report_s}
     per_profile = []
     for name in [profile] + companions:
         prof = load_profile(name)
-        rate_of = name if name not in (main.get("ablations") or []) else profile
+        rate_of = profile if name in ablations else name
+        gain = (speedup or {}).get(rate_of, 1.0) if jobs > 1 else 1.0
+        mid_s, final_s = measure_s[rate_of]
         train_s = measure_total = 0.0
         for variant in prof["variants"]:
             key = (rate_of, variant)
@@ -291,18 +384,47 @@ def estimate(profile: str, rates: dict, measure_s: dict, notebook_s: float,
             tokens = cfg.max_steps * cfg.batch_size * cfg.block_size
             n_evals = cfg.max_steps // cfg.eval_interval + 1
             eval_tokens = n_evals * cfg.eval_batches * cfg.batch_size * cfg.block_size
-            one = (tokens + eval_tokens / 3) / rates[key] + notebook_s
             n_ckpt = len(cfg.checkpoint_steps())
-            train_s += one * len(prof["seeds"])
-            measure_total += (n_ckpt * measure_s[rate_of] + notebook_s) * len(prof["seeds"])
+            train_s += ((tokens + eval_tokens / 3) / rates[key] + notebook_s) * len(prof["seeds"])
+            measure_total += ((n_ckpt - 1) * mid_s + final_s + notebook_s) * len(prof["seeds"])
         per_profile.append({"profile": name, "runs": len(prof["variants"]) * len(prof["seeds"]),
-                            "train_s": train_s, "measure_s": measure_total})
-        stages["train"] += train_s
-        stages["measure"] += measure_total
-    return {"profile": profile, "stages_s": stages, "total_s": sum(stages.values()),
+                            "speedup": gain, "train_s": train_s / gain,
+                            "measure_s": measure_total / gain})
+        stages["train"] += train_s / gain
+        stages["measure"] += measure_total / gain
+    return {"profile": profile, "jobs": jobs, "stages_s": stages, "total_s": sum(stages.values()),
             "per_profile": per_profile,
             "assumptions": {"data_s": data_s, "report_s": report_s, "notebook_s": notebook_s,
-                            "every checkpoint measured at the final one's cost": True}}
+                            "measurement gains from parallel runs as training does": True}}
+
+
+def estimate_from(check: dict, profile: str | None = None, jobs: int | None = None) -> dict:
+    """The estimate for the profiles as they are now, from the rates a check measured."""
+    rates = {(r["profile"], r["variant"]): r["tokens_per_s"] for r in check["training"]
+             if not r["compile"]}
+    compiled = {(r["profile"], r["variant"]): r["tokens_per_s"] for r in check["training"]
+                if r["compile"]}
+    profile = profile or check["profile"]
+    from .pipeline import load_profile
+    if load_profile(profile)["train"].get("compile"):
+        rates.update(compiled)
+    main = load_profile(profile)
+    missing = []
+    for name in [profile, main.get("testbed")]:
+        measured = [x for (p, _), x in rates.items() if p == name]
+        for v in (load_profile(name)["variants"] if name and measured else []):
+            if (name, v) not in rates:  # not measured: the slowest measured variant's rate
+                rates[(name, v)] = min(measured)
+                missing.append(f"{name}/{v}")
+    measure_s = {r["profile"]: (r["measure_mid_s"], r["measure_final_s"])
+                 for r in check["training"] if "measure_final_s" in r}
+    speedup = {r["profile"]: r["speedup"] for r in check.get("parallel") or []}
+    jobs = jobs if jobs is not None else check.get("jobs", 1)
+    est = estimate(profile, rates, measure_s, check["notebook_overhead"]["seconds"],
+                   check["bench_s"], speedup=speedup, jobs=jobs)
+    est["assumptions"]["variants at the slowest measured rate"] = missing
+    est["from_check"] = check["provenance"]
+    return est
 
 
 def summary_lines(check: dict) -> list[str]:
@@ -324,6 +446,15 @@ def summary_lines(check: dict) -> list[str]:
         if r.get("variant") in ("softmax1", "sink") and r.get("impl") == "fast" and "time_ratio" in r:
             lines.append(f"attention T={r['T']:6d} {r['variant']:8s} time x{r['time_ratio']:.3f} "
                          f"memory x{r['memory_ratio']:.3f}")
+    if check.get("softmax_backend"):
+        lines.append(f"SDPA's own choice for causal bf16 softmax: {check['softmax_backend']}")
+    flash = {r["T"]: r for r in check.get("attention_same_kernel") or []}
+    for r in check.get("attention_bench") or []:
+        if r.get("impl") == "fast" and r.get("variant") in ("softmax1", "sink") and r["T"] in flash:
+            f = flash[r["T"]]
+            lines.append(f"attention T={r['T']:6d} {r['variant']:8s} against softmax on the same "
+                         f"flash kernel: time x{r['median_ms'] / f['median_ms']:.3f} "
+                         f"memory x{r['peak_mib'] / f['peak_mib']:.3f}")
     for r in check.get("training") or []:
         lines.append(f"train {r['profile']:12s} {r['variant']:9s} "
                      f"{'compiled' if r['compile'] else 'eager   '} {r['tokens_per_s']:12,.0f} tokens/s")
@@ -332,7 +463,8 @@ def summary_lines(check: dict) -> list[str]:
     est = check.get("estimate")
     if est:
         st = est["stages_s"]
-        lines.append(f"estimated make reproduce PROFILE={est['profile']}: {est['total_s'] / 60:.1f} min ("
+        lines.append(f"estimated make reproduce PROFILE={est['profile']} JOBS={est.get('jobs', 1)}: "
+                     f"{est['total_s'] / 60:.1f} min ("
                      + ", ".join(f"{k} {v / 60:.1f}" for k, v in st.items()) + ")")
     return lines
 
@@ -340,7 +472,7 @@ def summary_lines(check: dict) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
-              peak_flops: float = PEAK_BF16_FLOPS) -> dict:
+              peak_flops: float = PEAK_BF16_FLOPS, jobs: int = GPU_JOBS) -> dict:
     """Everything above, in order; writes `out` (JSON) and returns its content."""
     from .attention import VARIANTS
     from .bench import bench_attention
@@ -375,6 +507,10 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
     check["attention_bench"] = bench_attention(Ts, 2 if cpu_rehearsal else 10, device)
     bench_s = time.perf_counter() - tb
 
+    if not cpu_rehearsal:
+        stage("softmax through the sink path's own kernel")
+        check["softmax_backend"], check["attention_same_kernel"] = same_kernel_bench(Ts)
+
     stage("training and measurement")
     steps, few = (4, 4) if cpu_rehearsal else (200, 100)
     toy = {"n_layer": 1, "n_embd": 32, "n_head": 2, "batch_size": 2, "block_size": 32} if cpu_rehearsal else {}
@@ -399,31 +535,29 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
                 rows.append(train_rate(testbed, variant, few, False, work,
                                        measure_it=(variant == tb_prof["variants"][0]),
                                        overrides=toy))
+        check["training"] = rows
+        stage(f"{jobs} runs at once")
+        check["parallel"] = [parallel_speedup(profile, steps, jobs, work, toy)]
+        if testbed:
+            check["parallel"].append(parallel_speedup(testbed, 4 if cpu_rehearsal else 1000, jobs,
+                                                      work, toy))
+        for r in check["parallel"]:
+            print(f"    {r['profile']}: {jobs} runs at once, speedup {r['speedup']:.2f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    check["training"] = rows
     if not cpu_rehearsal:
         stage("graph breaks of the compiled model on CUDA")
         check["compile_graph_breaks"] = {v: graph_breaks(profile, v) for v in ("softmax1", "sink")}
 
     stage("estimate")
-    # the profile runs eagerly unless its train config says compile; use the rate it would see
     compiled = bool(main["train"].get("compile", False))
-    rates = {}
-    for r in rows:
-        if r["compile"] == compiled or (r["profile"], r["variant"]) not in rates:
-            rates[(r["profile"], r["variant"])] = r["tokens_per_s"]
-    for name in [profile, testbed]:
-        if name:
-            for v in load_profile(name)["variants"]:
-                rates.setdefault((name, v), min(x for (p, _), x in rates.items() if p == name))
-    measure_s = {r["profile"]: r.get("measure_final_s", float("nan")) for r in rows
-                 if "measure_final_s" in r or "measure_error" in r}
-    notebook_s = process_start_s() + PAPERMILL_EXTRA_S
-    check["estimate"] = estimate(profile, rates, measure_s, notebook_s, bench_s)
+    check["bench_s"] = bench_s
+    check["notebook_overhead"] = notebook_overhead_s(profile)
+    check["jobs"] = jobs
+    check["estimate"] = estimate_from(check)
+    check["estimate_one_job"] = estimate_from(check, jobs=1)
     # the written count, with the utilisation and per-step overhead these runs achieved
     check["flop_budget"] = measured_flop_budget(profile, rows, compiled, peak_flops)
-    check["notebook_overhead_s"] = notebook_s
     stage("done")
     return check
 
@@ -437,8 +571,22 @@ def main(argv=None):
                     help="run what does not need CUDA on the CPU at toy sizes (for tests)")
     ap.add_argument("--peak-tflops", type=float, default=PEAK_BF16_FLOPS / 1e12,
                     help="the GPU's dense bf16 peak, for the utilisation (default: H100/H200 SXM)")
+    ap.add_argument("--jobs", type=int, default=GPU_JOBS,
+                    help=f"runs at once to time, as make reproduce JOBS=N (default {GPU_JOBS})")
+    ap.add_argument("--estimate-from", metavar="CHECK_JSON",
+                    help="no GPU needed: print the estimate for the profiles as they are now "
+                         "from the rates an earlier check measured")
     args = ap.parse_args(argv)
     from .pipeline import repo_root
+    if args.estimate_from:
+        check = json.loads(Path(args.estimate_from).read_text())
+        est = estimate_from(check, args.profile, args.jobs)
+        print("\n".join(summary_lines({"provenance": check["provenance"], "wall_s": 0,
+                                         "estimate": est})[1:]))
+        for r in est["per_profile"]:
+            print(f"  {r['profile']:12s} {r['runs']:3d} runs  train {r['train_s'] / 60:5.1f} min  "
+                  f"measure {r['measure_s'] / 60:5.1f} min  (speedup {r['speedup']:.2f})")
+        return
     if not args.cpu_rehearsal and not torch.cuda.is_available():
         print("gpu-check needs a CUDA GPU, and torch sees none here "
               f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
@@ -447,7 +595,7 @@ def main(argv=None):
         sys.exit(NO_CUDA_EXIT)
     out = Path(args.out) if args.out else repo_root() / "results" / "gpu" / "check.json"
     check = run_check(out, cpu_rehearsal=args.cpu_rehearsal, profile=args.profile,
-                      peak_flops=args.peak_tflops * 1e12)
+                      peak_flops=args.peak_tflops * 1e12, jobs=args.jobs)
     print("\n".join(summary_lines(check)))
     print(f"wrote {out}")
 
