@@ -45,7 +45,9 @@ CHECK_T = (1, 7, 64, 1000, 4096)
 # fp16 11, so a few units of 2^-8 and 2^-11; fp32 accumulates over T keys).
 REL_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 # Named assumptions of the wall-time estimate (measured where the check can measure them)
-ASSUMED_DATA_S = 600.0        # FineWeb-Edu: stream ~0.4 GB and train/apply a 16k BPE (not measured)
+# preparing a streamed corpus (download, BPE training on at most 50M characters, encoding): half
+# the rate of the 2-core pilot in ../shared/PILOTS.md (40M tokens in 47 s), for the download
+ASSUMED_PREP_TOKENS_PER_S = 0.5e6
 ASSUMED_REPORT_S = 120.0      # report and bench notebooks, the LaTeX build (CPU-bound)
 PAPERMILL_EXTRA_S = 3.0       # papermill's kernel start beyond a bare `import torch` process
 PEAK_BF16_FLOPS = 989e12      # H100/H200 SXM dense bf16, by NVIDIA's datasheet
@@ -353,7 +355,7 @@ def measured_flop_budget(profile: str, rows: list[dict], compiled: bool,
 
 
 def estimate(profile: str, rates: dict, measure_s: dict, notebook_s: float,
-             bench_s: float, data_s: float = ASSUMED_DATA_S,
+             bench_s: float, data_s: float | None = None,
              report_s: float = ASSUMED_REPORT_S, speedup: dict | None = None,
              jobs: int = 1) -> dict:
     """Wall time of `make reproduce PROFILE=<profile> JOBS=<jobs>`, stage by stage, in seconds.
@@ -368,6 +370,8 @@ def estimate(profile: str, rates: dict, measure_s: dict, notebook_s: float,
     main = load_profile(profile)
     ablations = main.get("ablations") or []
     companions = [p for p in [main.get("testbed")] + ablations if p]
+    if data_s is None:
+        data_s = data_prep_s(profile)
     stages = {"data": data_s, "train": 0.0, "measure": 0.0, "bench": bench_s, "report": report_s}
     per_profile = []
     for name in [profile] + companions:
@@ -396,6 +400,15 @@ def estimate(profile: str, rates: dict, measure_s: dict, notebook_s: float,
             "per_profile": per_profile,
             "assumptions": {"data_s": data_s, "report_s": report_s, "notebook_s": notebook_s,
                             "measurement gains from parallel runs as training does": True}}
+
+
+def data_prep_s(profile: str) -> float:
+    """Assumed seconds to prepare a profile's corpus: its training tokens (the max_tokens cap,
+    and the held-out 10/90 beside) at ASSUMED_PREP_TOKENS_PER_S; the synthetic testbed and an
+    uncapped corpus (Shakespeare: a few million tokens) count as a minute."""
+    from .pipeline import load_profile
+    cap = load_profile(profile)["train"].get("max_tokens", 0)
+    return cap / 0.9 / ASSUMED_PREP_TOKENS_PER_S if cap else 60.0
 
 
 def estimate_from(check: dict, profile: str | None = None, jobs: int | None = None) -> dict:
@@ -577,7 +590,7 @@ def main(argv=None):
                     help="no GPU needed: print the estimate for the profiles as they are now "
                          "from the rates an earlier check measured")
     args = ap.parse_args(argv)
-    from .pipeline import repo_root
+    from .pipeline import load_profile, repo_root
     if args.estimate_from:
         check = json.loads(Path(args.estimate_from).read_text())
         est = estimate_from(check, args.profile, args.jobs)
@@ -586,6 +599,20 @@ def main(argv=None):
         for r in est["per_profile"]:
             print(f"  {r['profile']:12s} {r['runs']:3d} runs  train {r['train_s'] / 60:5.1f} min  "
                   f"measure {r['measure_s'] / 60:5.1f} min  (speedup {r['speedup']:.2f})")
+        fb = check["flop_budget"]
+        sizes = {r["profile"]: r["n_params"] for r in check["training"]}
+        sizes.update({a: sizes[args.profile] for a in load_profile(args.profile).get("ablations")
+                      or [] if args.profile in sizes})
+        count = flop_budget(args.profile, fb["peak_flops"], fb["utilisation"],
+                            fb["step_overhead_s"], sizes)
+        print(f"written count, one run at a time: peak {fb['peak_flops'] / 1e12:.0f} TFLOP/s, "
+              f"utilisation {fb['utilisation']:.3f}, per-step overhead "
+              f"{1e3 * fb['step_overhead_s']:.1f} ms (measured)")
+        for r in count["profiles"]:
+            print(f"  {r['profile']:12s} {r['runs']:3d} runs x {r['steps']} steps = "
+                  f"{r['tokens'] / 1e6:,.0f}M tokens x {r['flops_per_token']:.3g} FLOP/token = "
+                  f"{r['flops']:.3g} FLOP: compute {r['compute_s'] / 60:.1f} min + overhead "
+                  f"{r['overhead_s'] / 60:.1f} min")
         return
     if not args.cpu_rehearsal and not torch.cuda.is_available():
         print("gpu-check needs a CUDA GPU, and torch sees none here "
