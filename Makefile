@@ -75,18 +75,22 @@ data: $(STAMP)
 # The pipeline. `reproduce` and `figures` call make again once the environment exists, so that
 # the profile's run list can be read from configs/$(PROFILE).yaml by the package itself.
 
+# REHEARSAL=1: the profile's every stage and run at toy sizes, on any machine, into folders of
+# its own (profile PROFILE-rehearsal; see offbyone.pipeline.REHEARSAL_CUTS)
+THE_PROFILE = $(or $(PROFILE),$(DETECT_PROFILE))$(if $(filter 1,$(REHEARSAL)),-rehearsal)
+
 reproduce: $(STAMP) tex
-	@$(MAKE) --no-print-directory -j$(or $(JOBS),$(DETECT_JOBS)) PIPELINE=1 PROFILE=$(or $(PROFILE),$(DETECT_PROFILE)) pipeline
+	@$(MAKE) --no-print-directory -j$(or $(JOBS),$(DETECT_JOBS)) PIPELINE=1 PROFILE=$(THE_PROFILE) REHEARSAL= pipeline
 
 figures: $(STAMP)
-	$(eval P := $(or $(PROFILE),$(DETECT_PROFILE)))
+	$(eval P := $(THE_PROFILE))
 	$(PY) -m offbyone.pipeline nb report notebooks/04_report.ipynb build/$(P)/notebooks/04_report.ipynb -p profile $(P)
 	@if [ -f results/$(P)/bench/bench.json ]; then \
 	  $(PY) -m offbyone.pipeline nb bench notebooks/05_bench.ipynb build/$(P)/notebooks/05_bench.ipynb -p profile $(P); fi
 	@echo $(P) > paper/generated/.profile
 
 bench: $(STAMP)
-	$(eval P := $(or $(PROFILE),$(DETECT_PROFILE)))
+	$(eval P := $(THE_PROFILE))
 	$(PY) -m offbyone.bench --for-profile $(P)
 	$(PY) -m offbyone.pipeline nb bench notebooks/05_bench.ipynb build/$(P)/notebooks/05_bench.ipynb -p profile $(P)
 
@@ -141,11 +145,13 @@ report: $(NB)/04_report.ipynb
 # The data, train and measure notebooks of a profile; instantiated for the profile and for its
 # companions, the synthetic testbed profile (`testbed:`) and the ablation profiles
 # (`ablations:`), whose runs the report puts beside the main ones.
+# a profile's file (a rehearsal's is the rehearsed profile's)
+profile_file = configs/$(patsubst %-rehearsal,%,$(1)).yaml
 define STUDY_RULES
-build/$(1)/notebooks/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb configs/$(1).yaml
+build/$(1)/notebooks/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb $(call profile_file,$(1))
 	$$(call RUN_NB,data,01_prepare_data) $$(shell $(PY) -m offbyone.pipeline data-params $(1))
 
-build/$(1)/notebooks/02_train-%.ipynb: notebooks/02_train.ipynb build/$(1)/notebooks/01_prepare_data.ipynb configs/$(1).yaml
+build/$(1)/notebooks/02_train-%.ipynb: notebooks/02_train.ipynb build/$(1)/notebooks/01_prepare_data.ipynb $(call profile_file,$(1))
 	$$(call RUN_NB,train,02_train) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)
 
 .PRECIOUS: build/$(1)/notebooks/02_train-%.ipynb build/$(1)/notebooks/03_measure-%.ipynb
@@ -164,7 +170,7 @@ $(NB)/04_report.ipynb $(NB)/05_bench.ipynb: $(REGENERATE)
 # benchmarks: measured by the CLI (on an otherwise idle machine), plotted by a notebook
 BENCH := results/$(PROFILE)/bench/bench.json
 # (after every measurement: with JOBS > 1 it would otherwise time attention beside training)
-$(BENCH): lib/offbyone/bench.py lib/offbyone/attention.py configs/$(PROFILE).yaml $(NB)/01_prepare_data.ipynb \
+$(BENCH): lib/offbyone/bench.py lib/offbyone/attention.py $(call profile_file,$(PROFILE)) $(NB)/01_prepare_data.ipynb \
           | $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) $(COMPANION_MEASURES)
 	@echo "==> [bench] attention and training benchmarks of profile $(PROFILE)"
 	$(PY) -m offbyone.bench --for-profile $(PROFILE)

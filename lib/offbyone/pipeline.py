@@ -20,6 +20,7 @@ options of one run of the whole study:
     python -m offbyone.pipeline testbed cpu   # the testbed profile's name (empty if none)
     python -m offbyone.pipeline ablations gpu # the ablation profiles' names
     python -m offbyone.pipeline data-params cpu   # the data notebook's -p options
+    python -m offbyone.pipeline file gpu-rehearsal   # the profile's file (configs/gpu.yaml)
 """
 from __future__ import annotations
 
@@ -61,7 +62,46 @@ def profile_path(profile: str) -> Path:
     return path
 
 
+# A rehearsal (`make reproduce PROFILE=gpu REHEARSAL=1`, profile name `gpu-rehearsal`) is a
+# profile with only the sizes that cost time cut: a handful of steps of a small batch, a few
+# measurement and calibration windows, the benchmark at short T. Everything else (variants,
+# seeds, model, tokenizer, corpus and its fallback, testbed, ablations) is the profile's own,
+# and its companions are rehearsed with it. Its folders (runs/, results/, build/) carry the
+# suffix, so a rehearsal never touches a real profile's results.
+REHEARSAL_SUFFIX = "-rehearsal"
+REHEARSAL_CUTS = {
+    "train": {"max_steps": 8, "warmup_steps": 2, "eval_interval": 4, "eval_batches": 2,
+              "log_interval": 2, "batch_size": 4, "checkpoint_fractions": [0.25, 0.5, 1.0]},
+    "measure": {"act_seqs": 4, "loss_seqs": 8, "calib_batches": 2, "calib_batch_size": 4},
+    "bench": {"T": [64, 128], "repeats": 2, "steps": 3},
+}
+
+
+def rehearsal_of(profile: str) -> str | None:
+    """The profile a rehearsal profile rehearses, or None for a real profile."""
+    return profile[: -len(REHEARSAL_SUFFIX)] if profile.endswith(REHEARSAL_SUFFIX) else None
+
+
+def _load_rehearsal(profile: str) -> dict:
+    real = rehearsal_of(profile)
+    prof = load_profile(real)
+    for k, cuts in REHEARSAL_CUTS.items():
+        prof[k] = {**prof[k], **cuts}
+    TrainConfig.from_dict(prof["train"])
+    MeasureConfig.from_dict(prof["measure"])
+    if prof.get("testbed"):
+        prof["testbed"] += REHEARSAL_SUFFIX
+    if prof.get("ablations"):
+        prof["ablations"] = [a + REHEARSAL_SUFFIX for a in prof["ablations"]]
+    prof["description"] = (f"a rehearsal of profile {real} at toy sizes (its numbers mean "
+                           f"nothing); {real}: {prof.get('description', '')}")
+    prof["name"], prof["rehearsal_of"] = profile, real
+    return prof
+
+
 def load_profile(profile: str, _seen: tuple = (), _as_base: bool = False) -> dict:
+    if rehearsal_of(profile):
+        return _load_rehearsal(profile)
     path = profile_path(profile)
     prof = yaml.safe_load(path.read_text()) or {}
     unknown = [k for k in prof if k not in PROFILE_KEYS]
@@ -248,16 +288,19 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     usage = ("usage: python -m offbyone.pipeline runs PROFILE\n"
-             "       python -m offbyone.pipeline check|testbed|ablations|data-params PROFILE\n"
+             "       python -m offbyone.pipeline check|testbed|ablations|data-params|file PROFILE\n"
              "       python -m offbyone.pipeline nb STAGE NOTEBOOK OUTPUT [--timings FILE] "
              "[-p NAME VALUE ...]")
-    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "data-params", "nb"):
+    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "data-params",
+                                        "file", "nb"):
         sys.exit(usage)
     try:
         if argv[0] == "runs":
             print(" ".join(run_name(v, s) for v, s in runs(argv[1])))
         elif argv[0] == "check":
             load_profile(argv[1])
+        elif argv[0] == "file":
+            print(profile_path(rehearsal_of(argv[1]) or argv[1]).relative_to(repo_root()))
         elif argv[0] == "testbed":
             print(load_profile(argv[1]).get("testbed") or "")
         elif argv[0] == "ablations":
