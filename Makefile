@@ -76,11 +76,12 @@ data: $(STAMP)
 # the profile's run list can be read from configs/$(PROFILE).yaml by the package itself.
 
 # REHEARSAL=1: the profile's every stage and run at toy sizes, on any machine, into folders of
-# its own (profile PROFILE-rehearsal; see offbyone.pipeline.REHEARSAL_CUTS)
+# its own (profile PROFILE-rehearsal; see offbyone.pipeline.REHEARSAL_CUTS), 2 runs at once
+# (its runs are mostly process start-up, which two CPU cores overlap)
 THE_PROFILE = $(or $(PROFILE),$(DETECT_PROFILE))$(if $(filter 1,$(REHEARSAL)),-rehearsal)
 
 reproduce: $(STAMP) tex
-	@$(MAKE) --no-print-directory -j$(or $(JOBS),$(DETECT_JOBS)) PIPELINE=1 PROFILE=$(THE_PROFILE) REHEARSAL= pipeline
+	@$(MAKE) --no-print-directory -j$(or $(JOBS),$(if $(REHEARSAL),2,$(DETECT_JOBS))) PIPELINE=1 PROFILE=$(THE_PROFILE) REHEARSAL= pipeline
 
 figures: $(STAMP)
 	$(eval P := $(THE_PROFILE))

@@ -197,3 +197,26 @@ def test_bench_options_are_checked(tmp_path, monkeypatch):
     for name in ("badv", "notlist"):
         with pytest.raises(ConfigError, match="bench variants must be a non-empty list of softmax, softmax1"):
             P.load_profile(name)
+
+
+def test_a_rehearsal_is_the_profile_with_only_its_costly_sizes_cut():
+    from offbyone.pipeline import REHEARSAL_CUTS, profile_path, rehearsal_of
+    real, reh = load_profile("gpu"), load_profile("gpu-rehearsal")
+    assert rehearsal_of("gpu-rehearsal") == "gpu" and rehearsal_of("gpu") is None
+    assert reh["variants"] == real["variants"] and reh["seeds"] == real["seeds"]
+    assert reh["testbed"] == "testbed_gpu-rehearsal" and reh["ablations"] == ["gpu_wd01-rehearsal"]
+    cut = {k for part in REHEARSAL_CUTS.values() for k in part}
+    for key in set(real["train"]) | set(reh["train"]):
+        if key not in cut:   # model, tokenizer, corpus and its fallback, recipe: the profile's own
+            assert reh["train"].get(key) == real["train"].get(key), key
+    assert reh["train"]["max_steps"] < real["train"]["max_steps"]
+    assert reh["measure"]["loss_seqs"] < real["measure"]["loss_seqs"]
+    assert max(reh["bench"]["T"]) < max(real["bench"]["T"])
+    tb = load_profile("testbed_gpu-rehearsal")
+    assert tb["variants"] == load_profile("testbed_gpu")["variants"]
+    # its own folders: runs/gpu-rehearsal/..., never a real profile's
+    assert run_config("gpu-rehearsal", "softmax", 0).out_dir.endswith("runs/gpu-rehearsal/softmax-s0")
+    assert "rehearsal" in reh["description"] and "mean nothing" in reh["description"]
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        load_profile("nope-rehearsal")
+    assert profile_path("gpu").name == "gpu.yaml"

@@ -25,6 +25,7 @@ options of one run of the whole study:
 from __future__ import annotations
 
 import ast
+from dataclasses import asdict
 import json
 import os
 import shlex
@@ -69,10 +70,12 @@ def profile_path(profile: str) -> Path:
 # and its companions are rehearsed with it. Its folders (runs/, results/, build/) carry the
 # suffix, so a rehearsal never touches a real profile's results.
 REHEARSAL_SUFFIX = "-rehearsal"
+# Numbers are caps (a profile already smaller keeps its own); lists replace the profile's.
 REHEARSAL_CUTS = {
     "train": {"max_steps": 8, "warmup_steps": 2, "eval_interval": 4, "eval_batches": 2,
-              "log_interval": 2, "batch_size": 4, "checkpoint_fractions": [0.25, 0.5, 1.0]},
-    "measure": {"act_seqs": 4, "loss_seqs": 8, "calib_batches": 2, "calib_batch_size": 4},
+              "log_interval": 2, "batch_size": 4, "block_size": 128},
+    "measure": {"act_seqs": 4, "loss_seqs": 4, "calib_batches": 2, "calib_batch_size": 4,
+                "windows": [16], "keeps": [0, 1]},
     "bench": {"T": [64, 128], "repeats": 2, "steps": 3},
 }
 
@@ -85,8 +88,12 @@ def rehearsal_of(profile: str) -> str | None:
 def _load_rehearsal(profile: str) -> dict:
     real = rehearsal_of(profile)
     prof = load_profile(real)
-    for k, cuts in REHEARSAL_CUTS.items():
-        prof[k] = {**prof[k], **cuts}
+    defaults = {"train": TrainConfig().to_dict(), "measure": asdict(MeasureConfig()), "bench": {}}
+    for part, cuts in REHEARSAL_CUTS.items():
+        for key, cut in cuts.items():
+            own = prof[part].get(key, defaults[part].get(key))
+            number = isinstance(cut, int) and isinstance(own, int)
+            prof[part][key] = min(own, cut) if number else cut
     TrainConfig.from_dict(prof["train"])
     MeasureConfig.from_dict(prof["measure"])
     if prof.get("testbed"):
