@@ -78,7 +78,8 @@ data: $(STAMP)
 # REHEARSAL=1: the profile's every stage and run at toy sizes, on any machine, into folders of
 # its own (profile PROFILE-rehearsal; see offbyone.pipeline.REHEARSAL_CUTS), 2 runs at once
 # (its runs are mostly process start-up, which two CPU cores overlap)
-THE_PROFILE = $(or $(PROFILE),$(DETECT_PROFILE))$(if $(filter 1,$(REHEARSAL)),-rehearsal)
+# REHEARSAL=quick: CI's cut form, the first two variants and the first seed of each profile
+THE_PROFILE = $(or $(PROFILE),$(DETECT_PROFILE))$(if $(filter 1,$(REHEARSAL)),-rehearsal)$(if $(filter quick,$(REHEARSAL)),-quickrehearsal)
 
 reproduce: $(STAMP) tex
 	@$(MAKE) --no-print-directory -j$(or $(JOBS),$(if $(REHEARSAL),2,$(DETECT_JOBS))) PIPELINE=1 PROFILE=$(THE_PROFILE) REHEARSAL= pipeline
@@ -114,6 +115,10 @@ tex:
 	fi
 
 ifdef PIPELINE
+# a rehearsal's paper is its own file, beside the real one
+ifneq ($(findstring rehearsal,$(PROFILE)),)
+PDF := build/paper/offbyone-$(PROFILE).pdf
+endif
 RUNS   := $(shell $(PY) -m offbyone.pipeline runs $(PROFILE))
 ifeq ($(RUNS),)
 $(error could not read the runs of profile '$(PROFILE)' (see the message above))
@@ -147,7 +152,7 @@ report: $(NB)/04_report.ipynb
 # companions, the synthetic testbed profile (`testbed:`) and the ablation profiles
 # (`ablations:`), whose runs the report puts beside the main ones.
 # a profile's file (a rehearsal's is the rehearsed profile's)
-profile_file = configs/$(patsubst %-rehearsal,%,$(1)).yaml
+profile_file = configs/$(patsubst %-rehearsal,%,$(patsubst %-quickrehearsal,%,$(1))).yaml
 define STUDY_RULES
 build/$(1)/notebooks/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb $(call profile_file,$(1))
 	$$(call RUN_NB,data,01_prepare_data) $$(shell $(PY) -m offbyone.pipeline data-params $(1))

@@ -220,3 +220,8 @@ def test_a_rehearsal_is_the_profile_with_only_its_costly_sizes_cut():
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):
         load_profile("nope-rehearsal")
     assert profile_path("gpu").name == "gpu.yaml"
+    quick = load_profile("gpu-quickrehearsal")   # CI's cut form
+    assert quick["variants"] == real["variants"][:2] and quick["seeds"] == real["seeds"][:1]
+    assert quick["testbed"] == "testbed_gpu-quickrehearsal"
+    assert load_profile("testbed_gpu-quickrehearsal")["seeds"] == [0]
+    assert quick["train"] == reh["train"] and rehearsal_of("gpu-quickrehearsal") == "gpu"

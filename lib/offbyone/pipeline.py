@@ -70,24 +70,37 @@ def profile_path(profile: str) -> Path:
 # and its companions are rehearsed with it. Its folders (runs/, results/, build/) carry the
 # suffix, so a rehearsal never touches a real profile's results.
 REHEARSAL_SUFFIX = "-rehearsal"
+# CI's cut form (REHEARSAL=quick): the same, with the first two variants and the first seed of
+# the profile and of each companion
+QUICK_REHEARSAL_SUFFIX = "-quickrehearsal"
 # Numbers are caps (a profile already smaller keeps its own); lists replace the profile's.
 REHEARSAL_CUTS = {
-    "train": {"max_steps": 8, "warmup_steps": 2, "eval_interval": 4, "eval_batches": 2,
-              "log_interval": 2, "batch_size": 4, "block_size": 128},
-    "measure": {"act_seqs": 4, "loss_seqs": 4, "calib_batches": 2, "calib_batch_size": 4,
+    "train": {"max_steps": 4, "warmup_steps": 1, "eval_interval": 2, "eval_batches": 1,
+              "log_interval": 1, "batch_size": 2, "block_size": 64},
+    "measure": {"act_seqs": 2, "loss_seqs": 2, "calib_batches": 1, "calib_batch_size": 2,
                 "windows": [16], "keeps": [0, 1]},
     "bench": {"T": [64, 128], "repeats": 2, "steps": 3},
 }
 
 
+def _rehearsal_suffix(profile: str) -> str | None:
+    for suffix in (QUICK_REHEARSAL_SUFFIX, REHEARSAL_SUFFIX):
+        if profile.endswith(suffix):
+            return suffix
+    return None
+
+
 def rehearsal_of(profile: str) -> str | None:
     """The profile a rehearsal profile rehearses, or None for a real profile."""
-    return profile[: -len(REHEARSAL_SUFFIX)] if profile.endswith(REHEARSAL_SUFFIX) else None
+    suffix = _rehearsal_suffix(profile)
+    return profile[: -len(suffix)] if suffix else None
 
 
 def _load_rehearsal(profile: str) -> dict:
-    real = rehearsal_of(profile)
+    suffix, real = _rehearsal_suffix(profile), rehearsal_of(profile)
     prof = load_profile(real)
+    if suffix == QUICK_REHEARSAL_SUFFIX:
+        prof["variants"], prof["seeds"] = prof["variants"][:2], prof["seeds"][:1]
     defaults = {"train": TrainConfig().to_dict(), "measure": asdict(MeasureConfig()), "bench": {}}
     for part, cuts in REHEARSAL_CUTS.items():
         for key, cut in cuts.items():
@@ -97,9 +110,9 @@ def _load_rehearsal(profile: str) -> dict:
     TrainConfig.from_dict(prof["train"])
     MeasureConfig.from_dict(prof["measure"])
     if prof.get("testbed"):
-        prof["testbed"] += REHEARSAL_SUFFIX
+        prof["testbed"] += suffix
     if prof.get("ablations"):
-        prof["ablations"] = [a + REHEARSAL_SUFFIX for a in prof["ablations"]]
+        prof["ablations"] = [a + suffix for a in prof["ablations"]]
     prof["description"] = (f"a rehearsal of profile {real} at toy sizes (its numbers mean "
                            f"nothing); {real}: {prof.get('description', '')}")
     prof["name"], prof["rehearsal_of"] = profile, real
