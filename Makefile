@@ -76,13 +76,13 @@ data: $(STAMP)
 # the profile's run list can be read from configs/$(PROFILE).yaml by the package itself.
 
 # REHEARSAL=1: the profile's every stage and run at toy sizes, on any machine, into folders of
-# its own (profile PROFILE-rehearsal; see offbyone.pipeline.REHEARSAL_CUTS), 2 runs at once
-# (its runs are mostly process start-up, which two CPU cores overlap)
+# its own (profile PROFILE-rehearsal; see offbyone.pipeline.REHEARSAL_CUTS), 2 runs at once of
+# one thread each (its runs are mostly process start-up, which two CPU cores overlap)
 # REHEARSAL=quick: CI's cut form, the first two variants and the first seed of each profile
 THE_PROFILE = $(or $(PROFILE),$(DETECT_PROFILE))$(if $(filter 1,$(REHEARSAL)),-rehearsal)$(if $(filter quick,$(REHEARSAL)),-quickrehearsal)
 
 reproduce: $(STAMP) tex
-	@$(MAKE) --no-print-directory -j$(or $(JOBS),$(if $(REHEARSAL),2,$(DETECT_JOBS))) PIPELINE=1 PROFILE=$(THE_PROFILE) REHEARSAL= pipeline
+	@$(if $(REHEARSAL),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}) $(MAKE) --no-print-directory -j$(or $(JOBS),$(if $(REHEARSAL),2,$(DETECT_JOBS))) PIPELINE=1 PROFILE=$(THE_PROFILE) REHEARSAL= pipeline
 
 figures: $(STAMP)
 	$(eval P := $(THE_PROFILE))

@@ -10,6 +10,14 @@ import torch
 
 from offbyone import gpu_check as G
 
+MEASURE = """measure:
+  act_seqs: 2
+  loss_seqs: 4
+  calib_batches: 1
+  calib_batch_size: 2
+  windows: [4]
+  keeps: [0]
+"""
 TINY = """variants: [softmax, softmax1]
 seeds: [0, 1]
 testbed: tb
@@ -26,14 +34,7 @@ train:
   eval_interval: 10
   eval_batches: 2
   checkpoint_fractions: [0.5, 1.0]
-measure:
-  act_seqs: 2
-  loss_seqs: 4
-  calib_batches: 1
-  calib_batch_size: 2
-  windows: [4]
-  keeps: [0]
-"""
+""" + MEASURE
 TB = """variants: [softmax, softmax1]
 seeds: [0]
 train:
@@ -48,14 +49,7 @@ train:
   eval_interval: 30
   eval_batches: 1
   checkpoint_fractions: [1.0]
-measure:
-  act_seqs: 2
-  loss_seqs: 4
-  calib_batches: 1
-  calib_batch_size: 2
-  windows: [4]
-  keeps: [0]
-"""
+""" + MEASURE
 ABL = "base: mini\nvariants: [softmax1]\ntrain:\n  weight_decay: 0.0\n"
 
 
@@ -63,7 +57,7 @@ ABL = "base: mini\nvariants: [softmax1]\ntrain:\n  weight_decay: 0.0\n"
 def mini(tmp_path, monkeypatch, tiny_corpus):
     (tmp_path / "configs").mkdir()
     (tmp_path / "lib" / "offbyone").mkdir(parents=True)
-    for name, text in {"mini": TINY.format(corpus=tiny_corpus), "tb": TB, "abl": ABL}.items():
+    for name, text in {"mini": TINY.replace("{corpus}", str(tiny_corpus)), "tb": TB, "abl": ABL}.items():
         (tmp_path / "configs" / f"{name}.yaml").write_text(text)
     monkeypatch.chdir(tmp_path)
     return tmp_path

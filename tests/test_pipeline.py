@@ -225,3 +225,10 @@ def test_a_rehearsal_is_the_profile_with_only_its_costly_sizes_cut():
     assert quick["testbed"] == "testbed_gpu-quickrehearsal"
     assert load_profile("testbed_gpu-quickrehearsal")["seeds"] == [0]
     assert quick["train"] == reh["train"] and rehearsal_of("gpu-quickrehearsal") == "gpu"
+
+
+def test_plain_text_is_escaped_for_latex():
+    from offbyone.report import latex_escape
+    assert latex_escape("testbed_gpu: 50% of #1 & $x {y}") == \
+        r"testbed\_gpu: 50\% of \#1 \& \$x \{y\}"
+    assert latex_escape("a\\b ~c ^d") == r"a\textbackslash{}b \textasciitilde{}c \textasciicircum{}d"

@@ -76,7 +76,8 @@ QUICK_REHEARSAL_SUFFIX = "-quickrehearsal"
 # Numbers are caps (a profile already smaller keeps its own); lists replace the profile's.
 REHEARSAL_CUTS = {
     "train": {"max_steps": 4, "warmup_steps": 1, "eval_interval": 2, "eval_batches": 1,
-              "log_interval": 1, "batch_size": 2, "block_size": 64},
+              "log_interval": 1, "batch_size": 2, "block_size": 64,
+              "checkpoint_fractions": [0.5, 1.0]},
     "measure": {"act_seqs": 2, "loss_seqs": 2, "calib_batches": 1, "calib_batch_size": 2,
                 "windows": [16], "keeps": [0, 1]},
     "bench": {"T": [64, 128], "repeats": 2, "steps": 3},
@@ -113,6 +114,13 @@ def _load_rehearsal(profile: str) -> dict:
         prof["testbed"] += suffix
     if prof.get("ablations"):
         prof["ablations"] = [a + suffix for a in prof["ablations"]]
+    t, m, b = REHEARSAL_CUTS["train"], REHEARSAL_CUTS["measure"], REHEARSAL_CUTS["bench"]
+    prof["rehearsal_cuts"] = (
+        ("the first two variants and the first seed of each profile; " if
+         suffix == QUICK_REHEARSAL_SUFFIX else "") +
+        f"{t['max_steps']} training steps of {t['batch_size']} windows of at most "
+        f"{t['block_size']} tokens a run, {m['loss_seqs']} evaluation windows, "
+        f"benchmarks up to T = {max(b['T'])}")
     prof["description"] = (f"a rehearsal of profile {real} at toy sizes (its numbers mean "
                            f"nothing); {real}: {prof.get('description', '')}")
     prof["name"], prof["rehearsal_of"] = profile, real

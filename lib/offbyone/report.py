@@ -160,6 +160,16 @@ def corpus_info(profile: str, runs_root: str = "runs") -> dict:
     return next(final_results(profile, runs_root))[2]["data"]
 
 
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "#": r"\#", "&": r"\&",
+                   "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                   "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text) -> str:
+    """Plain text (a profile's description, say) made safe to print in LaTeX."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
 def _tex(x) -> str:
     return str(x).replace("\\", "/").replace("_", "\\_").replace("%", "\\%").replace("#", "\\#") \
         .replace("&", "\\&").replace("$", "\\$").replace("{", "\\{").replace("}", "\\}")
