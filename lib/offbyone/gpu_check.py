@@ -485,10 +485,32 @@ def summary_lines(check: dict) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 
+def training_rows(profile: str, work: Path, cpu_rehearsal: bool, steps: int,
+                  toy: dict) -> list[dict]:
+    """train_rate for the profile's variants (softmax and softmax1 with compile off and on, the
+    others eagerly, for half the steps) and its testbed's, measuring one checkpoint of each."""
+    from .pipeline import load_profile
+
+    rows = []
+    for name in [profile, load_profile(profile).get("testbed")]:
+        if not name:
+            continue
+        variants = load_profile(name)["variants"]
+        for variant in variants[:2] if cpu_rehearsal else variants:
+            main_pair = name == profile and variant in ("softmax", "softmax1")
+            for compile in (False, True) if main_pair and not cpu_rehearsal else (False,):
+                rows.append(train_rate(name, variant, steps if main_pair else max(1, steps // 2),
+                                       compile, work, overrides=toy,
+                                       measure_it=not compile and variant == (
+                                           "softmax1" if name == profile else variants[0])))
+                print(f"    {name} {variant} {'compiled' if compile else 'eager'}: "
+                      f"{rows[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
+    return rows
+
+
 def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
               peak_flops: float = PEAK_BF16_FLOPS, jobs: int = GPU_JOBS) -> dict:
     """Everything above, in order; writes `out` (JSON) and returns its content."""
-    from .attention import VARIANTS
     from .bench import bench_attention
     from .checkpoint import write_json_atomic
     from .pipeline import load_profile, repo_root
@@ -526,30 +548,11 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
         check["softmax_backend"], check["attention_same_kernel"] = same_kernel_bench(Ts)
 
     stage("training and measurement")
-    steps, few = (4, 4) if cpu_rehearsal else (200, 100)
+    steps = 4 if cpu_rehearsal else 200
     toy = {"n_layer": 1, "n_embd": 32, "n_head": 2, "batch_size": 2, "block_size": 32} if cpu_rehearsal else {}
-    measure_toy = {"loss_seqs": 4, "act_seqs": 2, "calib_batches": 1, "calib_batch_size": 2}
     work = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=root / "build" if (root / "build").is_dir() else None))
-    rows = []
     try:
-        variants = main["variants"] if not cpu_rehearsal else main["variants"][:2]
-        for variant in variants:
-            key_pair = variant in ("softmax", "softmax1")
-            for compile in ((False, True) if key_pair else (False,)):
-                if compile and cpu_rehearsal:
-                    continue
-                rows.append(train_rate(profile, variant, steps if key_pair else few, compile, work,
-                                       measure_it=(variant == "softmax1" and not compile),
-                                       overrides=toy))
-                print(f"    {variant} {'compiled' if compile else 'eager'}: "
-                      f"{rows[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
-        if testbed:
-            tb_prof = load_profile(testbed)
-            for variant in (tb_prof["variants"] if not cpu_rehearsal else tb_prof["variants"][:2]):
-                rows.append(train_rate(testbed, variant, few, False, work,
-                                       measure_it=(variant == tb_prof["variants"][0]),
-                                       overrides=toy))
-        check["training"] = rows
+        rows = check["training"] = training_rows(profile, work, cpu_rehearsal, steps, toy)
         stage(f"{jobs} runs at once")
         check["parallel"] = [parallel_speedup(profile, steps, jobs, work, toy)]
         if testbed:
