@@ -232,3 +232,11 @@ def test_plain_text_is_escaped_for_latex():
     assert latex_escape("testbed_gpu: 50% of #1 & $x {y}") == \
         r"testbed\_gpu: 50\% of \#1 \& \$x \{y\}"
     assert latex_escape("a\\b ~c ^d") == r"a\textbackslash{}b \textasciitilde{}c \textasciicircum{}d"
+
+
+def test_macro_names_spell_every_digit_and_never_collide():
+    from offbyone.report import macro_name
+    names = [macro_name("Win", "ppl", "k", str(k), "softmax1") for k in range(10)]
+    assert len(set(names)) == 10 and all(n.isalpha() for n in names)
+    assert macro_name("Win", "ppl", "k", "3", "softmax") == "WinPplKThreeSoftmax"
+    assert macro_name("gap", "W8A8") == "GapWEightAEight"     # unchanged for the digits in use

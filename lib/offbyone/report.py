@@ -327,11 +327,15 @@ def effect_sentence(res: dict, label: str, better: str = "lower") -> str:
             + ("" if good else ", a change for the worse"))
 
 
+DIGIT_NAMES = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
+
+
 def macro_name(*parts: str) -> str:
+    """A LaTeX macro name (letters only) from parts; every digit is spelled out, so names that
+    differ by a digit stay different (keeps 3 and 5 once both became 'K')."""
     name = "".join(MACRO_VARIANT.get(p, p[:1].upper() + p[1:]) for p in parts if p)
-    name = re.sub(r"[^A-Za-z]", "", name.replace("0", "Zero").replace("1", "One")
-                  .replace("2", "Two").replace("4", "Four").replace("6", "Six").replace("8", "Eight"))
-    return name
+    name = re.sub(r"[0-9]", lambda m: DIGIT_NAMES[int(m.group())], name)
+    return re.sub(r"[^A-Za-z]", "", name)
 
 
 def write_macros(macros: dict[str, str], path, source: str = "notebooks/04_report.ipynb") -> None:
