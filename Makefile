@@ -38,7 +38,7 @@ help:
 	@echo "make figures    tables, figures and macros from existing results (PROFILE=...)"
 	@echo "make paper      rebuild the PDF from the existing generated inputs"
 	@echo "make bench      attention and training benchmarks, their figure and tables"
-	@echo "make gpu-check  on a CUDA machine, in about 10 minutes: CUDA kernel tests, attention"
+	@echo "make gpu-check  on a CUDA machine, in minutes (4 on an H200): CUDA kernel tests, attention"
 	@echo "                and training benchmarks, the gpu profile's estimated wall time"
 	@echo "make lab        open JupyterLab on notebooks/ (installs it on first use)"
 	@echo "make setup      create $(VENV) and install everything"

@@ -669,8 +669,8 @@ def prepare(corpus: str = "shakespeare", data_root: str | os.PathLike = "data",
     if not isinstance(max_tokens, int) or max_tokens < 0:
         raise CorpusError(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
     out_dir = corpus_dir(corpus, data_root, tokenizer, bpe_vocab_size, max_tokens)
-    # one preparer per folder: parallel pipeline jobs (make -j) that need the same corpus wait
-    # for the first, then find it prepared
+    # one preparer per data root at a time: parallel pipeline jobs (make -j) that need the same
+    # corpus wait for the first, then find it prepared
     with _folder_lock(out_dir):
         return _prepare_locked(corpus, data_root, out_dir, force, verbose, tokenizer,
                                bpe_vocab_size, max_tokens, text_field)

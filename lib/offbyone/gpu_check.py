@@ -193,6 +193,12 @@ def train_rate(profile: str, variant: str, steps: int, compile: bool, work: Path
     return row
 
 
+def vocab_guess(cfg) -> int:
+    """A run's vocabulary without preparing its corpus: the BPE size plus BOS, or 256 for
+    characters (enough for a shape or a FLOP count)."""
+    return cfg.bpe_vocab_size + 1 if cfg.tokenizer == "bpe" else 256
+
+
 def graph_breaks(profile: str, variant: str, device: str = "cuda") -> dict:
     """torch._dynamo.explain on one forward + loss of the profile's model with `variant`."""
     from .model import GPT
@@ -201,7 +207,7 @@ def graph_breaks(profile: str, variant: str, device: str = "cuda") -> dict:
     cfg = run_config(profile, load_profile(profile)["variants"][0], 0)
     cfg.attention = variant
     cfg.validate()
-    vocab = cfg.bpe_vocab_size + 1 if cfg.tokenizer == "bpe" else 256
+    vocab = vocab_guess(cfg)
     model = GPT(cfg.model_config(vocab)).to(device)
     x = torch.randint(0, vocab, (2, cfg.block_size), device=device)
     torch._dynamo.reset()
@@ -290,8 +296,7 @@ def notebook_overhead_s(profile: str = "gpu") -> dict:
 # --------------------------------------------------------------------------------------------
 # 4. The budget: a written FLOP count, and the estimate from measured rates
 
-def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int,
-                    vocab_size: int = 0) -> float:
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, block_size: int) -> float:
     """Training FLOPs per token (forward + backward), as nanoGPT's estimate_mfu counts them:
     6 N for the weights (N without the position embedding) plus 12 L C T for attention's
     scores and weighted sum (the PaLM appendix B count)."""
@@ -303,8 +308,9 @@ def flop_budget(profile: str, peak_flops: float, utilisation: float, step_overhe
     """The written count for a profile and its companions: per profile, tokens = runs x steps x
     batch x context, FLOPs = tokens x flops_per_token, and the time is the larger of the compute
     time FLOPs / (peak x utilisation) and runs x steps x per-step overhead (a step cannot be
-    quicker than launching it: small models are bound by that, large ones by FLOPs). `n_params` maps a profile to its model's parameter count
-    (else it is counted from the config with the BPE vocabulary)."""
+    quicker than launching it: small models are bound by that, large ones by FLOPs).
+    `n_params` maps a profile to its model's parameter count (else it is counted from the
+    config with the guessed vocabulary)."""
     from .model import GPT
     from .pipeline import load_profile, run_config
 
@@ -313,12 +319,11 @@ def flop_budget(profile: str, peak_flops: float, utilisation: float, step_overhe
     for name in [profile] + [p for p in [main.get("testbed")] + (main.get("ablations") or []) if p]:
         prof = load_profile(name)
         cfg = run_config(name, prof["variants"][0], prof["seeds"][0])
-        vocab = cfg.bpe_vocab_size + 1 if cfg.tokenizer == "bpe" else 256
         if n_params and name in n_params:
             n = n_params[name]
         else:
             with torch.device("meta"):
-                n = GPT(cfg.model_config(vocab)).num_params()
+                n = GPT(cfg.model_config(vocab_guess(cfg))).num_params()
         n_runs = len(prof["variants"]) * len(prof["seeds"])
         tokens = n_runs * cfg.max_steps * cfg.batch_size * cfg.block_size
         fpt = flops_per_token(n, cfg.n_layer, cfg.n_embd, cfg.block_size)
@@ -333,23 +338,40 @@ def flop_budget(profile: str, peak_flops: float, utilisation: float, step_overhe
             "train_s": sum(r["train_s"] for r in rows)}
 
 
+def softmax_row(rows: list[dict], profile: str | None, compiled: bool = False) -> dict | None:
+    """A check's training row of the softmax run of `profile` (compiled or not, if both)."""
+    cand = [r for r in rows if r["profile"] == profile and r["variant"] == "softmax"]
+    return next((r for r in cand if r["compile"] == compiled), cand[0] if cand else None)
+
+
+def model_sizes(rows: list[dict], profile: str) -> dict:
+    """{profile: parameter count of its softmax model} for the profile, its testbed and its
+    ablations (which share the main model), from a check's training rows."""
+    from .pipeline import load_profile
+
+    main = load_profile(profile)
+    sizes = {}
+    for name, of in [(profile, profile), (main.get("testbed"), main.get("testbed"))] + [
+            (a, profile) for a in main.get("ablations") or []]:
+        row = softmax_row(rows, of)
+        if name and row:
+            sizes[name] = row["n_params"]
+    return sizes
+
+
 def measured_flop_budget(profile: str, rows: list[dict], compiled: bool,
                          peak_flops: float) -> dict:
     """flop_budget with the utilisation of the main profile's softmax run and the testbed's
     per-step time (its small model is bound by per-step overhead, not FLOPs) as measured."""
     from .pipeline import load_profile
 
-    def pick(name):
-        cand = [r for r in rows if r["profile"] == name and r["variant"] == "softmax"]
-        return next((r for r in cand if r["compile"] == compiled), cand[0] if cand else None)
-
-    main, testbed = pick(profile), pick(load_profile(profile).get("testbed"))
+    main = softmax_row(rows, profile, compiled)
+    testbed = softmax_row(rows, load_profile(profile).get("testbed"), compiled)
     cfg = load_profile(profile)["train"]
     fpt = flops_per_token(main["n_params"], cfg["n_layer"], cfg["n_embd"], cfg["block_size"])
     utilisation = main["tokens_per_s"] * fpt / peak_flops
     overhead = testbed["tokens_per_step"] / testbed["tokens_per_s"] if testbed else 0.0
-    n_params = {profile: main["n_params"], **({testbed["profile"]: testbed["n_params"]} if testbed else {})}
-    budget = flop_budget(profile, peak_flops, utilisation, overhead, n_params)
+    budget = flop_budget(profile, peak_flops, utilisation, overhead, model_sizes(rows, profile))
     budget["note"] = ("utilisation: the main profile's softmax run; per-step overhead: the "
                       "testbed's whole step time (its model is too small to be bound by FLOPs)")
     return budget
@@ -414,15 +436,16 @@ def data_prep_s(profile: str) -> float:
 
 def estimate_from(check: dict, profile: str | None = None, jobs: int | None = None) -> dict:
     """The estimate for the profiles as they are now, from the rates a check measured."""
+    from .pipeline import load_profile
+
     rates = {(r["profile"], r["variant"]): r["tokens_per_s"] for r in check["training"]
              if not r["compile"]}
     compiled = {(r["profile"], r["variant"]): r["tokens_per_s"] for r in check["training"]
                 if r["compile"]}
     profile = profile or check["profile"]
-    from .pipeline import load_profile
-    if load_profile(profile)["train"].get("compile"):
-        rates.update(compiled)
     main = load_profile(profile)
+    if main["train"].get("compile"):
+        rates.update(compiled)
     missing = []
     for name in [profile, main.get("testbed")]:
         measured = [x for (p, _), x in rates.items() if p == name]
@@ -594,7 +617,7 @@ def main(argv=None):
                     help="no GPU needed: print the estimate for the profiles as they are now "
                          "from the rates an earlier check measured")
     args = ap.parse_args(argv)
-    from .pipeline import load_profile, repo_root
+    from .pipeline import repo_root
     if args.estimate_from:
         check = json.loads(Path(args.estimate_from).read_text())
         est = estimate_from(check, args.profile, args.jobs)
@@ -604,11 +627,8 @@ def main(argv=None):
             print(f"  {r['profile']:12s} {r['runs']:3d} runs  train {r['train_s'] / 60:5.1f} min  "
                   f"measure {r['measure_s'] / 60:5.1f} min  (speedup {r['speedup']:.2f})")
         fb = check["flop_budget"]
-        sizes = {r["profile"]: r["n_params"] for r in check["training"]}
-        sizes.update({a: sizes[args.profile] for a in load_profile(args.profile).get("ablations")
-                      or [] if args.profile in sizes})
         count = flop_budget(args.profile, fb["peak_flops"], fb["utilisation"],
-                            fb["step_overhead_s"], sizes)
+                            fb["step_overhead_s"], model_sizes(check["training"], args.profile))
         print(f"written count of training alone, one run at a time: peak {fb['peak_flops'] / 1e12:.0f} TFLOP/s, "
               f"utilisation {fb['utilisation']:.3f}, per-step overhead "
               f"{1e3 * fb['step_overhead_s']:.1f} ms (measured)")

