@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .attention import VARIANTS, fast_attention, reference_attention
+from .io import write_csv
 
 # glibc: a fixed threshold (bytes) turns off its dynamic adjustment; see the module docstring
 CPU_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -268,7 +269,8 @@ def bench_training(profile: str, variants, steps: int, warmup: int, device: str)
 def run_profile(profile: str, out_root: str = "results") -> Path:
     """The benchmarks a profile asks for (its `bench` options), into results/<profile>/bench/.
     Writes bench.json last, so its presence means the CSVs are complete."""
-    from .pipeline import load_profile, repo_root, write_json_atomic
+    from .io import write_json
+    from .pipeline import load_profile, repo_root
     from .provenance import provenance
 
     prof = load_profile(profile)
@@ -282,18 +284,14 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
     # every variant at the profile's model size, not only those the profile trains
     training = bench_training(profile, opts["variants"], opts["steps"], 3, device)
     _write_csv(training, out / "training.csv")
-    write_json_atomic(out / "bench.json", {"profile": profile, "options": opts, "device": device,
+    write_json(out / "bench.json", {"profile": profile, "options": opts, "device": device,
                                            "wall_s": time.perf_counter() - t0,
                                            "provenance": provenance(device)})
     return out
 
 
 def _write_csv(rows, path: Path):
-    import pandas as pd
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    tmp.replace(path)
+    write_csv(path, rows)
     print(f"wrote {path}")
 
 

@@ -1,21 +1,17 @@
 """Checkpoints: the full run config, model config, weights, optimizer, step and RNG states.
 
-Written atomically (temporary file, then rename) and read with `torch.load(weights_only=True)`,
-so a checkpoint can hold tensors, numbers, strings, lists and dicts, and nothing is unpickled.
-The project's other results files are written atomically by `write_text_atomic` and
-`write_json_atomic` here too.
+Written atomically (`io.write_torch`) and read with `torch.load(weights_only=True)`, so a
+checkpoint can hold tensors, numbers, strings, lists and dicts, and nothing is unpickled.
 """
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from .io import write_torch
 from .model import GPT, GPTConfig
 
 CHECKPOINT_FORMAT = "offbyone-checkpoint"
@@ -24,39 +20,6 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupt, foreign or unsafe."""
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # disk full, unwritable folder: nothing half-written
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(f"could not write checkpoint {path}: {e}") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path, text: str) -> None:
-    """Write to a hidden temporary file beside `path`, then rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def save_checkpoint(path, *, config: dict, model_config: GPTConfig, model, optimizer, step: int,
@@ -72,7 +35,10 @@ def save_checkpoint(path, *, config: dict, model_config: GPTConfig, model, optim
         "rng": rng,
         "extra": extra or {},
     }
-    atomic_torch_save(state, path)
+    try:
+        write_torch(path, state)
+    except OSError as e:  # disk full, unwritable folder: nothing half-written
+        raise OSError(f"could not write checkpoint {path}: {e}") from e
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from .attention import IMPLEMENTATIONS, VARIANTS
+from .device import DEVICES, valid_device
 from .model import GPTConfig
 from .tokenizer import check_tokenizer
 
@@ -113,8 +114,8 @@ class TrainConfig:
             self.model_config(vocab_size=1)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if not valid_device(self.device):
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         fr = tuple(float(x) for x in self.checkpoint_fractions)
         if not fr or any(not 0 < x <= 1 for x in fr) or 1.0 not in fr:
             raise ConfigError("checkpoint_fractions must be numbers in (0, 1] and include 1.0, "

@@ -535,7 +535,7 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
               peak_flops: float = PEAK_BF16_FLOPS, jobs: int = GPU_JOBS) -> dict:
     """Everything above, in order; writes `out` (JSON) and returns its content."""
     from .bench import bench_attention
-    from .checkpoint import write_json_atomic
+    from .io import write_json
     from .pipeline import load_profile, repo_root
     from .provenance import provenance
 
@@ -551,7 +551,7 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
         # what is done so far is kept, so a check cut short still leaves its results
         check["wall_s"] = time.perf_counter() - t0
         check["stages_done"] = check.get("stages_done", []) + ([name] if name else [])
-        write_json_atomic(out, check)
+        write_json(out, check)
         print(f"==> [gpu-check] {name} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     if not cpu_rehearsal:

@@ -18,15 +18,16 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model, write_json_atomic
+from .checkpoint import CheckpointError, load_model
 from .config import ConfigError
+from .device import DEVICES, DeviceError, pick_device, valid_device
+from .io import write_json
 from .data import CorpusError, TokenData, corpus_of, fell_back, prepare_for
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
                       loss_by_class, loss_on, summarize_activations, token_classes, weight_kurtosis,
                       windowed_losses)
 from .provenance import provenance
 from .quant import DEFAULT_SWEEP, QuantConfig, sweep
-from .train import pick_device
 
 RESULTS_FORMAT = "offbyone-metrics"
 RESULTS_VERSION = 4   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data
@@ -68,8 +69,8 @@ class MeasureConfig:
             elif f.type in ("int", int):
                 if not isinstance(v, int) or isinstance(v, bool) or v < (0 if f.name in ("seed", "threads") else 1):
                     raise ConfigError(f"{f.name} must be a positive integer, got {v!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda, mps")
+        if not valid_device(self.device):
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         try:  # the quantizer options are QuantConfig's: it validates them
             QuantConfig(weight_granularity=self.weight_granularity,
                         weight_method=self.weight_method, act_method=self.act_method)
@@ -198,7 +199,7 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "provenance": {**provenance(device), "measure_wall_s": wall,
                        "train_wall_s": state.get("extra", {}).get("elapsed_s")},
     }
-    write_json_atomic(out, results)
+    write_json(out, results)
     log(f"wrote {out} in {wall:.1f}s")
     return results
 
@@ -225,7 +226,7 @@ def main(argv=None):
         mc = MeasureConfig.from_dict(overrides)
         for ckpt in args.checkpoints:
             measure(ckpt, mc, force=args.force)
-    except (ConfigError, CheckpointError, CorpusError) as e:
+    except (ConfigError, CheckpointError, CorpusError, DeviceError) as e:
         sys.exit(f"error: {e}")
 
 

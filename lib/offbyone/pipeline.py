@@ -34,8 +34,8 @@ from pathlib import Path
 import yaml
 
 from .attention import VARIANTS
-from .checkpoint import write_json_atomic  # noqa: F401  (re-exported for the notebooks)
 from .config import ConfigError, TrainConfig
+from .io import atomic_path
 from .measure import MeasureConfig
 
 PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed",
@@ -224,9 +224,6 @@ def runs(profile: str) -> list[tuple[str, int]]:
 # --------------------------------------------------------------------------------------------
 # Notebook parameters: papermill only warns about names a notebook does not declare; we refuse.
 
-_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
-
-
 def _assigned(source: str) -> dict:
     names = {}
     for node in ast.parse(source).body:
@@ -284,8 +281,6 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
     if unknown:
         raise ConfigError(f"{notebook} takes no parameter(s) {unknown}; it takes: {', '.join(declared)}")
     out = root / output
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.running.ipynb")
     label = stage
     if "variant" in params and "seed" in params and "profile" in params:
         names = [run_name(v, s) for v, s in runs(params["profile"])]
@@ -294,16 +289,16 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
             label = f"{stage} run {names.index(name) + 1}/{len(names)}: {name}"
     print(f"==> [{label}] {notebook} -> {output}", flush=True)
     t0 = time.perf_counter()
-    try:
-        pm.execute_notebook(str(root / notebook), str(tmp), parameters=params,
-                            kernel_name="python3", log_output=True, progress_bar=False,
-                            cwd=str(root))
-    except BaseException:
-        if tmp.exists():
-            os.replace(tmp, out.with_name(out.stem + ".failed.ipynb"))
-        raise
+    with atomic_path(out, ".running.ipynb") as tmp:
+        try:
+            pm.execute_notebook(str(root / notebook), str(tmp), parameters=params,
+                                kernel_name="python3", log_output=True, progress_bar=False,
+                                cwd=str(root))
+        except BaseException:
+            if tmp.exists() and tmp.stat().st_size:
+                os.replace(tmp, out.with_name(out.stem + ".failed.ipynb"))
+            raise
     seconds = time.perf_counter() - t0
-    os.replace(tmp, out)
     print(f"==> [{label}] done in {seconds:.1f}s", flush=True)
     if timings:
         path = root / timings

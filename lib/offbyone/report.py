@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .checkpoint import write_text_atomic
+from .io import write_text
 from .measure import RESULTS_FORMAT, RESULTS_VERSION
 from .pipeline import load_profile, repo_root, run_dir
 
@@ -341,7 +341,7 @@ def write_macros(macros: dict[str, str], path, source: str = "notebooks/04_repor
         if not re.fullmatch(r"[A-Za-z]+", name):
             raise ValueError(f"macro name {name!r} must be letters only")
         lines.append(f"\\newcommand{{\\{name}}}{{{macros[name]}}}")
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def latex_table(df: pd.DataFrame, path, caption: str | None = None, label: str | None = None,
@@ -354,7 +354,7 @@ def latex_table(df: pd.DataFrame, path, caption: str | None = None, label: str |
     for _, r in df.iterrows():
         lines.append(" & ".join(str(v) for v in r.values) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def published_table() -> pd.DataFrame:

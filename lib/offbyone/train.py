@@ -11,7 +11,6 @@ latest checkpoint and, on CPU, ends with bit-identical weights.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
@@ -24,28 +23,15 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import CorpusError, TokenData, prepare_for
+from .device import DeviceError, autocast_for, pick_device
+from .io import write_json
 from .model import GPT
 
 # Keys that do not change what is computed: a run may resume with them changed.
 RESUME_FREE_KEYS = {"out_dir", "data_root", "device", "compile", "threads", "progress"}
-
-
-def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
-    """cuda, then mps, then cpu (or what `pref` names)."""
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {pref!r} asked for, but CUDA is not available")
-    if pref == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(pref)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -196,8 +182,7 @@ def _train(cfg, on_step, rank, world, local_rank, master, device, out_dir, summa
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast = autocast_for(device)
 
     eval_gen = torch.Generator().manual_seed(cfg.eval_seed)
     eval_batches = [data.get_batch("val", cfg.batch_size, cfg.block_size, eval_gen, cfg.bos)
@@ -295,7 +280,7 @@ def _train(cfg, on_step, rank, world, local_rank, master, device, out_dir, summa
                                           for other in _gather(flat, world))
     if master:
         write_log({"step": cfg.max_steps, "event": "done", **summary})
-        write_json_atomic(summary_path, summary)
+        write_json(summary_path, summary)
         log.close()
     return summary
 
@@ -310,7 +295,7 @@ def main(argv=None):
     try:
         cfg = TrainConfig.load(args.config, args.set)
         summary = train(cfg)
-    except (ConfigError, CorpusError, CheckpointError, FloatingPointError, OSError) as e:
+    except (ConfigError, CorpusError, CheckpointError, DeviceError, FloatingPointError, OSError) as e:
         sys.exit(f"error: {e}")
     finally:
         if dist.is_initialized():
