@@ -4,10 +4,14 @@ import json
 import numpy as np
 import pytest
 
-import offbyone.data as D
+import offbyone.corpora.hf as HF
+import offbyone.corpora.text as CT
+import offbyone.tokens as TK
 from offbyone.config import ConfigError, TrainConfig
 from offbyone import report as R
-from offbyone.data import (CorpusError, CorpusUnreachable, TokenData, corpus_of, fell_back, prepare,
+from offbyone.corpora import CorpusError, CorpusUnreachable
+from offbyone.tokens import TokenData
+from offbyone.data import (corpus_of, fell_back, prepare,
                            prepare_for)
 from offbyone.metrics import token_classes
 from offbyone.tokenizer import BOS, BPETokenizer, subword_classes
@@ -46,7 +50,7 @@ def test_streamed_preparation_equals_in_memory(tmp_path, monkeypatch):
     f = tmp_path / "u.txt"
     f.write_bytes(b"\xef\xbb\xbf" + text.encode())
     whole = prepare(str(f), tmp_path / "whole", verbose=False)
-    monkeypatch.setattr(D, "CHUNK_BYTES", 7)           # chunks cut UTF-8 sequences and \r\n pairs
+    monkeypatch.setattr(CT, "CHUNK_BYTES", 7)           # chunks cut UTF-8 sequences and \r\n pairs
     chunked = prepare(str(f), tmp_path / "chunked", verbose=False)
     for split in ("train", "val", "test"):
         assert (whole / f"{split}.bin").read_bytes() == (chunked / f"{split}.bin").read_bytes()
@@ -60,10 +64,10 @@ def test_text_without_newlines_streams_in_bounded_pieces(tmp_path, monkeypatch):
     f = tmp_path / "oneline.txt"
     text = " ".join(f"word{i}" for i in range(20_000))             # 150k characters, one line
     f.write_text(text)
-    monkeypatch.setattr(D, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(CT, "CHUNK_BYTES", 4096)
     calls = []
-    real = D._lines_batches
-    monkeypatch.setattr(D, "_lines_batches", lambda buf: calls.append(len(buf)) or real(buf))
+    real = TK._lines_batches
+    monkeypatch.setattr(TK, "_lines_batches", lambda buf: calls.append(len(buf)) or real(buf))
     out = prepare(str(f), tmp_path / "d", tokenizer="bpe", bpe_vocab_size=300, verbose=False)
     data = TokenData(out)
     assert "".join(data.decode(data.splits[s]) for s in ("train", "val", "test")) == text
@@ -118,7 +122,7 @@ def test_offline_hub_dataset_fails_fast_with_alternatives(tmp_path, monkeypatch,
                                                 "HF_HUB_OFFLINE is set. Offline alternatives"):
         prepare("hf:roneneldan/TinyStories", tmp_path, verbose=False)
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(D, "HF_HOST", "offbyone.invalid")          # no network: a quick refusal
+    monkeypatch.setattr(HF, "HF_HOST", "offbyone.invalid")          # no network: a quick refusal
     with pytest.raises(CorpusUnreachable, match="cannot reach offbyone.invalid"):
         prepare("hf:roneneldan/TinyStories", tmp_path, verbose=False)
     cfg = {"corpus": "hf:roneneldan/TinyStories", "corpus_fallback": str(tiny_corpus),

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from offbyone.data import (BOS, CorpusError, TokenData, fetch_shakespeare, prepare,
-                           read_shakespeare_archive, split_works)
+from offbyone.corpora import CorpusError
+from offbyone.corpora.shakespeare import fetch_shakespeare, read_shakespeare_archive
+from offbyone.corpora.text import in_memory_source
+from offbyone.data import prepare
+from offbyone.tokenizer import BOS
+from offbyone.tokens import TokenData
 
 
 def test_prepare_local_file(tiny_corpus, tiny_data):
@@ -43,8 +47,10 @@ def test_folder_corpus_holds_out_whole_works(tmp_path):
     assert len(set.union(*names)) == 20
     assert "\r" not in meta["itos"]                      # line endings normalised
     # deterministic
-    again = split_works({f"w{i}": "x" * (i + 1) for i in range(20)})
-    assert again == split_works({f"w{i}": "x" * (i + 1) for i in range(20)})
+    works = {f"w{i}": "x" * (i + 1) for i in range(20)}
+    again = in_memory_source(works, {})
+    assert again.works == in_memory_source(dict(reversed(works.items())), {}).works
+    assert list(again.pieces()) == list(in_memory_source(works, {}).pieces())
 
 
 def test_batches_and_bos(tiny_data):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from offbyone import report as R
-from offbyone.data import (BigramBackcopy, TokenData, bigram_backcopy_tokens,
-                           build_bigram_backcopy, prepare)
+from offbyone.corpora.testbed import BigramBackcopy, bigram_backcopy_tokens, build_bigram_backcopy
+from offbyone.data import prepare
+from offbyone.tokens import TokenData
 from offbyone.metrics import attention_statistics, loss_by_class, token_classes
 from offbyone.model import GPT, GPTConfig
 

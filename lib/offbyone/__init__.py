@@ -5,7 +5,9 @@ Modules: attention (the math), model (the GPT), data (corpora), config, train, c
 from .attention import VARIANTS, attention, fast_attention, reference_attention, sink_softmax, softmax1
 from .checkpoint import CheckpointError, load_checkpoint, load_model
 from .config import ConfigError, TrainConfig
-from .data import CorpusError, TokenData, prepare
+from .corpora import CorpusError
+from .data import prepare
+from .tokens import TokenData
 from .model import GPT, GPTConfig
 
 __version__ = "0.1.0"

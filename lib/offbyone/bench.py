@@ -202,7 +202,8 @@ def _peak_memory(variant, impl, T, B, H, D, device) -> dict:
 def bench_training(profile: str, variants, steps: int, warmup: int, device: str) -> list[dict]:
     """Tokens/s of every variant at a profile's model size, and where a step's time goes.
     The variants' steps are interleaved round by round, each on the same batches."""
-    from .data import TokenData, prepare_for
+    from .data import prepare_for
+    from .tokens import TokenData
     from .model import GPT
     from .pipeline import load_profile, run_config
 

@@ -22,12 +22,14 @@ from .checkpoint import CheckpointError, load_model
 from .config import ConfigError
 from .device import DEVICES, DeviceError, pick_device, valid_device
 from .io import write_json
-from .data import CorpusError, TokenData, corpus_of, fell_back, prepare_for
+from .corpora import CorpusError
+from .data import corpus_of, fell_back, prepare_for
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
                       loss_by_class, loss_on, summarize_activations, token_classes, weight_kurtosis,
                       windowed_losses)
 from .provenance import provenance
 from .quant import DEFAULT_SWEEP, QuantConfig, sweep
+from .tokens import TokenData
 
 RESULTS_FORMAT = "offbyone-metrics"
 RESULTS_VERSION = 4   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data

@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import CorpusError, TokenData, prepare_for
+from .corpora import CorpusError
+from .data import prepare_for
 from .device import DeviceError, autocast_for, pick_device
 from .io import write_json
 from .model import GPT
+from .tokens import TokenData
 
 # Keys that do not change what is computed: a run may resume with them changed.
 RESUME_FREE_KEYS = {"out_dir", "data_root", "device", "compile", "threads", "progress"}
