@@ -221,3 +221,22 @@ def test_resume_accepts_keys_added_later_at_their_default(tmp_path, tiny_corpus,
     with pytest.raises(ConfigError, match="clip_alpha"):   # a value other than the default is refused
         train(tiny_train_config(tmp_path, tiny_corpus, tiny_data.parent, max_steps=4,
                                 checkpoint_fractions=[0.5, 1.0], clip_alpha=2.0))
+
+
+def test_model_options_are_declared_once_in_gptconfig():
+    from dataclasses import fields
+
+    from offbyone.config import MODEL_KEYS, parse_overrides
+    from offbyone.model import GPTConfig
+    assert set(MODEL_KEYS) == {f.name for f in fields(GPTConfig)} - {"vocab_size"}
+    assert set(TrainConfig.keys()) >= set(MODEL_KEYS)
+    cfg = TrainConfig.from_dict({"n_layer": 3, "attention": "sink", "sink_init": 1, "lr": 2e-3})
+    assert cfg.model == GPTConfig(n_layer=3, attention="sink", sink_init=1.0)
+    assert isinstance(cfg.sink_init, float)                        # coerced by GPTConfig's type
+    assert cfg.model_config(99) == GPTConfig(vocab_size=99, n_layer=3, attention="sink", sink_init=1.0)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg             # flat keys round-trip
+    cfg.attention = "softmax1"                                      # writes through to the model
+    assert cfg.model.attention == "softmax1"
+    with pytest.raises(ConfigError, match="unknown configuration key 'n_layers'; valid keys: out_dir"):
+        parse_overrides(["n_layers=2"], TrainConfig.keys())
+    assert parse_overrides(["keeps=0,1"], ["keeps"], list_keys=("keeps",)) == {"keeps": [0, 1]}

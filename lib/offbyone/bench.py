@@ -34,7 +34,13 @@ from pathlib import Path
 import torch
 
 from .attention import VARIANTS, fast_attention, reference_attention
+from .data import prepare_for
+from .device import autocast_for
 from .io import write_csv
+from .model import GPT
+from .pipeline import load_profile, run_config
+from .tokens import TokenData
+from .train import train_step
 
 # glibc: a fixed threshold (bytes) turns off its dynamic adjustment; see the module docstring
 CPU_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -200,78 +206,68 @@ def _peak_memory(variant, impl, T, B, H, D, device) -> dict:
 
 
 def bench_training(profile: str, variants, steps: int, warmup: int, device: str) -> list[dict]:
-    """Tokens/s of every variant at a profile's model size, and where a step's time goes.
-    The variants' steps are interleaved round by round, each on the same batches."""
-    from .data import prepare_for
-    from .tokens import TokenData
-    from .model import GPT
-    from .pipeline import load_profile, run_config
-
-    dev = torch.device(device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
-    runs = {}
-    for variant in variants:  # the profile's recipe, any variant (not only those it trains)
-        cfg = run_config(profile, load_profile(profile)["variants"][0], 0)
-        cfg.attention = variant
-        cfg.validate()
-        data = TokenData(prepare_for(cfg))
-        torch.manual_seed(0)
-        model = GPT(cfg.model_config(data.vocab_size)).to(dev)
-        opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), dev.type)
-        runs[variant] = dict(cfg=cfg, data=data, model=model, opt=opt,
-                             gen=torch.Generator().manual_seed(0),
-                             parts={"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0})
-    names = list(runs)
+    """Tokens/s of every variant at a profile's model size, and where a step's time goes. Each
+    step is the trainer's own `train_step`; the variants' steps are interleaved round by round,
+    each on the same batches."""
+    dev, variants = torch.device(device), list(dict.fromkeys(variants))
+    runs = {v: _training_run(profile, v, dev) for v in variants}
     for i in range(warmup + steps):
-        order = names[i % len(names):] + names[:i % len(names)]
+        order = variants[i % len(variants):] + variants[:i % len(variants)]
         for variant in order:
             r = runs[variant]
-            cfg, model, opt, parts = r["cfg"], r["model"], r["opt"], r["parts"]
             _sync(dev)
-            t0 = time.perf_counter()
-            x, y = r["data"].get_batch("train", cfg.batch_size, cfg.block_size, r["gen"], cfg.bos)
+            t = [time.perf_counter()]
+            x, y = r["data"].get_batch("train", r["cfg"].batch_size, r["cfg"].block_size,
+                                       r["gen"], r["cfg"].bos)
             x, y = x.to(dev), y.to(dev)
-            t1 = time.perf_counter()
-            with autocast:
-                _, loss = model(x, y)
-            _sync(dev)
-            t2 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            _sync(dev)
-            t3 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            loss.item()
-            _sync(dev)
-            t4 = time.perf_counter()
+            t.append(time.perf_counter())
+
+            def lap(part):
+                _sync(dev)
+                t.append(time.perf_counter())
+            train_step(r["model"], r["opt"], x, y, r["cfg"].grad_clip, autocast_for(dev), lap)
             if i >= warmup:
-                for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                    parts[k] += dt
-    rows = []
-    for variant in names:
-        cfg, parts = runs[variant]["cfg"], runs[variant]["parts"]
-        total = sum(parts.values())
-        row = {"variant": variant, "profile": profile, "device": dev.type, "steps": steps,
-               "tokens_per_s": steps * cfg.batch_size * cfg.block_size / total,
-               "step_ms": 1e3 * total / steps, "outside_share": parts["data"] / total,
-               **{f"{k}_share": v / total for k, v in parts.items() if k != "data"},
-               "threads": torch.get_num_threads()}
-        rows.append(row)
-        print(f"{variant:10s} {row['tokens_per_s']:10,.0f} tokens/s  step {row['step_ms']:.1f} ms  "
-              f"outside fwd/bwd/opt {100 * row['outside_share']:.1f}%", flush=True)
+                for k, a, b in zip(r["parts"], t, t[1:]):
+                    r["parts"][k] += b - a
+    rows = [_training_row(profile, v, runs[v], steps, dev) for v in variants]
     base = next((r for r in rows if r["variant"] == "softmax"), None)
     for r in rows:
         r["tokens_per_s_ratio"] = r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
     return rows
 
 
+def _training_run(profile: str, variant: str, dev: torch.device) -> dict:
+    """A fresh model and optimizer of the profile's recipe with `variant`'s attention (any
+    variant, not only those the profile trains)."""
+    cfg = run_config(profile, load_profile(profile)["variants"][0], 0)
+    cfg.attention = variant
+    cfg.validate()
+    data = TokenData(prepare_for(cfg))
+    torch.manual_seed(0)
+    model = GPT(cfg.model_config(data.vocab_size)).to(dev)
+    opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), dev.type)
+    return dict(cfg=cfg, data=data, model=model, opt=opt, gen=torch.Generator().manual_seed(0),
+                parts={"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0})
+
+
+def _training_row(profile: str, variant: str, run: dict, steps: int, dev: torch.device) -> dict:
+    cfg, parts = run["cfg"], run["parts"]
+    total = sum(parts.values())
+    row = {"variant": variant, "profile": profile, "device": dev.type, "steps": steps,
+           "tokens_per_s": steps * cfg.batch_size * cfg.block_size / total,
+           "step_ms": 1e3 * total / steps, "outside_share": parts["data"] / total,
+           **{f"{k}_share": v / total for k, v in parts.items() if k != "data"},
+           "threads": torch.get_num_threads()}
+    print(f"{variant:10s} {row['tokens_per_s']:10,.0f} tokens/s  step {row['step_ms']:.1f} ms  "
+          f"outside fwd/bwd/opt {100 * row['outside_share']:.1f}%", flush=True)
+    return row
+
+
 def run_profile(profile: str, out_root: str = "results") -> Path:
     """The benchmarks a profile asks for (its `bench` options), into results/<profile>/bench/.
     Writes bench.json last, so its presence means the CSVs are complete."""
     from .io import write_json
-    from .pipeline import load_profile, repo_root
+    from .pipeline import repo_root
     from .provenance import provenance
 
     prof = load_profile(profile)

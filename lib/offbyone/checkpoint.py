@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .io import write_torch
+from .config import gpt_config
 from .model import GPT, GPTConfig
 
 CHECKPOINT_FORMAT = "offbyone-checkpoint"
@@ -75,7 +76,7 @@ def load_model(path, map_location="cpu") -> tuple[GPT, dict]:
     """The GPT of a checkpoint, in eval mode, and the checkpoint dict."""
     state = load_checkpoint(path, map_location)
     try:
-        model = GPT(GPTConfig.from_dict(state["model_config"]))
+        model = GPT(gpt_config(state["model_config"]))
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not match the model: {e}") from None

@@ -1,18 +1,21 @@
-"""Run configuration: one dataclass, read from YAML files and `key=value` overrides.
+"""Run configuration: TrainConfig, read from YAML files and `key=value` overrides, and the one
+strict reader (`from_dict`, `parse_overrides`) every configuration class of the package uses.
 
-Every key is checked before any work: unknown keys, wrong types and out-of-range values are
-refused with an error naming the key and what is allowed.
+Model options are declared once, in `GPTConfig`; a TrainConfig holds one (`cfg.model`) and reads
+and writes its keys flat beside its own (`n_layer: 2` in YAML, `cfg.n_layer` in code), so
+profiles, checkpoints and overrides name every key the same way. Every key is checked before
+any work: unknown keys, wrong types and out-of-range values are refused with an error naming
+the key and what is allowed.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from .attention import IMPLEMENTATIONS, VARIANTS
 from .device import DEVICES, valid_device
 from .model import GPTConfig
 from .tokenizer import check_tokenizer
@@ -22,173 +25,57 @@ class ConfigError(ValueError):
     """A configuration key that is unknown, of the wrong type or out of range."""
 
 
-@dataclass
-class TrainConfig:
-    # where
-    out_dir: str = "runs/default"
-    corpus: str = "shakespeare"       # 'shakespeare', 'bigram_backcopy', a UTF-8 file / folder, hf:NAME
-    corpus_fallback: str = ""         # used, with a warning, when `corpus` cannot be reached
-    tokenizer: str = "char"           # char, or bpe (byte-level, trained on the training split)
-    bpe_vocab_size: int = 4096
-    max_tokens: int = 0               # cap on the corpus's training tokens (0: all)
-    text_field: str = "text"          # the text column of an hf: dataset
-    data_root: str = "data"
-    bos: bool = False                 # a beginning-of-sequence token at position 0 of each window
-    # model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    dropout: float = 0.0
-    bias: bool = True
-    attention: str = "softmax1"
-    attention_impl: str = "fast"
-    sink_init: float = 0.0
-    clip_alpha: float = 4.0           # clipped softmax: gamma = -clip_alpha / T
-    gate: str = "none"                # none, gated, outgate: a gate on top of `attention`
-    gate_init: float = 0.25           # gated: initial gate value
-    outgate_mode: str = "elementwise" # outgate: elementwise or headwise
-    # optimisation
-    batch_size: int = 32
-    max_steps: int = 1500
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0            # 0 disables clipping
-    # evaluation, logging, checkpoints
-    eval_interval: int = 250
-    eval_batches: int = 20
-    eval_seed: int = 0                # the fixed validation batches, the same for every run
-    log_interval: int = 10
-    checkpoint_fractions: tuple = (0.25, 0.5, 1.0)
-    # system
-    seed: int = 1337
-    device: str = "auto"              # auto, cpu, cuda, mps
-    compile: bool = False
-    threads: int = 0                  # torch intra-op threads on CPU; 0 leaves torch's default
-    progress: bool = True
+# --------------------------------------------------------------------------------------------
+# The one strict reader
 
-    def __post_init__(self):
-        self.validate()
-
-    # ----------------------------------------------------------------------------------------
-    def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            setattr(self, f.name, _coerce(f.name, value, _field_type(f)))
-        positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps",
-                    "eval_interval", "eval_batches", "log_interval"]
-        for k in positive:
-            if getattr(self, k) < 1:
-                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
-        for k in ("warmup_steps", "threads"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
-        for k in ("lr", "min_lr", "weight_decay", "grad_clip"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
-        if self.lr == 0:
-            raise ConfigError("lr must be > 0")
-        if self.min_lr > self.lr:
-            raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        for k in ("beta1", "beta2"):
-            if not 0 <= getattr(self, k) < 1:
-                raise ConfigError(f"{k} must be in [0, 1), got {getattr(self, k)}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        try:
-            check_tokenizer(self.tokenizer, self.bpe_vocab_size)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if self.max_tokens < 0:
-            raise ConfigError(f"max_tokens must be >= 0, got {self.max_tokens}")
-        if self.attention not in VARIANTS:
-            raise ConfigError(f"attention {self.attention!r} is not one of {', '.join(VARIANTS)}")
-        if self.attention_impl not in IMPLEMENTATIONS:
-            raise ConfigError(f"attention_impl {self.attention_impl!r} is not one of "
-                              f"{', '.join(IMPLEMENTATIONS)}")
-        try:  # the model's own checks (divisibility, gate combinations, option ranges)
-            self.model_config(vocab_size=1)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if not valid_device(self.device):
-            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
-        fr = tuple(float(x) for x in self.checkpoint_fractions)
-        if not fr or any(not 0 < x <= 1 for x in fr) or 1.0 not in fr:
-            raise ConfigError("checkpoint_fractions must be numbers in (0, 1] and include 1.0, "
-                              f"got {list(self.checkpoint_fractions)}")
-        self.checkpoint_fractions = tuple(sorted(set(fr)))
-
-    def checkpoint_steps(self) -> list[int]:
-        return sorted({max(1, round(f * self.max_steps)) for f in self.checkpoint_fractions})
-
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        keys = {f.name for f in fields(GPTConfig)} - {"vocab_size"}
-        return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in keys})
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["checkpoint_fractions"] = list(self.checkpoint_fractions)
-        return d
-
-    # ----------------------------------------------------------------------------------------
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"a configuration must be a mapping of keys to values, got {type(d).__name__}")
-        unknown = [k for k in d if k not in cls.keys()]
-        if unknown:
-            raise ConfigError(f"unknown configuration key(s) {', '.join(map(repr, unknown))}; "
-                              f"valid keys: {', '.join(cls.keys())}")
-        return cls(**d)
-
-    @classmethod
-    def load(cls, path=None, overrides: dict | list[str] | None = None) -> "TrainConfig":
-        """Defaults, then a YAML file, then overrides (a dict, or 'key=value' strings)."""
-        d: dict = {}
-        if path is not None:
-            path = Path(path)
-            if not path.exists():
-                raise ConfigError(f"config file {path} does not exist")
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-            d.update(loaded)
-        if isinstance(overrides, (list, tuple)):
-            overrides = parse_overrides(overrides)
-        d.update(overrides or {})
-        return cls.from_dict(d)
+def check_keys(d, valid, what: str = "configuration") -> None:
+    """Refuse a non-mapping, or keys outside `valid`, naming the valid ones."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a {what} must be a mapping of keys to values, got {type(d).__name__}")
+    unknown = [k for k in d if k not in valid]
+    if unknown:
+        raise ConfigError(f"unknown {what} key{'s' * (len(unknown) > 1)} "
+                          f"{', '.join(map(repr, unknown))}; "
+                          f"valid keys: {', '.join(valid)}")
 
 
-def parse_overrides(items: list[str]) -> dict:
+def coerce_fields(cls, d: dict) -> dict:
+    """d's values as the types `cls` (a dataclass) declares (ints accepted for floats)."""
+    hints = typing.get_type_hints(cls)
+    return {k: _coerce(k, v, hints[k]) for k, v in d.items()}
+
+
+def from_dict(cls, d: dict, what: str = "configuration"):
+    """A dataclass from a mapping: unknown keys and wrong types are refused by name."""
+    check_keys(d, [f.name for f in fields(cls)], what)
+    try:
+        return cls(**coerce_fields(cls, d))
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_overrides(items: list[str], valid, what: str = "configuration",
+                    list_keys=()) -> dict:
+    """'key=value' strings as a dict; values are read as YAML, and for `list_keys` a
+    comma-separated value is a list ('checkpoint_fractions=0.25,1.0')."""
     out = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         k, v = item.split("=", 1)
         k = k.strip()
-        if k not in TrainConfig.keys():
-            raise ConfigError(f"unknown configuration key {k!r}; valid keys: "
-                              f"{', '.join(TrainConfig.keys())}")
+        check_keys({k: None}, valid, what)
         out[k] = yaml.safe_load(v) if v.strip() else ""
-        if k == "checkpoint_fractions" and isinstance(out[k], str):
+        if k in list_keys and isinstance(out[k], str):
             out[k] = [yaml.safe_load(x) for x in out[k].split(",")]
     return out
 
 
-def _field_type(f: dataclasses.Field):
-    hints = typing.get_type_hints(TrainConfig)
-    return hints[f.name]
+def gpt_config(d: dict) -> GPTConfig:
+    """A GPTConfig from a mapping (a checkpoint's `model_config`), strictly."""
+    return from_dict(GPTConfig, d, "model configuration")
 
 
 def _coerce(name: str, value, typ):
@@ -213,3 +100,145 @@ def _coerce(name: str, value, typ):
             return tuple(value)
     raise ConfigError(f"{name} must be of type {getattr(typ, '__name__', typ)}, "
                       f"got {value!r} ({type(value).__name__})")
+
+
+# --------------------------------------------------------------------------------------------
+# TrainConfig
+
+MODEL_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
+
+
+@dataclass
+class TrainConfig:
+    # where
+    out_dir: str = "runs/default"
+    corpus: str = "shakespeare"       # 'shakespeare', 'bigram_backcopy', a UTF-8 file / folder, hf:NAME
+    corpus_fallback: str = ""         # used, with a warning, when `corpus` cannot be reached
+    tokenizer: str = "char"           # char, or bpe (byte-level, trained on the training split)
+    bpe_vocab_size: int = 4096
+    max_tokens: int = 0               # cap on the corpus's training tokens (0: all)
+    text_field: str = "text"          # the text column of an hf: dataset
+    data_root: str = "data"
+    bos: bool = False                 # a beginning-of-sequence token at position 0 of each window
+    # the model: GPTConfig's options, as flat keys (its vocab_size comes from the corpus)
+    model: GPTConfig = field(default_factory=GPTConfig)
+    # optimisation
+    batch_size: int = 32
+    max_steps: int = 1500
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0            # 0 disables clipping
+    # evaluation, logging, checkpoints
+    eval_interval: int = 250
+    eval_batches: int = 20
+    eval_seed: int = 0                # the fixed validation batches, the same for every run
+    log_interval: int = 10
+    checkpoint_fractions: tuple = (0.25, 0.5, 1.0)
+    # system
+    seed: int = 1337
+    device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
+    compile: bool = False
+    threads: int = 0                  # torch intra-op threads on CPU; 0 leaves torch's default
+    progress: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    # model keys read and write through to `model`
+    def __getattr__(self, name):
+        if name in MODEL_KEYS and "model" in self.__dict__:
+            return getattr(self.__dict__["model"], name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in MODEL_KEYS:
+            setattr(self.model, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # ----------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        own = {k: getattr(self, k) for k in self._own_keys()}
+        for k, v in coerce_fields(TrainConfig, own).items():
+            setattr(self, k, v)
+        model = asdict(self.model) if isinstance(self.model, GPTConfig) else self.model
+        self.model = from_dict(GPTConfig, model, "model configuration")
+        for k in ("batch_size", "max_steps", "eval_interval", "eval_batches", "log_interval"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("warmup_steps", "threads", "max_tokens", "lr", "min_lr", "weight_decay",
+                  "grad_clip"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if self.lr == 0:
+            raise ConfigError("lr must be > 0")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        for k in ("beta1", "beta2"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be in [0, 1), got {getattr(self, k)}")
+        try:
+            check_tokenizer(self.tokenizer, self.bpe_vocab_size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not valid_device(self.device):
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        fr = tuple(float(x) for x in self.checkpoint_fractions)
+        if not fr or any(not 0 < x <= 1 for x in fr) or 1.0 not in fr:
+            raise ConfigError("checkpoint_fractions must be numbers in (0, 1] and include 1.0, "
+                              f"got {list(self.checkpoint_fractions)}")
+        self.checkpoint_fractions = tuple(sorted(set(fr)))
+
+    def checkpoint_steps(self) -> list[int]:
+        return sorted({max(1, round(f * self.max_steps)) for f in self.checkpoint_fractions})
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return dataclasses.replace(self.model, vocab_size=vocab_size)
+
+    def to_dict(self) -> dict:
+        """Every key, flat (the model's among the others), as YAML and checkpoints hold them."""
+        d = {k: getattr(self, k) for k in self.keys()}
+        d["checkpoint_fractions"] = list(self.checkpoint_fractions)
+        return d
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def _own_keys(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "model"]
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        own = cls._own_keys()
+        at = own.index("bos") + 1
+        return own[:at] + list(MODEL_KEYS) + own[at:]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        check_keys(d, cls.keys())
+        own = {k: v for k, v in d.items() if k not in MODEL_KEYS}
+        model = {k: v for k, v in d.items() if k in MODEL_KEYS}
+        return cls(**own, model=model)
+
+    @classmethod
+    def load(cls, path=None, overrides: dict | list[str] | None = None) -> "TrainConfig":
+        """Defaults, then a YAML file, then overrides (a dict, or 'key=value' strings)."""
+        d: dict = {}
+        if path is not None:
+            path = Path(path)
+            if not path.exists():
+                raise ConfigError(f"config file {path} does not exist")
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+            d.update(loaded)
+        if isinstance(overrides, (list, tuple)):
+            overrides = parse_overrides(overrides, cls.keys(), list_keys=("checkpoint_fractions",))
+        d.update(overrides or {})
+        return cls.from_dict(d)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, load_model
-from .config import ConfigError
+from .config import ConfigError, check_keys, parse_overrides
 from .device import DEVICES, DeviceError, pick_device, valid_device
 from .io import write_json
 from .corpora import CorpusError
@@ -80,12 +80,12 @@ class MeasureConfig:
             raise ConfigError(str(e)) from None
 
     @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
     def from_dict(cls, d: dict) -> "MeasureConfig":
-        known = [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in known]
-        if unknown:
-            raise ConfigError(f"unknown measurement key(s) {', '.join(map(repr, unknown))}; "
-                              f"valid keys: {', '.join(known)}")
+        check_keys(d, cls.keys(), "measurement")
         return cls(**d)
 
 
@@ -211,7 +211,6 @@ def _jsonable(d):
 
 
 def main(argv=None):
-    import yaml
     ap = argparse.ArgumentParser(description="Measure outliers, sinks and quantization of checkpoints.")
     ap.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt)")
     ap.add_argument("--force", action="store_true", help="measure again even if done")
@@ -219,12 +218,8 @@ def main(argv=None):
                     help=f"measurement options: {', '.join(f.name for f in fields(MeasureConfig))}")
     args = ap.parse_args(argv)
     try:
-        overrides = {}
-        for item in args.set:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            k, v = item.split("=", 1)
-            overrides[k] = yaml.safe_load(v)
+        overrides = parse_overrides(args.set, MeasureConfig.keys(), "measurement",
+                                    list_keys=("windows", "keeps"))
         mc = MeasureConfig.from_dict(overrides)
         for ckpt in args.checkpoints:
             measure(ckpt, mc, force=args.force)

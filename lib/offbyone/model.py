@@ -16,7 +16,7 @@ hook points let measurements attach forward hooks without touching the math:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -75,14 +75,6 @@ class GPTConfig:
             raise ValueError(f"attention {self.attention!r} already has its gate; gate must be "
                              f"'none', or combine a gate with one of {', '.join(plain)}")
         return own if own != "none" else self.gate
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GPTConfig keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        return cls(**d)
 
     def to_dict(self) -> dict:
         return asdict(self)

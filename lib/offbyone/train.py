@@ -105,18 +105,14 @@ def train(cfg: TrainConfig | dict, on_step=None) -> dict:
     if isinstance(cfg, dict):
         cfg = TrainConfig.from_dict(cfg)
     rank, world, local_rank = _distributed()
-    master = rank == 0
-    device = pick_device(cfg.device, local_rank)
-    if cfg.threads and device.type == "cpu":
+    run = _Run(cfg, rank, world, pick_device(cfg.device, local_rank))
+    if cfg.threads and run.device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    out_dir = Path(cfg.out_dir)
-    summary_path = out_dir / "train_summary.json"
-
     # one trainer per run folder: a second one (say, from a restarted `make` while a killed
     # one's kernel still runs) waits for the first, then resumes from what it left
-    lock = _lock_run(out_dir) if master else None
+    lock = _lock_run(run.out_dir) if run.master else None
     try:
-        return _train(cfg, on_step, rank, world, local_rank, master, device, out_dir, summary_path)
+        return _train(cfg, run, on_step)
     finally:
         if lock is not None:
             lock.close()
@@ -137,154 +133,229 @@ def _lock_run(out_dir: Path):
     return f
 
 
-def _train(cfg, on_step, rank, world, local_rank, master, device, out_dir, summary_path):
-    # data (prepared once, by the first process)
-    if master:
-        data_dir = prepare_for(cfg)
-    if world > 1:
-        dist.barrier()
-        data_dir = prepare_for(cfg)
-    data = TokenData(data_dir)
+def train_step(model, optimizer, x, y, grad_clip: float, autocast, lap=None) -> torch.Tensor:
+    """One optimisation step on a batch: forward, backward, clip, update. Returns the loss.
 
-    # resume from the latest checkpoint, if any
-    ckpts = list_checkpoints(out_dir)
+    Raises FloatingPointError on a non-finite loss, before any weight changes. `lap(part)`, if
+    given, is called after the forward, the backward and the update (the benchmark times the
+    parts with it)."""
+    with autocast:
+        _, loss = model(x, y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss.item()}")
+    lap and lap("forward")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    lap and lap("backward")
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    lap and lap("optimizer")
+    return loss
+
+
+def _train(cfg: TrainConfig, run: "_Run", on_step) -> dict:
+    """The loop. Resume, the log, throughput, checkpoints and the summary are helpers below."""
+    data = TokenData(run.prepare_data())
+    ckpts = list_checkpoints(run.out_dir)
     state = load_checkpoint(ckpts[-1]) if ckpts else None
     if state is not None:
         _check_resumable(state, cfg, ckpts[-1])
-        if state["step"] >= cfg.max_steps and summary_path.exists():
-            if master:
-                print(f"{out_dir}: already trained to step {state['step']}; nothing to do")
-            return json.loads(summary_path.read_text())
-
-    torch.manual_seed(cfg.seed)
-    mconf = cfg.model_config(data.vocab_size)
-    model = GPT(mconf).to(device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
-                                          device.type)
-    data_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
-    start, elapsed, val_loss = 0, 0.0, None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        elapsed = state["extra"].get("elapsed_s", 0.0)
-        val_loss = state["extra"].get("val_loss")
-        rng = state["rng"]
-        if len(rng["data"]) != world:
-            raise ConfigError(f"checkpoint {ckpts[-1]} was written by {len(rng['data'])} "
-                              f"process(es); resume it with as many, not {world}")
-        torch.set_rng_state(rng["torch"][rank])
-        data_gen.set_state(rng["data"][rank])
-        if device.type == "cuda" and rng.get("cuda"):
-            torch.cuda.set_rng_state(rng["cuda"][rank], device)
-
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    autocast = autocast_for(device)
-
+        if state["step"] >= cfg.max_steps and run.summary_path.exists():
+            if run.master:
+                print(f"{run.out_dir}: already trained to step {state['step']}; nothing to do")
+            return json.loads(run.summary_path.read_text())
+    model, optimizer, gen, start, val_loss = run.build(data, state, ckpts[-1] if ckpts else None)
     eval_gen = torch.Generator().manual_seed(cfg.eval_seed)
     eval_batches = [data.get_batch("val", cfg.batch_size, cfg.block_size, eval_gen, cfg.bos)
                     for _ in range(cfg.eval_batches)]
-
-    log_path = out_dir / "log.jsonl"
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # drop log lines past the checkpoint we resume from, so the log matches the weights
-        lines = log_path.read_text().splitlines() if log_path.exists() else []
-        kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= start]
-        log_path.write_text("".join(l + "\n" for l in kept))
-    log = open(log_path, "a") if master else None
-
-    def write_log(rec):
-        if log is not None:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-
-    ckpt_steps = set(cfg.checkpoint_steps())
-    tokens_per_step = cfg.batch_size * cfg.block_size * world
-    last_ckpt = ckpts[-1] if ckpts else None
+    log = _RunLog(run.out_dir / "log.jsonl", start, run.master)
     if start == 0:
-        val_loss = evaluate(raw_model, eval_batches, device, autocast)
-        write_log({"step": 0, "val_loss": val_loss, "elapsed_s": 0.0})
-    # in a terminal the bar redraws in place; in logs (papermill, CI) a line every 10 s is enough
-    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress),
-               desc=f"{cfg.attention} seed {cfg.seed}", unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+        val_loss = evaluate(run.raw_model, eval_batches, run.device, run.autocast)
+        log.write({"step": 0, "val_loss": val_loss, "elapsed_s": 0.0})
+    bar, meter = _progress_bar(cfg, start, run.master), _Meter(cfg.batch_size * cfg.block_size * run.world)
+    last_ckpt, ckpt_steps = (ckpts[-1] if ckpts else None), set(cfg.checkpoint_steps())
     model.train()
-    t_last, tokens_since, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
-    tokens_per_s = None
     for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, data_gen, cfg.bos)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast:
-            _, loss = model(x, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {step + 1} (attention {cfg.attention}, "
-                f"seed {cfg.seed}); stopped. Last good checkpoint: {last_ckpt or 'none'}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        lr = _set_lr(optimizer, lr_at(step, cfg))
+        x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, gen, cfg.bos)
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        try:
+            loss = train_step(model, optimizer, x, y, cfg.grad_clip, run.autocast)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{e} at step {step + 1} (attention {cfg.attention}, seed "
+                                     f"{cfg.seed}); stopped. Last good checkpoint: "
+                                     f"{last_ckpt or 'none'}") from None
         done = step + 1
-        elapsed += time.perf_counter() - t0
-        loss_acc += loss.item()
-        n_acc += 1
-        tokens_since += tokens_per_step
-        rec = {}
-        if done % cfg.log_interval == 0 or done == cfg.max_steps:
-            now = time.perf_counter()
-            tokens_per_s = tokens_since / max(now - t_last, 1e-9)
-            rec.update(train_loss=loss_acc / n_acc, lr=lr, tokens_per_s=tokens_per_s)
-            t_last, tokens_since, loss_acc, n_acc = now, 0, 0.0, 0
-            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        run.elapsed += time.perf_counter() - t0
+        logging = done % cfg.log_interval == 0 or done == cfg.max_steps
+        rec = meter.add(loss.item(), lr if logging else None, bar)
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
-            val_loss = evaluate(raw_model, eval_batches, device, autocast)
-            rec["val_loss"] = val_loss
-            t_last = time.perf_counter()  # evaluation time is not training throughput
+            rec["val_loss"] = val_loss = evaluate(run.raw_model, eval_batches, run.device, run.autocast)
+            meter.skip_time()                  # evaluation time is not training throughput
         if rec:
-            write_log({"step": done, **rec, "elapsed_s": elapsed})
+            log.write({"step": done, **rec, "elapsed_s": run.elapsed})
         if done in ckpt_steps:
-            rng = {"torch": _gather(torch.get_rng_state(), world),
-                   "data": _gather(data_gen.get_state(), world)}
-            if device.type == "cuda":
-                rng["cuda"] = _gather(torch.cuda.get_rng_state(device).cpu(), world)
-            last_ckpt = checkpoint_path(out_dir, done)
-            if master:
-                save_checkpoint(last_ckpt, config=cfg.to_dict(), model_config=mconf,
-                                model=raw_model, optimizer=optimizer, step=done, rng=rng,
-                                extra={"elapsed_s": elapsed, "val_loss": val_loss,
-                                       "world_size": world,
-                                       "data_dir": str(Path(data_dir).resolve())})
-            if world > 1:
-                dist.barrier()
+            last_ckpt = run.save(done, optimizer, gen, val_loss)
         bar.update(1)
         if on_step is not None:
             on_step(done)
     bar.close()
-
-    summary = {"out_dir": str(out_dir), "attention": cfg.attention, "seed": cfg.seed,
-               "steps": cfg.max_steps, "final_checkpoint": str(checkpoint_path(out_dir, cfg.max_steps)),
-               "val_loss": val_loss, "tokens_per_s": tokens_per_s, "train_elapsed_s": elapsed,
-               "world_size": world, "device": str(device), "n_params": raw_model.num_params()}
-    if world > 1:
-        flat = torch.cat([p.detach().float().flatten().cpu() for p in raw_model.parameters()])
-        summary["ddp_params_agree"] = all(torch.equal(flat, other)
-                                          for other in _gather(flat, world))
-    if master:
-        write_log({"step": cfg.max_steps, "event": "done", **summary})
-        write_json(summary_path, summary)
-        log.close()
+    summary = run.summary(val_loss, meter.tokens_per_s)
+    if run.master:
+        log.write({"step": cfg.max_steps, "event": "done", **summary})
+        write_json(run.summary_path, summary)
+    log.close()
     return summary
+
+
+def _set_lr(optimizer, lr: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _progress_bar(cfg: TrainConfig, start: int, master: bool):
+    # in a terminal the bar redraws in place; in logs (papermill, CI) a line every 10 s is enough
+    return tqdm(total=cfg.max_steps, initial=start, disable=not (master and cfg.progress),
+                desc=f"{cfg.attention} seed {cfg.seed}", unit="step", dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+
+class _Meter:
+    """Training loss and tokens/s averaged over the steps since the last log line."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step, self.tokens_per_s = tokens_per_step, None
+        self.restart()
+        self.loss, self.n = 0.0, 0
+
+    def restart(self) -> None:
+        self.t_last, self.tokens = time.perf_counter(), 0
+
+    def skip_time(self) -> None:
+        self.t_last = time.perf_counter()
+
+    def add(self, loss: float, lr: float | None = None, bar=None) -> dict:
+        """Count one step; with `lr` (a logging step) return the log record and start over."""
+        self.loss, self.n, self.tokens = self.loss + loss, self.n + 1, self.tokens + self.tokens_per_step
+        if lr is None:
+            return {}
+        self.tokens_per_s = self.tokens / max(time.perf_counter() - self.t_last, 1e-9)
+        rec = {"train_loss": self.loss / self.n, "lr": lr, "tokens_per_s": self.tokens_per_s}
+        self.restart()
+        self.loss, self.n = 0.0, 0
+        bar.set_postfix(loss=f"{rec['train_loss']:.3f}", tok_s=f"{self.tokens_per_s:,.0f}")
+        return rec
+
+
+class _RunLog:
+    """log.jsonl of a run: on resume, lines past the checkpoint resumed from are dropped, so
+    the log matches the weights. Only the master process writes."""
+
+    def __init__(self, path: Path, start: int, master: bool):
+        self.file = None
+        if master:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lines = path.read_text().splitlines() if path.exists() else []
+            kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= start]
+            path.write_text("".join(l + "\n" for l in kept))
+            self.file = open(path, "a")
+
+    def write(self, rec: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class _Run:
+    """One training process's place in a run: its rank, device, folder, model and clock."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.master = rank == 0
+        self.out_dir = Path(cfg.out_dir)
+        self.summary_path = self.out_dir / "train_summary.json"
+        self.autocast = autocast_for(device)
+        self.elapsed = 0.0
+
+    def prepare_data(self) -> Path:
+        """The corpus, prepared once (by the first process; the others wait, then find it)."""
+        if self.master:
+            self.data_dir = prepare_for(self.cfg)
+        if self.world > 1:
+            dist.barrier()
+            self.data_dir = prepare_for(self.cfg)
+        return self.data_dir
+
+    def build(self, data: TokenData, state: dict | None, path: Path | None):
+        """(model to train, optimizer, data generator, first step, last val loss): fresh, or
+        restored exactly from a checkpoint's weights, optimizer and RNG states."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.mconf = cfg.model_config(data.vocab_size)
+        self.raw_model = model = GPT(self.mconf).to(self.device)
+        optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
+                                              self.device.type)
+        gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * self.rank)
+        start, val_loss = 0, None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, self.elapsed = state["step"], state["extra"].get("elapsed_s", 0.0)
+            val_loss = state["extra"].get("val_loss")
+            self._restore_rng(state["rng"], gen, path)
+        if cfg.compile:
+            model = torch.compile(model)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return model, optimizer, gen, start, val_loss
+
+    def _restore_rng(self, rng: dict, gen: torch.Generator, path: Path) -> None:
+        if len(rng["data"]) != self.world:
+            raise ConfigError(f"checkpoint {path} was written by {len(rng['data'])} "
+                              f"process(es); resume it with as many, not {self.world}")
+        torch.set_rng_state(rng["torch"][self.rank])
+        gen.set_state(rng["data"][self.rank])
+        if self.device.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"][self.rank], self.device)
+
+    def save(self, step: int, optimizer, gen: torch.Generator, val_loss) -> Path:
+        """A checkpoint of every process's RNG states (the master writes it); returns its path."""
+        rng = {"torch": _gather(torch.get_rng_state(), self.world),
+               "data": _gather(gen.get_state(), self.world)}
+        if self.device.type == "cuda":
+            rng["cuda"] = _gather(torch.cuda.get_rng_state(self.device).cpu(), self.world)
+        path = checkpoint_path(self.out_dir, step)
+        if self.master:
+            save_checkpoint(path, config=self.cfg.to_dict(), model_config=self.mconf,
+                            model=self.raw_model, optimizer=optimizer, step=step, rng=rng,
+                            extra={"elapsed_s": self.elapsed, "val_loss": val_loss,
+                                   "world_size": self.world,
+                                   "data_dir": str(Path(self.data_dir).resolve())})
+        if self.world > 1:
+            dist.barrier()
+        return path
+
+    def summary(self, val_loss, tokens_per_s) -> dict:
+        cfg = self.cfg
+        out = {"out_dir": str(self.out_dir), "attention": cfg.attention, "seed": cfg.seed,
+               "steps": cfg.max_steps,
+               "final_checkpoint": str(checkpoint_path(self.out_dir, cfg.max_steps)),
+               "val_loss": val_loss, "tokens_per_s": tokens_per_s,
+               "train_elapsed_s": self.elapsed, "world_size": self.world,
+               "device": str(self.device), "n_params": self.raw_model.num_params()}
+        if self.world > 1:
+            flat = torch.cat([p.detach().float().flatten().cpu() for p in self.raw_model.parameters()])
+            out["ddp_params_agree"] = all(torch.equal(flat, other)
+                                          for other in _gather(flat, self.world))
+        return out
 
 
 def main(argv=None):
