@@ -112,98 +112,124 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     """Measure `checkpoint`, write `<checkpoint>.metrics.json` and return the results."""
     mc = MeasureConfig.from_dict(config) if isinstance(config, dict) else (config or MeasureConfig())
     out = results_path(checkpoint)
-    if out.exists() and not force:
-        try:
-            old = json.loads(out.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if (old.get("format") == RESULTS_FORMAT and old.get("version") == RESULTS_VERSION
-                and old.get("measure_config") == _jsonable(asdict(mc))):
-            if verbose:
-                print(f"{out} exists; skipping (force to measure again)")
-            return old
+    old = _measured(out, mc) if not force else None
+    if old is not None:
+        if verbose:
+            print(f"{out} exists; skipping (force to measure again)")
+        return old
     t0 = time.perf_counter()
-    if mc.threads:
-        torch.set_num_threads(mc.threads)
-    device = pick_device(mc.device)
-    model, state = load_model(checkpoint)
-    model = model.float().eval().to(device)
-    cfg = state["config"]
-    data = _data_for(state)
-    T, bos = model.config.block_size, cfg["bos"]
-    classes = {k: v.to(device) for k, v in
-               token_classes(data.itos, data.bos_id if bos else None,
-                             data.meta.get("token_classes")).items()}
 
     def log(msg):
         if verbose:
             print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
-    val_x, val_y = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
-    test_x, test_y = _windows(data, "test", mc.loss_seqs, T, bos, mc.seed + 1, device)
-    act_x = val_x[: mc.act_seqs]
+    if mc.threads:
+        torch.set_num_threads(mc.threads)
+    device = pick_device(mc.device)
+    model, state = load_model(checkpoint)
+    model = model.float().eval().to(device)
+    cfg, data = state["config"], _data_for(state)
+    T, bos = model.config.block_size, cfg["bos"]
+    classes = {k: v.to(device) for k, v in
+               token_classes(data.itos, data.bos_id if bos else None,
+                             data.meta.get("token_classes")).items()}
+    val = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
+    test = _windows(data, "test", mc.loss_seqs, T, bos, mc.seed + 1, device)
+    act_x = val[0][: mc.act_seqs]
     log(f"measuring {checkpoint} ({cfg['attention']}, seed {cfg['seed']}, step {state['step']})")
-    val_loss, test_loss = loss_on(model, val_x, val_y), loss_on(model, test_x, test_y)
-    log(f"losses: val {val_loss:.4f}, test {test_loss:.4f}")
-    by_class = {}
-    if "trigger" in classes:   # the testbed: copy positions (after a trigger) and the others
-        by_class["trigger"] = loss_by_class(model, val_x, val_y, classes["trigger"])
-        log(f"loss after a trigger {by_class['trigger']['in_class']:.4f}, "
-            f"elsewhere {by_class['trigger']['other']:.4f}")
+    losses = _losses(model, val, test, classes, data, log)
     acts = activation_statistics(model, act_x, classes)
     summary = summarize_activations(acts["modules"])
     log(f"activations: avg kurtosis {summary['all']['avg_kurtosis']:.2f}, "
         f"max inf-norm {summary['all']['max_inf_norm']:.2f}")
     attn = attention_statistics(model, act_x, classes)
-    sink_T = min(SINK_T, T)
-    attn64 = attention_statistics(model, act_x[:, :sink_T], classes)
-    log(f"attention: sink rate (T={sink_T}) {attn64['sink_rate']:.3f}, "
+    attn64 = attention_statistics(model, act_x[:, :min(SINK_T, T)], classes)
+    log(f"attention: sink rate (T={attn64['T']}) {attn64['sink_rate']:.3f}, "
         f"mean abstention {attn['mean_abstention']:.3f}")
     windowed = None
     if state["step"] == cfg["max_steps"] and mc.windows:   # the final checkpoint only
-        windowed = {split: windowed_losses(model, x, y, mc.windows, mc.keeps or (0,))
-                    for split, (x, y) in (("val", (val_x, val_y)), ("test", (test_x, test_y)))}
-        if windowed["val"]["grid"]:
-            log("sliding window (val): " + ", ".join(
-                f"W{c['window']}/k{c['keep']} {c['loss']:.3f}" for c in windowed["val"]["grid"]))
+        windowed = _windowed(model, val, test, mc, log)
     wk = weight_kurtosis(model)
-    g = torch.Generator().manual_seed(mc.seed + 2)
-    calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
-             for _ in range(mc.calib_batches)]
-    quant = sweep(model, calib, val_x, val_y, mc.bit_widths, fp_loss=val_loss,
-                  weight_granularity=mc.weight_granularity, weight_method=mc.weight_method,
-                  act_method=mc.act_method)
+    quant = _quantization(model, data, mc, T, bos, val, losses["val"], device)
     log("quantization: " + ", ".join(f"{r['config']} gap {r['gap']:+.4f}" for r in quant))
     wall = time.perf_counter() - t0
     results = {
         "format": RESULTS_FORMAT, "version": RESULTS_VERSION,
         "checkpoint": str(checkpoint), "variant": cfg["attention"], "seed": cfg["seed"],
         "step": state["step"], "max_steps": cfg["max_steps"], "config": cfg,
-        "measure_config": _jsonable(asdict(mc)),
-        "losses": {"val": val_loss, "test": test_loss, "val_bits_per_token": bits_per_token(val_loss),
-                   "test_bits_per_token": bits_per_token(test_loss), "tokenizer": data.meta["tokenizer"],
-                   "by_class": by_class},
+        "measure_config": _jsonable(asdict(mc)), "losses": losses,
         "activations": summary, "modules": acts["modules"], "base_rates": acts["base_rates"],
         "weights": {"kurtosis": wk, "avg_kurtosis": sum(wk.values()) / len(wk),
                     "max_kurtosis": max(wk.values())},
         "attention": attn, "attention_T64": attn64, "windowed": windowed,
-        "data": {"dir": str(data.dir), "tokenizer": data.meta.get("tokenizer"),
-                 "vocab_size": data.vocab_size, "source": data.meta.get("source"),
-                 "corpus": corpus_of(data.meta), "asked_for": cfg["corpus"],
-                 "fell_back": fell_back(cfg, data.meta),
-                 "max_tokens": data.meta.get("max_tokens", 0),
-                 "splits": {k: {kk: v.get(kk) for kk in ("tokens", "chars", "sha256")}
-                            | {"works": len(v.get("works", []))}
-                            for k, v in data.meta["splits"].items()}},
-        "quant": quant,
-        "quant_notes": "fake quant; weights symmetric, activations asymmetric per tensor with "
-                       "static calibrated ranges; final LayerNorm and LM head in full precision",
+        "data": _data_summary(data, cfg), "quant": quant, "quant_notes": QUANT_NOTES,
         "provenance": {**provenance(device), "measure_wall_s": wall,
                        "train_wall_s": state.get("extra", {}).get("elapsed_s")},
     }
     write_json(out, results)
     log(f"wrote {out} in {wall:.1f}s")
     return results
+
+
+QUANT_NOTES = ("fake quant; weights symmetric, activations asymmetric per tensor with "
+               "static calibrated ranges; final LayerNorm and LM head in full precision")
+
+
+def _measured(out: Path, mc: MeasureConfig) -> dict | None:
+    """The results already in `out`, if they are of this version and measurement config."""
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if (old.get("format") == RESULTS_FORMAT and old.get("version") == RESULTS_VERSION
+            and old.get("measure_config") == _jsonable(asdict(mc))):
+        return old
+    return None
+
+
+def _losses(model, val, test, classes, data, log) -> dict:
+    """Validation and test loss (nats and bits per token); on the testbed, the loss after a
+    trigger (copy positions) and elsewhere."""
+    val_loss, test_loss = loss_on(model, *val), loss_on(model, *test)
+    log(f"losses: val {val_loss:.4f}, test {test_loss:.4f}")
+    by_class = {}
+    if "trigger" in classes:
+        by_class["trigger"] = loss_by_class(model, *val, classes["trigger"])
+        log(f"loss after a trigger {by_class['trigger']['in_class']:.4f}, "
+            f"elsewhere {by_class['trigger']['other']:.4f}")
+    return {"val": val_loss, "test": test_loss, "val_bits_per_token": bits_per_token(val_loss),
+            "test_bits_per_token": bits_per_token(test_loss), "tokenizer": data.meta["tokenizer"],
+            "by_class": by_class}
+
+
+def _windowed(model, val, test, mc: MeasureConfig, log) -> dict:
+    windowed = {split: windowed_losses(model, x, y, mc.windows, mc.keeps or (0,))
+                for split, (x, y) in (("val", val), ("test", test))}
+    if windowed["val"]["grid"]:
+        log("sliding window (val): " + ", ".join(
+            f"W{c['window']}/k{c['keep']} {c['loss']:.3f}" for c in windowed["val"]["grid"]))
+    return windowed
+
+
+def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device) -> list[dict]:
+    g = torch.Generator().manual_seed(mc.seed + 2)
+    calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
+             for _ in range(mc.calib_batches)]
+    return sweep(model, calib, *val, mc.bit_widths, fp_loss=fp_loss,
+                 weight_granularity=mc.weight_granularity, weight_method=mc.weight_method,
+                 act_method=mc.act_method)
+
+
+def _data_summary(data: TokenData, cfg: dict) -> dict:
+    """The prepared corpus the checkpoint was measured on, and whether it was a fallback."""
+    return {"dir": str(data.dir), "tokenizer": data.meta.get("tokenizer"),
+            "vocab_size": data.vocab_size, "source": data.meta.get("source"),
+            "corpus": corpus_of(data.meta), "asked_for": cfg["corpus"],
+            "fell_back": fell_back(cfg, data.meta),
+            "max_tokens": data.meta.get("max_tokens", 0),
+            "splits": {k: {kk: v.get(kk) for kk in ("tokens", "chars", "sha256")}
+                       | {"works": len(v.get("works", []))}
+                       for k, v in data.meta["splits"].items()}}
 
 
 def _jsonable(d):

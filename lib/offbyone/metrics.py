@@ -190,6 +190,82 @@ def summarize_activations(modules: dict) -> dict:
     return {"all": agg(names), "by_kind": {k: agg(v) for k, v in kinds.items()}}
 
 
+class _AttentionSums:
+    """Running sums, per layer and head, over the queries of every sequence seen: attention on
+    the first key, on it from late queries (t >= T/2), on delimiter keys, the abstention mass,
+    gate values, and (on the testbed) the first key's attention split by trigger queries."""
+
+    def __init__(self, L: int, H: int, has_trigger: bool, has_gate: bool):
+        def zeros():
+            return torch.zeros(L, H, dtype=torch.float64)
+        self.H = H
+        self.first, self.first_late, self.delimiter, self.abstain = zeros(), zeros(), zeros(), zeros()
+        self.first_trig = zeros() if has_trigger else None
+        self.first_other = zeros() if has_trigger else None
+        self.gate = zeros() if has_gate else None
+        self.n_seqs, self.n_trig, self.n_other = 0, 0, 0
+        self.delim = self.trigger = None                           # the current batch's classes
+
+    def batch(self, x: torch.Tensor, classes: dict) -> None:
+        self.delim = classes["delimiter"][x]
+        self.n_seqs += len(x)
+        if self.first_trig is not None:
+            self.trigger = classes["trigger"][x]
+            self.n_trig += int(self.trigger.sum())
+            self.n_other += int((~self.trigger).sum())
+
+    def add_probs(self, li: int, p: torch.Tensor) -> None:
+        p = _wide(p)                                                # (B, H, T, T)
+        T = p.shape[-1]
+        self.first[li] += p[..., 0].mean(-1).sum(0).cpu()
+        self.first_late[li] += p[:, :, T // 2:, 0].mean(-1).sum(0).cpu()
+        key_delim = self.delim.to(p.dtype)[:, None, None, :]       # (B, 1, 1, T)
+        self.delimiter[li] += (p * key_delim).sum(-1).mean(-1).sum(0).cpu()
+        self.abstain[li] += (1.0 - p.sum(-1)).mean(-1).sum(0).cpu()
+        if self.first_trig is not None:
+            q = self.trigger.to(p.dtype)[:, None, :]                # (B, 1, T)
+            self.first_trig[li] += (p[..., 0] * q).sum((0, 2)).cpu()
+            self.first_other[li] += (p[..., 0] * (1 - q)).sum((0, 2)).cpu()
+
+    def add_gate(self, li: int, g: torch.Tensor, headwise: bool) -> None:
+        g = _wide(g)
+        if headwise:                                                # (B, H, T) -> (B, H)
+            per_head = g.mean(-1)
+        else:                                                       # (B, T, C) -> (B, H)
+            per_head = g.view(g.shape[0], g.shape[1], self.H, -1).mean((1, 3))
+        self.gate[li] += per_head.sum(0).cpu()
+
+    def result(self, T: int) -> dict:
+        n = self.n_seqs
+        first, late = self.first / n, self.first_late / n
+        delimiter, abstain = self.delimiter / n, self.abstain / n
+        gate = self.gate / n if self.gate is not None else None
+        split = {}
+        if self.first_trig is not None:
+            trig = self.first_trig / max(self.n_trig, 1)
+            other = self.first_other / max(self.n_other, 1)
+            split = {"first_position_trigger_queries": trig.tolist(),
+                     "first_position_other_queries": other.tolist(),
+                     "mean_first_position_trigger_queries": trig.mean().item(),
+                     "mean_first_position_other_queries": other.mean().item(),
+                     "max_head_first_position_other_queries": other.max().item(),
+                     "n_trigger_queries": self.n_trig}
+        return {"T": T, **split,
+                "first_position": first.tolist(),
+                "first_position_late_queries": late.tolist(),
+                "delimiter": delimiter.tolist(),
+                "abstention": abstain.tolist(),
+                "mean_first_position": first.mean().item(),
+                "max_head_first_position": first.max().item(),
+                "mean_abstention": abstain.mean().item(),
+                "mean_delimiter": delimiter.mean().item(),
+                "uniform_first_position": uniform_first_position_mass(T),
+                "sink_rate": (first > SINK_THRESHOLD).double().mean().item(),
+                "sink_threshold": SINK_THRESHOLD,
+                "gate": gate.tolist() if gate is not None else None,
+                "mean_gate": gate.mean().item() if gate is not None else None}
+
+
 @torch.no_grad()
 def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: int = 16) -> dict:
     """Per layer and head: mean attention on the first position and on delimiter keys, and the
@@ -197,86 +273,26 @@ def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: i
     queries of all sequences. Needs the reference path (materialised probabilities)."""
     old_impl = model.blocks[0].attn.impl
     model.set_attention_impl("reference")
-    L, H = len(model.blocks), model.config.n_head
-    sums = {k: torch.zeros(L, H, dtype=torch.float64)
-            for k in ("first", "delimiter", "abstain", "first_late")}
-    current, count = {}, {"n": 0}
-    handles = []
-    has_trigger = "trigger" in classes
-    if has_trigger:
-        sums.update(first_trig=torch.zeros(L, H, dtype=torch.float64),
-                    first_other=torch.zeros(L, H, dtype=torch.float64))
-        n_q = {"trig": 0, "other": 0}
     has_gate = model.blocks[0].attn.gate != "none"
-    if has_gate:
-        sums["gate"] = torch.zeros(L, H, dtype=torch.float64)
-        for li, b in enumerate(model.blocks):
-            headwise = b.attn.gate == "gated" or b.attn.outgate_mode == "headwise"
-
-            def gate_hook(m, i, g, li=li, headwise=headwise):
-                g = _wide(g)
-                if headwise:                                         # (B, H, T) -> (B, H)
-                    per_head = g.mean(-1)
-                else:                                                # (B, T, C) -> (B, H)
-                    per_head = g.view(g.shape[0], g.shape[1], H, -1).mean((1, 3))
-                sums["gate"][li] += per_head.sum(0).cpu()
-            handles.append(b.attn.hook_gate.register_forward_hook(gate_hook))
+    sums = _AttentionSums(len(model.blocks), model.config.n_head, "trigger" in classes, has_gate)
+    handles = []
     for li, b in enumerate(model.blocks):
-        def hook(m, i, p, li=li):
-            p = _wide(p)                                            # (B, H, T, T)
-            T = p.shape[-1]
-            sums["first"][li] += p[..., 0].mean(-1).sum(0).cpu()
-            sums["first_late"][li] += p[:, :, T // 2:, 0].mean(-1).sum(0).cpu()
-            key_delim = current["delim"].to(p.dtype)[:, None, None, :]  # (B, 1, 1, T)
-            sums["delimiter"][li] += (p * key_delim).sum(-1).mean(-1).sum(0).cpu()
-            sums["abstain"][li] += (1.0 - p.sum(-1)).mean(-1).sum(0).cpu()
-            if has_trigger:
-                q = current["trigger"].to(p.dtype)[:, None, :]            # (B, 1, T)
-                sums["first_trig"][li] += (p[..., 0] * q).sum((0, 2)).cpu()
-                sums["first_other"][li] += (p[..., 0] * (1 - q)).sum((0, 2)).cpu()
-        handles.append(b.attn.hook_probs.register_forward_hook(hook))
+        handles.append(b.attn.hook_probs.register_forward_hook(
+            lambda m, i, p, li=li: sums.add_probs(li, p)))
+        if has_gate:
+            headwise = b.attn.gate == "gated" or b.attn.outgate_mode == "headwise"
+            handles.append(b.attn.hook_gate.register_forward_hook(
+                lambda m, i, g, li=li, hw=headwise: sums.add_gate(li, g, hw)))
     try:
         for s in range(0, len(seqs), batch_size):
             x = seqs[s:s + batch_size]
-            current["delim"] = classes["delimiter"][x]
-            count["n"] += len(x)
-            if has_trigger:
-                current["trigger"] = classes["trigger"][x]
-                n_q["trig"] += int(current["trigger"].sum())
-                n_q["other"] += int((~current["trigger"]).sum())
+            sums.batch(x, classes)
             model(x)
     finally:
         for h in handles:
             h.remove()
         model.set_attention_impl(old_impl)
-    mean = {k: (v / count["n"]) for k, v in sums.items() if not k.startswith("first_")
-            or k == "first_late"}
-    T = seqs.shape[1]
-    first = mean["first"]
-    split = {}
-    if has_trigger:
-        trig = sums["first_trig"] / max(n_q["trig"], 1)
-        other = sums["first_other"] / max(n_q["other"], 1)
-        split = {"first_position_trigger_queries": trig.tolist(),
-                 "first_position_other_queries": other.tolist(),
-                 "mean_first_position_trigger_queries": trig.mean().item(),
-                 "mean_first_position_other_queries": other.mean().item(),
-                 "max_head_first_position_other_queries": other.max().item(),
-                 "n_trigger_queries": n_q["trig"]}
-    return {"T": T, **split,
-            "first_position": first.tolist(),
-            "first_position_late_queries": mean["first_late"].tolist(),
-            "delimiter": mean["delimiter"].tolist(),
-            "abstention": mean["abstain"].tolist(),
-            "mean_first_position": first.mean().item(),
-            "max_head_first_position": first.max().item(),
-            "mean_abstention": mean["abstain"].mean().item(),
-            "mean_delimiter": mean["delimiter"].mean().item(),
-            "uniform_first_position": uniform_first_position_mass(T),
-            "sink_rate": (first > SINK_THRESHOLD).double().mean().item(),
-            "sink_threshold": SINK_THRESHOLD,
-            "gate": mean["gate"].tolist() if has_gate else None,
-            "mean_gate": mean["gate"].mean().item() if has_gate else None}
+    return sums.result(seqs.shape[1])
 
 
 @torch.no_grad()
