@@ -167,7 +167,7 @@ build/$(1)/notebooks/03_measure-%.ipynb: notebooks/03_measure.ipynb build/$(1)/n
 endef
 $(foreach p,$(PROFILE) $(TESTBED) $(ABLATIONS),$(eval $(call STUDY_RULES,$(p))))
 
-$(NB)/04_report.ipynb: notebooks/04_report.ipynb lib/offbyone/report.py paper/published.csv \
+$(NB)/04_report.ipynb: notebooks/04_report.ipynb $(wildcard lib/offbyone/report/*.py) paper/published.csv \
                        $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) \
                        $(COMPANION_MEASURES)
 	$(call RUN_NB,report,04_report) -p profile $(PROFILE)

@@ -130,9 +130,7 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     model = model.float().eval().to(device)
     cfg, data = state["config"], _data_for(state)
     T, bos = model.config.block_size, cfg["bos"]
-    classes = {k: v.to(device) for k, v in
-               token_classes(data.itos, data.bos_id if bos else None,
-                             data.meta.get("token_classes")).items()}
+    classes = _classes(data, bos, device)
     val = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
     test = _windows(data, "test", mc.loss_seqs, T, bos, mc.seed + 1, device)
     act_x = val[0][: mc.act_seqs]
@@ -173,6 +171,12 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
 
 QUANT_NOTES = ("fake quant; weights symmetric, activations asymmetric per tensor with "
                "static calibrated ranges; final LayerNorm and LM head in full precision")
+
+
+def _classes(data: TokenData, bos: bool, device) -> dict:
+    """Token classes (delimiters, BOS, the testbed's triggers) as boolean masks over ids."""
+    return {k: v.to(device) for k, v in token_classes(
+        data.itos, data.bos_id if bos else None, data.meta.get("token_classes")).items()}
 
 
 def _measured(out: Path, mc: MeasureConfig) -> dict | None:

@@ -1,0 +1,49 @@
+"""The paper's figures: one style, and the two kinds of plot it repeats."""
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..io import write_figure
+from .stats import VARIANT_LABELS
+
+COLORS = {"softmax": "#444444", "softmax1": "#d62728", "sink": "#1f77b4", "clipped": "#2ca02c",
+          "softpick": "#9467bd", "gated": "#ff7f0e", "outgate": "#8c564b"}
+
+
+def style() -> None:
+    matplotlib.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.spines.top": False,
+                                "axes.spines.right": False})
+
+
+def panels(n: int, width: float = 7, height: float = 2.6, **kw):
+    fig, axes = plt.subplots(1, n, figsize=(width, height), squeeze=False, **kw)
+    return fig, list(axes[0])
+
+
+def seed_lines(ax, df: pd.DataFrame, x: str, y: str, variants) -> None:
+    """One line per variant: the mean of `y` over seeds at each `x`, the sd as error bars."""
+    for v in variants:
+        g = df[df.variant == v].groupby(x)[y]
+        ax.errorbar(g.mean().index, g.mean(), yerr=g.std().fillna(0), marker="o", capsize=2,
+                    color=COLORS[v], label=VARIANT_LABELS[v])
+
+
+def head_bars(ax, heads: pd.DataFrame, y: str, variants, baseline: float | None = None) -> None:
+    """Per head, grouped by layer, one bar per variant (heads: variant, layer, head, y)."""
+    n_heads = int(heads["head"].max()) + 1
+    for i, v in enumerate(variants):
+        h = heads[heads.variant == v]
+        x = h.layer * (n_heads + 1) + h["head"]
+        ax.bar(x + i / (len(variants) + 1), h[y], width=1 / (len(variants) + 1),
+               color=COLORS[v], label=VARIANT_LABELS[v])
+    L = int(heads.layer.max()) + 1
+    ax.set_xticks([l * (n_heads + 1) + (n_heads - 1) / 2 for l in range(L)],
+                  [f"layer {l}" for l in range(L)])
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", lw=0.8, color="k")
+
+
+def save(fig, path) -> None:
+    write_figure(path, fig)

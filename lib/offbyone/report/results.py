@@ -1,0 +1,147 @@
+"""Loading results: the measurement JSONs of a profile's runs as tidy tables.
+
+    collect      one row per measured checkpoint of every run (the runs.csv the paper reads)
+    final        the final checkpoints' rows
+    per_layer    per module and per head, the final checkpoints (figures)
+    windowed     the sliding-window grid of the final checkpoints
+    corpus_info  the prepared corpus the runs were measured on
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..measure import RESULTS_FORMAT, RESULTS_VERSION
+from ..pipeline import load_profile, repo_root, run_dir
+
+
+def _row(r: dict, profile: str) -> dict:
+    a, by = r["activations"]["all"], r["activations"]["by_kind"]
+    row = {
+        "profile": profile, "variant": r["variant"], "seed": r["seed"], "step": r["step"],
+        "max_steps": r["max_steps"], "fraction": r["step"] / r["max_steps"],
+        "val_loss": r["losses"]["val"], "test_loss": r["losses"]["test"],
+        "val_bits_per_token": r["losses"]["val_bits_per_token"],
+        "avg_kurtosis": a["avg_kurtosis"], "max_kurtosis": a["max_kurtosis"],
+        "max_kurtosis_module": a["max_kurtosis_module"], "max_inf_norm": a["max_inf_norm"],
+        "max_inf_norm_module": a["max_inf_norm_module"], "avg_inf_norm": a["avg_inf_norm"],
+        "resid_avg_kurtosis": by["resid"]["avg_kurtosis"],
+        "resid_max_inf_norm": by["resid"]["max_inf_norm"],
+        "outlier_share_delimiter": a["outlier_share_delimiter"],
+        "outlier_share_pos0": a["outlier_share_pos0"],
+        "delimiter_base_rate": r["base_rates"]["delimiter"],
+        "first_position": r["attention"]["mean_first_position"],
+        "first_position_late": float(np.mean(r["attention"]["first_position_late_queries"])),
+        "uniform_first_position": r["attention"]["uniform_first_position"],
+        "delimiter_attention": r["attention"]["mean_delimiter"],
+        "abstention": r["attention"]["mean_abstention"],
+        "sink_rate": r["attention_T64"]["sink_rate"],
+        "sink_T": r["attention_T64"]["T"],
+        "max_head_first_position_T64": r["attention_T64"]["max_head_first_position"],
+        "weight_avg_kurtosis": r["weights"]["avg_kurtosis"],
+        "measure_wall_s": r["provenance"]["measure_wall_s"],
+        "train_wall_s": r["provenance"].get("train_wall_s"),
+        "git_sha": r["provenance"]["git_sha"], "device": r["provenance"]["device"],
+        "device_name": r["provenance"]["device_name"], "torch": r["provenance"]["torch"],
+    }
+    trig = r["losses"].get("by_class", {}).get("trigger")
+    att = r["attention"]
+    row.update(copy_loss=trig["in_class"] if trig else None,
+               bigram_loss=trig["other"] if trig else None,
+               bos_other=att.get("mean_first_position_other_queries"),
+               bos_trigger=att.get("mean_first_position_trigger_queries"),
+               bos_other_max_head=att.get("max_head_first_position_other_queries"))
+    for q in r["quant"]:
+        row[f"gap_{q['config']}"] = q["gap"]
+        row[f"loss_{q['config']}"] = q["loss"]
+    for kind, agg in by.items():
+        row[f"inf_norm_{kind}"] = agg["max_inf_norm"]
+    return row
+
+
+def measured_files(profile: str, runs_root: str = "runs"):
+    """(variant, seed, [results files of its checkpoints]) of every run, in the profile's order,
+    from each run's measurements.json index."""
+    prof = load_profile(profile)
+    for v in prof["variants"]:
+        for s in prof["seeds"]:
+            index = run_dir(profile, v, s, runs_root) / "measurements.json"
+            if not index.exists():
+                raise FileNotFoundError(f"{index} is missing: run `make reproduce PROFILE={profile}` "
+                                        "(or the measure notebook) first")
+            # relative to the repository (absolute stays absolute)
+            yield v, s, [repo_root() / f for f in json.loads(index.read_text())["files"]]
+
+
+def read_results(path) -> dict:
+    r = json.loads(path.read_text())
+    if r.get("format") != RESULTS_FORMAT or r.get("version") != RESULTS_VERSION:
+        raise ValueError(f"{path} is a results file of another format or version; "
+                         "measure again with force=True")
+    return r
+
+
+def collect(profile: str, runs_root: str = "runs") -> pd.DataFrame:
+    """One row per measured checkpoint of every run of the profile."""
+    rows = [_row(read_results(f), profile)
+            for _, _, files in measured_files(profile, runs_root) for f in files]
+    return pd.DataFrame(rows).sort_values(["variant", "seed", "step"]).reset_index(drop=True)
+
+
+def final_results(profile: str, runs_root: str = "runs"):
+    """(variant, seed, results) of every run's final checkpoint, in the profile's order."""
+    for v, s, files in measured_files(profile, runs_root):
+        yield v, s, read_results(files[-1])
+
+
+def per_layer(profile: str, runs_root: str = "runs") -> pd.DataFrame:
+    """Per layer and module kind, the final checkpoint's kurtosis and inf-norm, for figures."""
+    rows = []
+    for v, s, r in final_results(profile, runs_root):
+        for name, m in r["modules"].items():
+            parts = name.split(".")
+            layer = int(parts[1]) if parts[0] == "blocks" else (-1 if name == "embed" else 99)
+            rows.append({"variant": v, "seed": s, "module": name, "kind": parts[-1],
+                         "layer": layer, "kurtosis": m["kurtosis"], "inf_norm": m["inf_norm"]})
+        att = r["attention"]
+        for li, heads in enumerate(att["first_position"]):
+            for h, val in enumerate(heads):
+                split = {k: att[f"first_position_{k}_queries"][li][h]
+                         for k in ("trigger", "other") if f"first_position_{k}_queries" in att}
+                rows.append({"variant": v, "seed": s, "module": f"blocks.{li}.head{h}",
+                             "kind": "head", "layer": li, "head": h, "first_position": val,
+                             "delimiter_attention": att["delimiter"][li][h],
+                             "abstention": att["abstention"][li][h],
+                             **{f"first_position_{k}": x for k, x in split.items()}})
+    return pd.DataFrame(rows)
+
+
+def windowed(profile: str, runs_root: str = "runs") -> pd.DataFrame:
+    """The sliding-window grid of every run's final checkpoint: one row per (variant, seed,
+    split, window, keep), with loss and perplexity beside full attention on the same targets."""
+    rows = []
+    for v, s, r in final_results(profile, runs_root):
+        for split, res in (r.get("windowed") or {}).items():
+            for c in res["grid"]:
+                rows.append({"variant": v, "seed": s, "split": split, "window": c["window"],
+                             "keep": c["keep"], "loss": c["loss"], "full_loss": c["full_loss"],
+                             "ppl": math.exp(c["loss"]), "full_ppl": math.exp(c["full_loss"])})
+    return pd.DataFrame(rows, columns=["variant", "seed", "split", "window", "keep", "loss",
+                                       "full_loss", "ppl", "full_ppl"])
+
+
+def corpus_info(profile: str, runs_root: str = "runs") -> dict:
+    """The prepared corpus the profile's first run was measured on (from its results file)."""
+    return next(final_results(profile, runs_root))[2]["data"]
+
+
+def final(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["step"] == df["max_steps"]].copy()
+
+
+def published_table() -> pd.DataFrame:
+    """The published numbers we compare with (paper/published.csv, with their sources)."""
+    return pd.read_csv(repo_root() / "paper" / "published.csv")
