@@ -35,7 +35,7 @@ import torch
 
 from .attention import VARIANTS, fast_attention, reference_attention
 from .data import prepare_for
-from .device import autocast_for
+from .device import autocast_for, pick_device
 from .io import write_csv
 from .model import GPT
 from .pipeline import load_profile, run_config
@@ -273,7 +273,7 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
     prof = load_profile(profile)
     opts = {"T": [256, 1024, 4096], "repeats": 5, "steps": 40, "variants": list(VARIANTS),
             **prof["bench"]}
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device("auto").type
     out = repo_root() / out_root / profile / "bench"
     t0 = time.perf_counter()
     attn = bench_attention(opts["T"], opts["repeats"], device)
@@ -307,7 +307,7 @@ def main(argv=None):
                     help="run what configs/PROFILE.yaml's bench options ask, into results/PROFILE/bench/")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = pick_device(args.device).type
     if args.child:
         print(json.dumps(time_attention(**json.loads(args.child))))
         return

@@ -45,9 +45,6 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.itos[int(i)] for i in ids)
 
-    def meta(self) -> dict:
-        return {"kind": "char"}
-
 
 class BPETokenizer:
     """Byte-level BPE (GPT-2 style pre-tokenisation) from the `tokenizers` package."""
@@ -95,9 +92,6 @@ class BPETokenizer:
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
         return self.tok.decode(ids, skip_special_tokens=False)
-
-    def meta(self) -> dict:
-        return {"kind": "bpe", "file": "tokenizer.json"}
 
 
 def load_tokenizer(data_dir: str | Path, meta: dict):
