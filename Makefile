@@ -36,7 +36,8 @@ help:
 	@echo "make test-all   the fast and the slow tests"
 	@echo "make data       prepare the Shakespeare corpus (data/shakespeare_char)"
 	@echo "make figures    tables, figures and macros from existing results (PROFILE=...)"
-	@echo "make paper      rebuild the PDF from the existing generated inputs"
+	@echo "make paper      the PDF from the committed results (results/cpu, or PROFILE=...),"
+	@echo "                in minutes, with no training"
 	@echo "make bench      attention and training benchmarks, their figure and tables"
 	@echo "make gpu-check  on a CUDA machine, in minutes (4 on an H200): CUDA kernel tests, attention"
 	@echo "                and training benchmarks, the gpu profile's estimated wall time"
@@ -100,9 +101,16 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	$(PY) -m offbyone.gpu_check
 
+# The paper from a profile's committed results (results/$(PAPER_PROFILE)/), with no training:
+# the report and bench notebooks, then LaTeX; it says which commit produced the numbers and
+# warns when lib/ or configs/ have changed since.
+PAPER_PROFILE = $(or $(PROFILE),cpu)
 paper: $(STAMP) tex
-	@test -f paper/generated/macros.tex || { echo "paper/generated/macros.tex is missing: run make reproduce (or make figures) first"; exit 1; }
+	@test -f results/$(PAPER_PROFILE)/runs.csv || { echo "results/$(PAPER_PROFILE)/ holds no results: run make reproduce PROFILE=$(PAPER_PROFILE)"; exit 1; }
+	@$(MAKE) --no-print-directory figures PROFILE=$(PAPER_PROFILE)
 	@$(MAKE) --no-print-directory $(PDF)
+	@$(PY) -m offbyone.pipeline provenance $(PAPER_PROFILE)
+	@echo "paper: $(PDF) (profile $(PAPER_PROFILE))"
 
 tex:
 	@if ! command -v latexmk >/dev/null 2>&1 || ! kpsewhich cleveref.sty >/dev/null 2>&1; then \
@@ -167,14 +175,15 @@ build/$(1)/notebooks/03_measure-%.ipynb: notebooks/03_measure.ipynb build/$(1)/n
 endef
 $(foreach p,$(PROFILE) $(TESTBED) $(ABLATIONS),$(eval $(call STUDY_RULES,$(p))))
 
+# the benchmarks run before the report, which records their time and speed in provenance.json
+BENCH := results/$(PROFILE)/bench/bench.json
 $(NB)/04_report.ipynb: notebooks/04_report.ipynb $(wildcard lib/offbyone/report/*.py) paper/published.csv \
                        $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) \
-                       $(COMPANION_MEASURES)
+                       $(COMPANION_MEASURES) | $(BENCH)
 	$(call RUN_NB,report,04_report) -p profile $(PROFILE)
 $(NB)/04_report.ipynb $(NB)/05_bench.ipynb: $(REGENERATE)
 
 # benchmarks: measured by the CLI (on an otherwise idle machine), plotted by a notebook
-BENCH := results/$(PROFILE)/bench/bench.json
 # (after every measurement: with JOBS > 1 it would otherwise time attention beside training)
 $(BENCH): lib/offbyone/bench.py lib/offbyone/attention.py $(call profile_file,$(PROFILE)) $(NB)/01_prepare_data.ipynb \
           | $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) $(COMPANION_MEASURES)
@@ -194,9 +203,15 @@ $(PDF): paper/main.tex paper/refs.bib $(wildcard paper/generated/*.tex paper/gen
 	  { tail -40 ../build/paper/latex.log; exit 1; }
 	cp build/paper/latex/main.pdf $@.tmp && mv $@.tmp $@
 
+# JupyterLab on notebooks/, on this machine only (127.0.0.1) and behind a token (printed in its
+# URL). As root (a container) Jupyter refuses to start unless told: say so, and allow it.
+LAB_PORT ?= 8888
+LAB_ARGS ?=
 lab: $(STAMP)
-	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q -e ".[lab]"
-	$(VENV)/bin/jupyter lab notebooks/
+	@$(PY) -c "import jupyterlab" 2>/dev/null || { echo "installing JupyterLab (first use)"; $(PY) -m pip install -q -e ".[lab]"; }
+	@if [ "$$(id -u)" = 0 ]; then echo "running as root: starting JupyterLab with --allow-root"; fi
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+	  --ServerApp.root_dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 clean:
 	rm -rf runs build paper/generated .pytest_cache

@@ -307,13 +307,56 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
             f.write(json.dumps({"stage": stage, "target": output, "seconds": seconds}) + "\n")
 
 
+def plan(profile: str, variant: str, seed: int, stage: str, results_dir: str = "results") -> str:
+    """What the train or measure notebook is about to do for one run, and how long it took
+    when this profile's results on record were made (results/<profile>/runs.csv)."""
+    import pandas as pd
+    cfg = run_config(profile, variant, seed)
+    n_ckpt = len(cfg.checkpoint_steps())
+    what = (f"trains {variant}, seed {seed}, of profile {profile}: {cfg.max_steps:,} steps of "
+            f"{cfg.batch_size} x {cfg.block_size} tokens "
+            f"({cfg.max_steps * cfg.batch_size * cfg.block_size / 1e6:.1f}M tokens), "
+            f"{n_ckpt} checkpoints" if stage == "train" else
+            f"measures the {n_ckpt} checkpoints of {variant}, seed {seed}, of profile {profile}")
+    path = repo_root() / results_dir / profile / "runs.csv"
+    if not path.exists():
+        return f"This notebook {what}. No results of this profile are on record to time it by."
+    df = pd.read_csv(path)
+    rows = df[df.variant == variant] if variant in set(df.variant) else df
+    secs = (rows[rows.step == rows.max_steps].train_wall_s.mean() if stage == "train"
+            else rows.groupby("seed").measure_wall_s.sum().mean())
+    took = f"{secs:.0f} s" if secs < 90 else f"{secs / 60:.1f} min"
+    return (f"This notebook {what}. When {path.parent.relative_to(repo_root())}/ was made, that "
+            f"took about {took} a run on {rows.device_name.iloc[0]} "
+            f"({rows.device.iloc[0]}); a finished run is skipped in seconds.")
+
+
+def results_provenance(profile: str, results_dir: str = "results") -> str:
+    """Which commit, machine and torch produced results/<profile>/, how long it took, and
+    whether lib/ and configs/ have changed since (printed by `make paper`)."""
+    from .provenance import staleness
+    path = repo_root() / results_dir / profile / "provenance.json"
+    if not path.exists():
+        return f"{path.parent} holds no provenance.json: run `make reproduce PROFILE={profile}`"
+    p = json.loads(path.read_text())
+    commits = [p["commit"], *p.get("measured_by", [])]
+    note = next((n for n in map(staleness, dict.fromkeys(commits)) if n), "")
+    speed = p.get("bench_softmax_tokens_per_s")
+    return (f"the numbers in {path.parent.relative_to(repo_root())}/ come from commit "
+            f"{p['commit'][:10]} on {p['machine'].get('device_name', '?')} (torch {p['torch']}"
+            + (f", softmax training at {speed:,.0f} tokens/s there" if speed else "")
+            + f"; the pipeline took {p['pipeline_wall_s'] / 60:.0f} min)\n"
+            + (f"WARNING: {note}" if note else "lib/ and configs/ are unchanged since that commit"))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     usage = ("usage: python -m offbyone.pipeline runs PROFILE\n"
-             "       python -m offbyone.pipeline check|testbed|ablations|data-params PROFILE\n"
+             "       python -m offbyone.pipeline check|testbed|ablations|data-params|provenance PROFILE\n"
              "       python -m offbyone.pipeline nb STAGE NOTEBOOK OUTPUT [--timings FILE] "
              "[-p NAME VALUE ...]")
-    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "data-params", "nb"):
+    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "data-params",
+                                        "provenance", "nb"):
         sys.exit(usage)
     try:
         if argv[0] == "runs":
@@ -324,6 +367,8 @@ def main(argv=None):
             print(load_profile(argv[1]).get("testbed") or "")
         elif argv[0] == "ablations":
             print(" ".join(load_profile(argv[1]).get("ablations") or []))
+        elif argv[0] == "provenance":
+            print(results_provenance(argv[1]))
         elif argv[0] == "data-params":
             print(" ".join(f"-p {k} {shlex.quote(str(v))}" for k, v in data_params(argv[1]).items()))
         else:

@@ -36,3 +36,37 @@ def provenance(device: torch.device | str | None = None) -> dict:
     return {"git_sha": git_sha(), "torch": torch.__version__, "python": platform.python_version(),
             "device": dev, "device_name": dev_name, "threads": torch.get_num_threads(),
             "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def changed_since(commit: str, paths=("lib", "configs")) -> list[str] | None:
+    """Files under `paths` that differ between `commit` and this checkout's working tree (its
+    uncommitted changes included); None when there is no git, or the commit is unknown here
+    (a shallow clone, a copied tree). A '-dirty' commit is compared as its clean base."""
+    root = Path(__file__).resolve().parents[2]
+    base = commit.removesuffix("-dirty")
+    try:
+        subprocess.run(["git", "cat-file", "-e", f"{base}^{{commit}}"], cwd=root, check=True,
+                       capture_output=True)
+        out = subprocess.run(["git", "diff", "--name-only", base, "--", *paths], cwd=root,
+                             check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [l for l in out.splitlines() if l.strip()]
+
+
+def staleness(commit: str, paths=("lib", "configs")) -> str:
+    """'' when the code and profiles that produced results at `commit` are this checkout's;
+    otherwise a plain sentence saying how they differ."""
+    where = " and ".join(f"{p}/" for p in paths)
+    if commit.endswith("-dirty"):
+        return (f"These numbers were produced by uncommitted changes on top of commit "
+                f"{commit.removesuffix('-dirty')[:10]}; they may not match any commit's code.")
+    changed = changed_since(commit, paths)
+    if changed is None:
+        return (f"These numbers were produced by commit {commit[:10]}, which this checkout "
+                f"does not have: whether {where} changed since cannot be checked.")
+    if changed:
+        return (f"These numbers were produced by commit {commit[:10]}; {len(changed)} file(s) "
+                f"under {where} differ in this checkout (e.g. {', '.join(changed[:3])}), so "
+                f"they may be stale: make reproduce refreshes them.")
+    return ""

@@ -142,6 +142,11 @@ def final(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["step"] == df["max_steps"]].copy()
 
 
+def read_csv(path) -> pd.DataFrame:
+    """A results CSV read back exactly (floats round-trip to the bits that were written)."""
+    return pd.read_csv(path, float_precision="round_trip")
+
+
 def published_table() -> pd.DataFrame:
     """The published numbers we compare with (paper/published.csv, with their sources)."""
     return pd.read_csv(repo_root() / "paper" / "published.csv")

@@ -1,8 +1,11 @@
 """The report, section by section: what `notebooks/04_report.ipynb` runs, one method a cell.
 
-`Report(profile)` loads a profile's results once. Each section method writes its CSVs (under
-results/<profile>/), LaTeX tables and figures (under paper/generated/), records its macros, and
-returns a small table to display; `write_macros()` writes every macro the paper prints.
+`Report(profile)` loads a profile's results once: from the measured runs under runs/ when they
+are there (and then writes the tidy results/<profile>/ files: CSVs, corpus.json, timings.csv,
+provenance.json), or else from those committed results/<profile>/ files alone, so the paper
+builds without any training. Each section method writes its LaTeX tables and figures (under
+paper/generated/), records its macros, and returns a small table to display; `write_macros()`
+writes every macro the paper prints.
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ from ..io import write_csv, write_json, write_text
 from ..measure import MeasureConfig
 from ..metrics import uniform_first_position_mass
 from ..pipeline import load_profile, repo_root, run_config
-from ..provenance import git_sha
+from ..provenance import git_sha, provenance, staleness
 from . import figures as F
 from .latex import Tex, fmt, latex_escape, latex_table, macro_name, mean_sd, num, pct, write_macros
 from .prose import corpus_description, disease_signs, effect_sentence
-from .results import collect, corpus_info, final, per_layer, published_table, windowed
+from .results import (collect, corpus_info, final, measured_files, per_layer, published_table,
+                      read_csv, windowed)
 from .stats import METRICS, VARIANT_LABELS, paired_difference, paired_differences
 
 FIGURE_STEM = "04_report"           # figures are named after the notebook that draws them
@@ -82,14 +86,67 @@ class Report:
             d.mkdir(parents=True, exist_ok=True)
         self.variants = self.prof["variants"]
         self.others = [v for v in self.variants if v != "softmax"]
-        self.df = collect(profile, runs_root)                # one row per measured checkpoint
-        self.layers = per_layer(profile, runs_root)          # per module and head, final ckpts
+        companions = [self.prof.get("testbed")] + list(self.prof.get("ablations") or [])
+        self.from_runs = all(_measured(p, runs_root) for p in [profile] + companions if p)
+        self.df = self._frame("runs", lambda: collect(profile, runs_root))   # every checkpoint
+        self.layers = self._frame("layers", lambda: per_layer(profile, runs_root))   # final ckpts
         self.fin = final(self.df)
+        self.corpus = self._json("corpus", lambda: corpus_info(profile, runs_root))
+        self.provenance = self._json("provenance", self._provenance)
         self.cfg = run_config(profile, self.variants[0], self.prof["seeds"][0]).to_dict()
         self.diffs = paired_differences(self.fin, self.others)
         self.sections: dict[str, dict] = {}                  # each section's macros
         self.testbed_fin = None
         F.style()
+
+    # loading: from runs/ (then saved under results/<profile>/), or from results/<profile>/ ----
+    def _frame(self, name: str, compute) -> pd.DataFrame:
+        """results/<profile>/<name>.csv: computed from the runs and written, or read back."""
+        path = self.resdir / f"{name}.csv"
+        if self.from_runs:
+            df = compute()
+            write_csv(path, df)
+            return df
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing and {self.runs_root}/{self.profile} holds no measured runs: "
+                f"run `make reproduce PROFILE={self.profile}` first")
+        return read_csv(path)
+
+    def _json(self, name: str, compute) -> dict:
+        path = self.resdir / f"{name}.json"
+        if self.from_runs:
+            obj = compute()
+            write_json(path, obj)
+            return obj
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `make reproduce PROFILE={self.profile}`")
+        return json.loads(path.read_text())
+
+    def _provenance(self) -> dict:
+        """Where these numbers came from: the commit, the machine, torch, and the wall time of
+        each pipeline stage (timings.csv) and the machine's training speed (bench)."""
+        stages = self._frame("timings", self._timings)
+        stages_s = stages.groupby("stage", sort=False).seconds.sum().to_dict()
+        bench, speed = self.resdir / "bench", None
+        if (bench / "bench.json").exists():            # the pipeline benchmarks before the report
+            stages_s["bench"] = json.loads((bench / "bench.json").read_text())["wall_s"]
+            b = read_csv(bench / "training.csv")
+            if "softmax" in set(b.variant):
+                speed = float(b[b.variant == "softmax"].tokens_per_s.mean())
+        fin = self.fin
+        return {"profile": self.profile, "commit": git_sha(),
+                "measured_by": sorted(set(self.df.git_sha)), "torch": fin.torch.iloc[0],
+                "machine": {**provenance(fin.device.iloc[0]), "device_name": fin.device_name.iloc[0]},
+                "stages_s": stages_s, "pipeline_wall_s": float(sum(stages_s.values())),
+                "train_wall_s": float(fin.train_wall_s.sum()),
+                "bench_softmax_tokens_per_s": speed}
+
+    def _staleness(self) -> str:
+        """Whether the commits that produced these numbers had this checkout's lib/ and
+        configs/ ('' if so; else a sentence saying how they differ)."""
+        commits = [self.provenance["commit"], *self.provenance.get("measured_by", [])]
+        return next((n for n in map(staleness, dict.fromkeys(commits)) if n), "")
 
     # helpers --------------------------------------------------------------------------------
     def _figure(self, fig, name: str) -> None:
@@ -102,8 +159,12 @@ class Report:
     # sections -------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:
         """All runs, one row per measured checkpoint (runs.csv, layers.csv)."""
-        write_csv(self.resdir / "runs.csv", self.df)
-        write_csv(self.resdir / "layers.csv", self.layers)
+        where = "the runs under " + self.runs_root if self.from_runs else f"results/{self.profile}"
+        print(f"{len(self.df)} checkpoints of {self.df.groupby(['variant', 'seed']).ngroups} runs, "
+              f"read from {where}; commit {self.provenance['commit'][:10]}")
+        note = self._staleness()
+        if note:
+            print("warning:", note)
         return self.fin[["variant", "seed", "val_loss", "avg_kurtosis", "max_inf_norm",
                          "sink_rate", "gap_W8A8"]]
 
@@ -126,7 +187,7 @@ class Report:
     def _published(self) -> list[dict]:
         """Our variants' means beside the published numbers (paper/published.csv)."""
         cfg, fin = self.cfg, self.fin
-        tok = MODEL_TOKENIZER.get(corpus_info(self.profile, self.runs_root)["tokenizer"], "")
+        tok = MODEL_TOKENIZER.get(self.corpus["tokenizer"], "")
         inf, kurt = Tex("max $\\|x\\|_\\infty$"), Tex("avg.\\ kurt.")
         sink, cost = Tex("sink rate (\\%)"), "W8A8 cost"
         ours = [{"source": "this work", "model": f"{cfg['n_layer']}L-{cfg['n_embd']} {tok} GPT",
@@ -186,8 +247,7 @@ class Report:
     def windowed(self) -> pd.Series:
         """StreamingLLM's test: sliding-window evaluation with k initial positions kept (test
         split); the middle window is the headline."""
-        win = windowed(self.profile, self.runs_root)
-        write_csv(self.resdir / "windowed.csv", win)
+        win = self._frame("windowed", lambda: windowed(self.profile, self.runs_root))
         M = self.sections["windowed"] = {"HasWindow": "1" if len(win) else "0"}
         if not len(win):
             return pd.Series(M)
@@ -258,9 +318,7 @@ class Report:
         return pd.Series(M)
 
     def _ablation_runs(self, name: str) -> pd.DataFrame:
-        f = final(collect(name, self.runs_root))
-        write_csv(self.resdir / f"ablation_{name}.csv", f)
-        return f
+        return self._frame(f"ablation_{name}", lambda: final(collect(name, self.runs_root)))
 
     def _recipe(self, name: str) -> str:
         """What an ablation profile changes, in words ('weight decay 0.0')."""
@@ -293,9 +351,9 @@ class Report:
             return pd.Series(M)
         tprof = load_profile(tb)
         V = tprof["variants"]
-        tdf, tlayers = collect(tb, self.runs_root), per_layer(tb, self.runs_root)
+        tdf = self._frame("testbed_runs", lambda: collect(tb, self.runs_root))
+        tlayers = self._frame("testbed_layers", lambda: per_layer(tb, self.runs_root))
         tfin = self.testbed_fin = final(tdf)
-        write_csv(self.resdir / "testbed_runs.csv", tdf)
         tdiffs = paired_differences(tfin, [v for v in V if v != "softmax"])
         write_csv(self.resdir / "testbed_differences.csv", tdiffs)
         self._table(by_variant(tfin, TESTBED_COLUMNS, V), "testbed.tex")
@@ -386,7 +444,7 @@ class Report:
                                 ("lr", "weight_decay", "gate_init", "clip_alpha")))
         M["CfgBos"] = "with" if cfg.get("bos") else "without"
         M["CfgTokens"] = fmt(int(cfg["max_steps"]) * int(cfg["batch_size"]) * int(cfg["block_size"]))
-        info = corpus_info(self.profile, self.runs_root)
+        info = self.corpus
         M["CorpusSentence"], M["CorpusFallback"], corpus_tab = corpus_description(info)
         M["TokenizerKind"] = TOKENIZER_NAMES.get(info["tokenizer"], info["tokenizer"])
         self._table(corpus_tab, "corpus.tex", "lrrrl")
@@ -412,13 +470,17 @@ class Report:
 
     def _provenance_macros(self) -> dict:
         fin, df = self.fin, self.df
-        M = {"GitSha": git_sha(short=True), "TorchVersion": fin.torch.iloc[0],
+        commit = self.provenance["commit"]
+        M = {"GitSha": commit[:10] + ("-dirty" if commit.endswith("-dirty") else ""),
+             "ResultsStaleness": latex_escape(self._staleness()),
+             "ResultsStale": "1" if self._staleness() else "0",
+             "TorchVersion": fin.torch.iloc[0],
              "Hardware": latex_escape(f"{fin.device.iloc[0]} ({fin.device_name.iloc[0]})"),
              "TrainWallMin": fmt(fin.train_wall_s.sum() / 60, 2),
              "MeasureWallMin": fmt(df.measure_wall_s.sum() / 60, 2),
              "MeasurePerCkptS": fmt(df.measure_wall_s.mean(), 2),
              "TrainPerRunS": fmt(fin.train_wall_s.mean(), 2), "NCheckpoints": fmt(len(df))}
-        stages = self._timings()
+        stages = self._frame("timings", self._timings)
         tab = stages.groupby("stage", sort=False).seconds.agg(["count", "sum"]).reset_index()
         rows = [{"stage": r["stage"], "jobs": fmt(r["count"]), "wall time (min)": num(r["sum"] / 60, 2)}
                 for r in tab.to_dict("records")]
@@ -433,6 +495,16 @@ class Report:
             return pd.DataFrame(columns=["stage", "target", "seconds"])
         stages = pd.DataFrame([json.loads(l) for l in path.read_text().splitlines()])
         return stages.drop_duplicates("target", keep="last")
+
+
+def _measured(profile: str, runs_root: str) -> bool:
+    """Whether every run of the profile has a measurements index under runs_root."""
+    try:
+        for _ in measured_files(profile, runs_root):
+            pass
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _config_macros(prefix: str, cfg: dict, ints, floats) -> dict:
