@@ -59,3 +59,27 @@ def test_disease_criteria_come_from_the_thresholds():
     assert [criterion(s) for s in DISEASE_SIGNS][0] == r"max kurtosis $\ge 10$ (Gaussian: 3)"
     assert "$\\ge 0.01$ nats" in criterion(DISEASE_SIGNS[-1])
     assert disease_signs(pd.DataFrame([{"variant": "softmax1", "seed": 0}])) == []
+
+
+def test_staleness_names_what_changed_since_the_results_commit(tmp_path):
+    from offbyone.provenance import changed_since, git_sha, staleness
+    head = git_sha()
+    if head == "unknown":
+        pytest.skip("not a git checkout")
+    assert changed_since("0" * 40) is None                           # a commit this clone lacks
+    assert "does not have" in staleness("0" * 40)
+    assert "uncommitted changes" in staleness(head.removesuffix("-dirty") + "-dirty")
+    clean = changed_since(head.removesuffix("-dirty"))
+    if clean is not None and not clean:
+        assert staleness(head.removesuffix("-dirty")) == ""         # this checkout's own code
+    first = changed_since(_root_commit())
+    if first:                                                        # lib/ has changed since
+        assert f"{len(first)} file(s) under lib/ and configs/ differ" in staleness(_root_commit())
+
+
+def _root_commit() -> str:
+    import subprocess
+    from pathlib import Path
+    out = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], capture_output=True,
+                         text=True, cwd=Path(__file__).parent)
+    return out.stdout.split()[0] if out.returncode == 0 and out.stdout.strip() else "0" * 40

@@ -102,26 +102,22 @@ class Report:
     # loading: from runs/ (then saved under results/<profile>/), or from results/<profile>/ ----
     def _frame(self, name: str, compute) -> pd.DataFrame:
         """results/<profile>/<name>.csv: computed from the runs and written, or read back."""
-        path = self.resdir / f"{name}.csv"
+        return self._saved(f"{name}.csv", compute, write_csv, read_csv)
+
+    def _json(self, name: str, compute) -> dict:
+        return self._saved(f"{name}.json", compute, write_json, lambda p: json.loads(p.read_text()))
+
+    def _saved(self, name: str, compute, write, read):
+        path = self.resdir / name
         if self.from_runs:
-            df = compute()
-            write_csv(path, df)
-            return df
+            obj = compute()
+            write(path, obj)
+            return obj
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} is missing and {self.runs_root}/{self.profile} holds no measured runs: "
                 f"run `make reproduce PROFILE={self.profile}` first")
-        return read_csv(path)
-
-    def _json(self, name: str, compute) -> dict:
-        path = self.resdir / f"{name}.json"
-        if self.from_runs:
-            obj = compute()
-            write_json(path, obj)
-            return obj
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `make reproduce PROFILE={self.profile}`")
-        return json.loads(path.read_text())
+        return read(path)
 
     def _provenance(self) -> dict:
         """Where these numbers came from: the commit, the machine, torch, and the wall time of
