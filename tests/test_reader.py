@@ -6,7 +6,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -58,7 +57,8 @@ def test_every_notebook_runs_as_a_reader_runs_it(tmp_path):
     assert (root / "runs" / "smoke" / "softmax1-s0" / "measurements.json").exists()
     # the report and the benchmark figures, with their default parameters, from the committed
     # results alone (the reader has no runs/cpu)
-    committed = {p.name: p.read_bytes() for p in (root / "results" / DEFAULT).glob("*.csv")}
+    res = root / "results" / DEFAULT
+    committed = {str(p.relative_to(res)): p.read_bytes() for p in res.rglob("*") if p.is_file()}
     nb4 = _run(root, "04_report")
     assert f"read from results/{DEFAULT}" in _text(nb4)
     _run(root, "05_bench")
@@ -66,7 +66,8 @@ def test_every_notebook_runs_as_a_reader_runs_it(tmp_path):
     assert "\\newcommand{\\ProfileName}{cpu}" in macros
     assert (root / "paper" / "generated" / "bench_macros.tex").exists()
     # reading the committed results leaves them as they were
-    assert committed == {p.name: p.read_bytes() for p in (root / "results" / DEFAULT).glob("*.csv")}
+    assert committed == {str(p.relative_to(res)): p.read_bytes() for p in res.rglob("*")
+                         if p.is_file()}
 
 
 def _free_port() -> int:

@@ -107,6 +107,12 @@ class Report:
     def _json(self, name: str, compute) -> dict:
         return self._saved(f"{name}.json", compute, write_json, lambda p: json.loads(p.read_text()))
 
+    def _derived(self, name: str, write, obj) -> None:
+        """A file derived from the results (statistics, macros): written beside them when they
+        come from the runs; a reader's build leaves the committed results/ untouched."""
+        if self.from_runs:
+            write(self.resdir / name, obj)
+
     def _saved(self, name: str, compute, write, read):
         path = self.resdir / name
         if self.from_runs:
@@ -166,7 +172,7 @@ class Report:
 
     def differences(self) -> pd.DataFrame:
         """Paired differences against softmax (same seed, same data order)."""
-        write_csv(self.resdir / "differences.csv", self.diffs)
+        self._derived("differences.csv", write_csv, self.diffs)
         return self.diffs[["other", "metric", "base_mean", "other_mean", "diff", "ci_low",
                            "ci_high", "p", "n", "significant"]]
 
@@ -261,7 +267,7 @@ class Report:
             paired_difference(wt[(wt.window == w_star) & (wt.keep == k)]
                               .rename(columns={"loss": f"win_loss_k{k}"}), f"win_loss_k{k}", other)
             for k in (K_LIST[0], K_LIST[-1]) for other in self.others])
-        write_csv(self.resdir / "windowed_differences.csv", wdiffs)
+        self._derived("windowed_differences.csv", write_csv, wdiffs)
         M.update({"WinStar": fmt(int(w_star)), "WinList": ", ".join(fmt(int(w)) for w in W_LIST),
                   "WinKeepList": ", ".join(fmt(int(k)) for k in K_LIST),
                   "WinKeepMax": fmt(int(K_LIST[-1])), "WinStart": fmt(int(w_star + K_LIST[-1]))})
@@ -351,7 +357,7 @@ class Report:
         tlayers = self._frame("testbed_layers", lambda: per_layer(tb, self.runs_root))
         tfin = self.testbed_fin = final(tdf)
         tdiffs = paired_differences(tfin, [v for v in V if v != "softmax"])
-        write_csv(self.resdir / "testbed_differences.csv", tdiffs)
+        self._derived("testbed_differences.csv", write_csv, tdiffs)
         self._table(by_variant(tfin, TESTBED_COLUMNS, V), "testbed.tex")
         self._table(differences_table(tdiffs[tdiffs.metric.isin(TESTBED_FOCUS)]),
                     "testbed_differences.tex", "llrrrrr")
@@ -421,7 +427,7 @@ class Report:
         M = {**self._profile_macros(), **self._result_macros(), **self._provenance_macros()}
         for name in ("windowed", "disease", "ablations", "testbed"):
             M.update(self.sections.get(name, {}))
-        write_json(self.resdir / "macros.json", M)
+        self._derived("macros.json", write_json, M)
         write_macros(M, self.gen / "macros.tex")     # written last: the Makefile's target
         return pd.Series(M)
 
