@@ -28,7 +28,7 @@ from .config import ConfigError, TrainConfig
 from .corpora import CorpusError
 from .data import prepare_for
 from .device import DeviceError, autocast_for, pick_device
-from .io import write_json
+from .io import write_json, write_text
 from .model import GPT
 from .tokens import TokenData
 
@@ -143,14 +143,15 @@ def train_step(model, optimizer, x, y, grad_clip: float, autocast, lap=None) -> 
         _, loss = model(x, y)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"training loss is {loss.item()}")
-    lap and lap("forward")
+    lap = lap or (lambda part: None)
+    lap("forward")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    lap and lap("backward")
+    lap("backward")
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    lap and lap("optimizer")
+    lap("optimizer")
     return loss
 
 
@@ -260,7 +261,7 @@ class _RunLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             lines = path.read_text().splitlines() if path.exists() else []
             kept = [l for l in lines if l.strip() and json.loads(l).get("step", 0) <= start]
-            path.write_text("".join(l + "\n" for l in kept))
+            write_text(path, "".join(l + "\n" for l in kept))
             self.file = open(path, "a")
 
     def write(self, rec: dict) -> None:
