@@ -4,6 +4,7 @@ import pytest
 
 from offbyone.config import ConfigError
 from offbyone.measure import MeasureConfig, measure, results_path
+from offbyone.metrics import ANCHOR_KINDS
 from offbyone.train import train
 
 from conftest import tiny_train_config
@@ -36,8 +37,14 @@ def test_measure_writes_one_tidy_file(checkpoints, variant):
     assert r["attention_T64"]["T"] == 16                        # capped at the model's context
     abst = r["attention"]["mean_abstention"]
     assert (abst > 0) if variant == "sink" else (abs(abst) < 1e-6)
-    assert [q["config"] for q in r["quant"]] == ["W8A8", "W4A4"]
+    assert [q["config"] for q in r["quant"]] == ["W8A8", "W4A4", "legacy_W8A8"]
+    assert [q["setup"] for q in r["quant"]] == ["fp32_head", "fp32_head", "linear_inputs"]
+    assert [q["weight_method"] for q in r["quant"]] == ["mse", "mse", "minmax"]
     assert r["quant"][0]["fp_loss"] == r["losses"]["val"]
+    # the headline aggregates are over the anchor's modules, a subset of all measured ones
+    anchor, every = r["activations"]["anchor"], r["activations"]["all"]
+    assert anchor["max_kurtosis"] <= every["max_kurtosis"]
+    assert anchor["max_kurtosis_module"].rsplit(".", 1)[-1] in ANCHOR_KINDS
     assert r["provenance"]["git_sha"] and r["provenance"]["measure_wall_s"] > 0
     # with a BOS token, position 0 is the BOS: the shares agree
     a = r["activations"]["all"]
@@ -64,3 +71,7 @@ def test_bad_measure_options():
         MeasureConfig.from_dict({"bit_widths": [[8]]})
     with pytest.raises(ConfigError, match="tensor, channel"):
         MeasureConfig.from_dict({"weight_granularity": "row"})
+    with pytest.raises(ConfigError, match="'opt' is not one of fp32_head, linear_inputs"):
+        MeasureConfig.from_dict({"setup": "opt"})
+    with pytest.raises(ConfigError, match="compare_legacy must be true or false"):
+        MeasureConfig.from_dict({"compare_legacy": "yes"})

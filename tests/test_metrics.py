@@ -92,8 +92,13 @@ def test_attention_statistics_of_a_hand_built_pattern():
     seqs[:, 4] = ITOS.index(",")                      # one delimiter key, at position 4
     st = attention_statistics(model, seqs, CLASSES)
     first = torch.tensor(st["first_position"])
-    assert first[:, 0].tolist() == pytest.approx([0.9 + 0.1 / T] * 2)
-    assert first[:, 1].tolist() == pytest.approx([0.5 / T] * 2)
+    # queries t >= 1 only (query 0 can see nothing but position 0) ...
+    assert first[:, 0].tolist() == pytest.approx([0.9] * 2)
+    assert first[:, 1].tolist() == pytest.approx([0.0] * 2, abs=1e-12)
+    # ... and all queries, for the sink rate (Gu et al.)
+    first_all = torch.tensor(st["first_position_all_queries"])
+    assert first_all[:, 0].tolist() == pytest.approx([0.9 + 0.1 / T] * 2)
+    assert first_all[:, 1].tolist() == pytest.approx([0.5 / T] * 2)
     assert torch.tensor(st["abstention"])[:, 1].tolist() == pytest.approx([0.5] * 2)
     assert torch.tensor(st["abstention"])[:, 0].tolist() == pytest.approx([0.0] * 2, abs=1e-12)
     # delimiter key at position 4: head 0 gives it 0.1 from query 4 only; head 1 0.5 from query 4
@@ -114,8 +119,11 @@ def test_uniform_causal_attention_gives_harmonic_baseline(T):
     st = attention_statistics(model, seqs, CLASSES)
     H_T = sum(1 / t for t in range(1, T + 1))
     assert uniform_first_position_mass(T) == pytest.approx(H_T / T)
-    assert st["mean_first_position"] == pytest.approx(H_T / T, rel=1e-9)
-    assert st["uniform_first_position"] == pytest.approx(H_T / T)
+    assert uniform_first_position_mass(T, skip_first=True) == pytest.approx((H_T - 1) / (T - 1))
+    assert st["mean_first_position"] == pytest.approx((H_T - 1) / (T - 1), rel=1e-9)
+    assert st["uniform_first_position"] == pytest.approx((H_T - 1) / (T - 1))
+    assert st["uniform_first_position_all_queries"] == pytest.approx(H_T / T)
+    assert torch.tensor(st["first_position_all_queries"]).mean().item() == pytest.approx(H_T / T)
     assert st["mean_abstention"] == pytest.approx(0.0, abs=1e-12)
     assert uniform_first_position_mass(64) == pytest.approx(0.074, abs=5e-4)   # REFERENCES.md
     assert uniform_first_position_mass(256) == pytest.approx(0.024, abs=5e-4)

@@ -5,8 +5,9 @@ import torch
 
 from offbyone.metrics import loss_on
 from offbyone.model import GPT, GPTConfig
-from offbyone.quant import (ActQuant, QuantConfig, asymmetric_qparams, calibrate_ranges,
-                            quantize, quantize_model, quantize_weight, sweep, symmetric_qparams)
+from offbyone.quant import (SETUPS, ActQuant, QuantConfig, asymmetric_qparams,
+                            calibrate_ranges, quantize, quantize_model, quantize_weight,
+                            quantizer_names, sweep, symmetric_qparams)
 
 V = 23
 
@@ -42,7 +43,7 @@ def test_rounding_matches_torch_fake_quantize():
     ours = quantize(w, s[:, None], z[:, None], lo, hi)
     theirs = torch.fake_quantize_per_channel_affine(w, s, z.int(), 0, lo, hi)
     assert torch.equal(ours, theirs)
-    assert torch.equal(quantize_weight(w, 4, "channel"), theirs)
+    assert torch.equal(quantize_weight(w, 4, "channel", "minmax"), theirs)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -72,6 +73,8 @@ def test_weight_ranges_and_mse_option():
     assert per_c < 0.2 * per_t
     with pytest.raises(ValueError, match="tensor, channel"):
         quantize_weight(w, 8, "group")
+    with pytest.raises(ValueError, match="mse, minmax"):
+        quantize_weight(w, 8, "tensor", "kl")
 
 
 def test_activation_ranges_running_minmax_with_momentum():
@@ -131,7 +134,107 @@ def test_calibration_does_not_depend_on_bit_width(trained):
 
 
 def test_bad_quant_config():
-    with pytest.raises(ValueError, match="wbits"):
-        QuantConfig(wbits=1)
+    for bits in (1, 17, 8.0, True):
+        with pytest.raises(ValueError, match="wbits must be an integer from 2 to 16"):
+            QuantConfig(wbits=bits)
+        with pytest.raises(ValueError, match="abits must be an integer from 2 to 16"):
+            QuantConfig(abits=bits)
     with pytest.raises(ValueError, match="minmax, percentile"):
         QuantConfig(act_method="entropy")
+    with pytest.raises(ValueError, match="'w8a8' is not one of fp32_head, linear_inputs"):
+        QuantConfig(setup="w8a8")
+    with pytest.raises(ValueError, match="activation bits must be an integer from 2 to 16"):
+        ActQuant(32)
+    with pytest.raises(ValueError, match="weight bits must be an integer from 2 to 16"):
+        quantize_weight(torch.ones(3, 3), 1)
+
+
+# ---- the anchor's setup: every tensor Bondarenko et al. quantize has its quantizer --------
+
+def _tiny(attention="softmax", **kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                         attention=attention, **kw)).eval()
+
+
+ANCHOR_PER_BLOCK = ["ln_1", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_scores",
+                    "attn.hook_probs", "attn.hook_context", "attn.hook_proj", "hook_mid", "ln_2",
+                    "mlp.hook_hidden", "mlp.hook_out", "hook_resid"]
+
+
+@pytest.mark.parametrize("attention", ["softmax", "softmax1", "sink", "clipped", "softpick",
+                                       "gated", "outgate"])
+def test_fp32_head_quantizes_every_tensor_the_anchor_does(attention):
+    model = _tiny(attention)
+    names = quantizer_names(model)
+    gate = ["attn.hook_out"] if attention in ("gated", "outgate") else []  # after the gate too
+    per_block = ANCHOR_PER_BLOCK[:7] + gate + ANCHOR_PER_BLOCK[7:]
+    expected = ["hook_embed"] + [f"blocks.{i}.{p}" for p in per_block for i in range(2)] + ["ln_f"]
+    assert sorted(names) == sorted(expected)
+    # each of them is on the forward path: calibration gives every one a finite range
+    x = torch.randint(0, V, (4, 16), generator=torch.Generator().manual_seed(0))
+    ranges = calibrate_ranges(model, [x])
+    assert sorted(ranges) == sorted(expected)
+    assert all(torch.isfinite(lo) and torch.isfinite(hi) and hi > lo for lo, hi in ranges.values())
+    # every weight is on a 4-bit grid (at most 15 values); the LM head alone is not
+    q = quantize_model(model, QuantConfig(4, 8), ranges=ranges)
+    for name, p in q.named_parameters():
+        if name == "lm_head.weight":
+            assert torch.equal(p, model.lm_head.weight)
+            assert p.unique().numel() > 15
+        elif p.dim() >= 2 or name.endswith(".sink"):
+            assert p.unique().numel() <= 15, name
+
+
+def test_fp32_head_quantizes_more_than_the_earlier_setup():
+    model = _tiny()
+    new, old = set(quantizer_names(model)), set(quantizer_names(model, "linear_inputs"))
+    assert {"ln_f", "blocks.0.attn.hook_scores", "blocks.1.hook_mid",
+            "blocks.0.attn.hook_q"} <= new - old
+    assert "ln_f" not in old and set(SETUPS) == {"fp32_head", "linear_inputs"}
+
+
+@pytest.mark.parametrize("attention", ["softmax", "softmax1", "sink", "clipped", "softpick",
+                                       "gated", "outgate"])
+def test_16_bits_is_full_precision_for_every_variant(trained, attention):
+    _, x, y = trained
+    model = _tiny(attention)
+    fp = loss_on(model, x, y)
+    for setup in SETUPS:
+        q16 = quantize_model(model, QuantConfig(16, 16, setup=setup), calib_batches=[x[:8], x[8:]])
+        assert abs(loss_on(q16, x, y) - fp) < 1e-3
+
+
+def test_every_quantizer_grid_is_torchs_fake_quantize(trained):
+    model, x, _ = trained
+    g = torch.Generator().manual_seed(3)
+    for bits in (4, 8, 16):
+        q = quantize_model(model, QuantConfig(8, bits), calib_batches=[x[:8], x[8:]])
+        quantizers = [m for m in q.modules() if isinstance(m, ActQuant)]
+        assert len(quantizers) == len(quantizer_names(model))
+        for m in quantizers:
+            scale, zero, qmin, qmax = m.qparams()
+            t = m.lo + (m.hi - m.lo) * (torch.rand(2048, generator=g) * 1.4 - 0.2)  # and clips
+            theirs = torch.fake_quantize_per_tensor_affine(t, float(scale), int(zero), qmin, qmax)
+            ours = m(t)
+            # the same grid; torch's kernel rounds x / s + z in one fused multiply-add, so at 16
+            # bits (values up to 65535, float32 steps of 1/256) a value within float error of a
+            # half step may land on the neighbouring grid point: exactly one step away
+            v = t.double() / scale.double() + zero.double()
+            tie = ((v - v.floor()) - 0.5).abs() < 0.01
+            differ = ours != theirs
+            assert not (differ & ~tie).any()
+            assert torch.allclose((ours - theirs)[differ].abs() / scale, torch.tensor(1.0), atol=0.02)
+            assert differ.sum() <= (0 if bits <= 8 else 10)
+
+
+def test_quantizer_before_calibration_says_how_to_calibrate(trained):
+    model, x, _ = trained
+    q = ActQuant(8)
+    q.calibrating = False
+    with pytest.raises(RuntimeError, match="calib_batches"):
+        q(torch.zeros(3))
+    with pytest.raises(ValueError, match="calib_batches or ranges"):
+        quantize_model(model, QuantConfig())
+    with pytest.raises(ValueError, match="calibrate with setup='fp32_head'"):
+        quantize_model(model, QuantConfig(), ranges=calibrate_ranges(model, [x], setup="linear_inputs"))

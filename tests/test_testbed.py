@@ -98,8 +98,8 @@ def test_attention_split_by_trigger_queries_weights_by_query_count():
     model.set_attention_impl("reference")
     model.blocks[0].attn.hook_probs.register_forward_hook(lambda m, i, o: probs.update(p=o))
     model(x)
-    p0 = probs["p"][..., 0]                                           # (B, H, T)
-    trig = (x == 1)[:, None, :].expand_as(p0)
+    p0 = probs["p"][:, :, 1:, 0]                                      # (B, H, T - 1): t >= 1
+    trig = (x[:, 1:] == 1)[:, None, :].expand_as(p0)
     want_t = [(p0[:, h][trig[:, h]]).mean().item() for h in range(2)]
     want_o = [(p0[:, h][~trig[:, h]]).mean().item() for h in range(2)]
     assert st["n_trigger_queries"] == 2

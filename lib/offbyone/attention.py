@@ -179,19 +179,22 @@ def window_mask(T: int, S: int, window: int | None = None, keep: int = 0,
 def attention_probs(q, k, variant: str = "softmax", sink: torch.Tensor | None = None,
                     causal: bool = True, scale: float | None = None,
                     clip_alpha: float = 4.0, window: int | None = None,
-                    keep: int = 0) -> torch.Tensor:
+                    keep: int = 0, score_hook=None) -> torch.Tensor:
     """The materialised attention probabilities (B, H, T, S) of q (B, H, T, D), k (B, H, S, D).
 
     Causal means query t sees keys 0..t (top-left aligned, as SDPA's is_causal). For `clipped`,
     gamma = -clip_alpha / S with S the number of keys (Bondarenko et al.'s T). `window` and `keep`
     (causal only) restrict each query to its `window` latest keys plus the first `keep`: an
-    evaluation-time sliding window. The implicit zero logit of the sink variants stays."""
+    evaluation-time sliding window. The implicit zero logit of the sink variants stays.
+    `score_hook`, if given, is applied to the scaled scores before the mask (a quantizer, say)."""
     var = get_variant(variant)
     B, H, T, D = q.shape
     S = k.shape[-2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     s = _sink_logits(var, sink, H, q)
     att = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if score_hook is not None:
+        att = score_hook(att)
     if causal:
         att = att.masked_fill(~window_mask(T, S, window, keep, q.device), float("-inf"))
     elif window is not None:

@@ -32,7 +32,8 @@ from .quant import DEFAULT_SWEEP, QuantConfig, sweep
 from .tokens import TokenData
 
 RESULTS_FORMAT = "offbyone-metrics"
-RESULTS_VERSION = 4   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data
+RESULTS_VERSION = 5   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data;
+#                       5: the anchor's quantization setup and module set, first position t >= 1
 
 
 @dataclass
@@ -42,9 +43,11 @@ class MeasureConfig:
     calib_batches: int = 16      # calibration batches from the training split
     calib_batch_size: int = 32
     bit_widths: tuple = DEFAULT_SWEEP
+    setup: str = "fp32_head"     # offbyone.quant.SETUPS: which activations are quantized
     weight_granularity: str = "tensor"
-    weight_method: str = "minmax"
+    weight_method: str = "mse"
     act_method: str = "minmax"
+    compare_legacy: bool = True  # also W8A8 under the earlier setup (linear_inputs, min-max weights)
     windows: tuple = (16, 32, 64)  # sliding-window evaluation (final checkpoint): window sizes
     keeps: tuple = (0, 1, 2, 4)    # ... and initial positions kept visible
     seed: int = 0                # the fixed evaluation windows: the same for every checkpoint
@@ -68,13 +71,16 @@ class MeasureConfig:
                         isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)):
                     raise ConfigError(f"{f.name} must be a list of integers >= {lo}, got {v!r}")
                 setattr(self, f.name, tuple(v))
+            elif f.type in ("bool", bool):
+                if not isinstance(v, bool):
+                    raise ConfigError(f"{f.name} must be true or false, got {v!r}")
             elif f.type in ("int", int):
                 if not isinstance(v, int) or isinstance(v, bool) or v < (0 if f.name in ("seed", "threads") else 1):
                     raise ConfigError(f"{f.name} must be a positive integer, got {v!r}")
         if not valid_device(self.device):
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         try:  # the quantizer options are QuantConfig's: it validates them
-            QuantConfig(weight_granularity=self.weight_granularity,
+            QuantConfig(setup=self.setup, weight_granularity=self.weight_granularity,
                         weight_method=self.weight_method, act_method=self.act_method)
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -138,8 +144,9 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     losses = _losses(model, val, test, classes, data, log)
     acts = activation_statistics(model, act_x, classes)
     summary = summarize_activations(acts["modules"])
-    log(f"activations: avg kurtosis {summary['all']['avg_kurtosis']:.2f}, "
-        f"max inf-norm {summary['all']['max_inf_norm']:.2f}")
+    log(f"activations (the anchor's modules): avg kurtosis {summary['anchor']['avg_kurtosis']:.2f}, "
+        f"max kurtosis {summary['anchor']['max_kurtosis']:.2f}, "
+        f"max inf-norm {summary['anchor']['max_inf_norm']:.2f}")
     attn = attention_statistics(model, act_x, classes)
     attn64 = attention_statistics(model, act_x[:, :min(SINK_T, T)], classes)
     log(f"attention: sink rate (T={attn64['T']}) {attn64['sink_rate']:.3f}, "
@@ -160,7 +167,8 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "weights": {"kurtosis": wk, "avg_kurtosis": sum(wk.values()) / len(wk),
                     "max_kurtosis": max(wk.values())},
         "attention": attn, "attention_T64": attn64, "windowed": windowed,
-        "data": _data_summary(data, cfg), "quant": quant, "quant_notes": QUANT_NOTES,
+        "data": _data_summary(data, cfg), "quant": quant,
+        "quant_notes": QUANT_NOTES[mc.setup],
         "provenance": {**provenance(device), "measure_wall_s": wall,
                        "train_wall_s": state.get("extra", {}).get("elapsed_s")},
     }
@@ -169,8 +177,12 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     return results
 
 
-QUANT_NOTES = ("fake quant; weights symmetric, activations asymmetric per tensor with "
-               "static calibrated ranges; final LayerNorm and LM head in full precision")
+QUANT_NOTES = {
+    "fp32_head": "fake quant as Bondarenko et al.'s fp32_head: every activation and weight "
+                 "except the LM head; weights symmetric per tensor, activations asymmetric per "
+                 "tensor with static running min-max ranges",
+    "linear_inputs": "fake quant of the Linear inputs and block outputs (offbyone's earlier "
+                     "setup); final LayerNorm, q, k, v, scores and LM head in full precision"}
 
 
 def _classes(data: TokenData, bos: bool, device) -> dict:
@@ -219,9 +231,14 @@ def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device) 
     g = torch.Generator().manual_seed(mc.seed + 2)
     calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
              for _ in range(mc.calib_batches)]
-    return sweep(model, calib, *val, mc.bit_widths, fp_loss=fp_loss,
+    rows = sweep(model, calib, *val, mc.bit_widths, fp_loss=fp_loss, setup=mc.setup,
                  weight_granularity=mc.weight_granularity, weight_method=mc.weight_method,
                  act_method=mc.act_method)
+    if mc.compare_legacy:   # the earlier setup's W8A8 on the same checkpoint, for comparison
+        old = sweep(model, calib, *val, [(8, 8)], fp_loss=fp_loss, setup="linear_inputs",
+                    weight_granularity="tensor", weight_method="minmax", act_method="minmax")
+        rows += [{**r, "config": "legacy_" + r["config"]} for r in old]
+    return rows
 
 
 def _data_summary(data: TokenData, cfg: dict) -> dict:

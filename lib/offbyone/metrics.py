@@ -5,8 +5,14 @@ Definitions (Bondarenko et al. 2023; Gu et al. 2025; see the paper's methods sec
   flattened T x d values of a module's output, averaged over the evaluation sequences;
 - inf-norm: per-sequence max |x| of a module's output, averaged over sequences;
 - outlier: a value more than 6 standard deviations from its (per-sequence) tensor's mean;
-- sink rate: share of heads whose mean attention on the first position, averaged over queries,
-  exceeds 0.3 at T = 64; the uniform causal baseline of that mean is H_T / T.
+- headline aggregates (avg/max kurtosis, max inf-norm) over Bondarenko et al.'s module set
+  (`ANCHOR_KINDS`: ln_1, attn_proj, ln_2, mlp_out, resid per layer, and ln_f); the extended set
+  (embedding, attention output before its projection, MLP hidden) is summarised beside it;
+- first-position attention: mean weight on position 0 over queries t >= 1 (query 0 can only
+  see position 0, where softmax puts exactly 1), with the uniform causal baseline over the same
+  queries, (H_T - 1) / (T - 1);
+- sink rate: share of heads whose mean attention on the first position, averaged over all
+  queries, exceeds 0.3 at T = 64 (Gu et al.'s definition; its uniform baseline is H_T / T).
 
 Statistics are streamed batch by batch through forward hooks: nothing like the whole activation
 history is kept.
@@ -24,6 +30,8 @@ OUTLIER_SIGMAS = 6.0
 SINK_THRESHOLD = 0.3
 SINK_T = 64
 DELIMITERS = set(string.whitespace) | set(string.punctuation)
+# Bondarenko et al.'s ACT_KEYS, in this model's names: per layer and the final LayerNorm
+ANCHOR_KINDS = ("ln_1", "attn_proj", "ln_2", "mlp_out", "resid", "ln_f")
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -41,9 +49,13 @@ def kurtosis(x: torch.Tensor, dim=None, eps: float = KURTOSIS_EPS) -> torch.Tens
     return c.pow(4).mean(dim=dim) / (var.pow(2) + eps)
 
 
-def uniform_first_position_mass(T: int) -> float:
-    """Mean over queries t = 1..T of 1/t: the first-position attention of uniform causal heads."""
-    return sum(1.0 / t for t in range(1, T + 1)) / T
+def uniform_first_position_mass(T: int, skip_first: bool = False) -> float:
+    """The first-position attention of uniform causal heads: mean over queries of 1/(t + 1),
+    t = 0..T-1 (H_T / T), or over t = 1..T-1 with skip_first ((H_T - 1) / (T - 1))."""
+    queries = range(1 if skip_first else 0, T)
+    if not queries:
+        raise ValueError(f"no query to average over at T = {T}")
+    return sum(1.0 / (t + 1) for t in queries) / len(queries)
 
 
 def token_classes(itos: list[str], bos_id: int | None,
@@ -187,12 +199,14 @@ def summarize_activations(modules: dict) -> dict:
     kinds = defaultdict(list)
     for n in names:
         kinds[module_kind(n)].append(n)
-    return {"all": agg(names), "by_kind": {k: agg(v) for k, v in kinds.items()}}
+    anchor = [n for n in names if module_kind(n) in ANCHOR_KINDS]
+    return {"anchor": agg(anchor), "all": agg(names), "by_kind": {k: agg(v) for k, v in kinds.items()}}
 
 
 class _AttentionSums:
     """Running sums, per layer and head, over the queries of every sequence seen: attention on
-    the first key, on it from late queries (t >= T/2), on delimiter keys, the abstention mass,
+    the first key from queries t >= 1 and from all queries (the sink rate's), on it from late
+    queries (t >= T/2), on delimiter keys, the abstention mass,
     gate values, and (on the testbed) the first key's attention split by trigger queries."""
 
     def __init__(self, L: int, H: int, has_trigger: bool, has_gate: bool):
@@ -200,6 +214,7 @@ class _AttentionSums:
             return torch.zeros(L, H, dtype=torch.float64)
         self.H = H
         self.first, self.first_late, self.delimiter, self.abstain = zeros(), zeros(), zeros(), zeros()
+        self.first_all = zeros()
         self.first_trig = zeros() if has_trigger else None
         self.first_other = zeros() if has_trigger else None
         self.gate = zeros() if has_gate else None
@@ -210,22 +225,23 @@ class _AttentionSums:
         self.delim = classes["delimiter"][x]
         self.n_seqs += len(x)
         if self.first_trig is not None:
-            self.trigger = classes["trigger"][x]
+            self.trigger = classes["trigger"][x][:, 1:]             # queries t >= 1
             self.n_trig += int(self.trigger.sum())
             self.n_other += int((~self.trigger).sum())
 
     def add_probs(self, li: int, p: torch.Tensor) -> None:
         p = _wide(p)                                                # (B, H, T, T)
         T = p.shape[-1]
-        self.first[li] += p[..., 0].mean(-1).sum(0).cpu()
+        self.first[li] += p[:, :, 1:, 0].mean(-1).sum(0).cpu()
+        self.first_all[li] += p[..., 0].mean(-1).sum(0).cpu()
         self.first_late[li] += p[:, :, T // 2:, 0].mean(-1).sum(0).cpu()
         key_delim = self.delim.to(p.dtype)[:, None, None, :]       # (B, 1, 1, T)
         self.delimiter[li] += (p * key_delim).sum(-1).mean(-1).sum(0).cpu()
         self.abstain[li] += (1.0 - p.sum(-1)).mean(-1).sum(0).cpu()
         if self.first_trig is not None:
             q = self.trigger.to(p.dtype)[:, None, :]                # (B, 1, T)
-            self.first_trig[li] += (p[..., 0] * q).sum((0, 2)).cpu()
-            self.first_other[li] += (p[..., 0] * (1 - q)).sum((0, 2)).cpu()
+            self.first_trig[li] += (p[:, :, 1:, 0] * q).sum((0, 2)).cpu()
+            self.first_other[li] += (p[:, :, 1:, 0] * (1 - q)).sum((0, 2)).cpu()
 
     def add_gate(self, li: int, g: torch.Tensor, headwise: bool) -> None:
         g = _wide(g)
@@ -237,7 +253,7 @@ class _AttentionSums:
 
     def result(self, T: int) -> dict:
         n = self.n_seqs
-        first, late = self.first / n, self.first_late / n
+        first, late, first_all = self.first / n, self.first_late / n, self.first_all / n
         delimiter, abstain = self.delimiter / n, self.abstain / n
         gate = self.gate / n if self.gate is not None else None
         split = {}
@@ -252,6 +268,7 @@ class _AttentionSums:
                      "n_trigger_queries": self.n_trig}
         return {"T": T, **split,
                 "first_position": first.tolist(),
+                "first_position_all_queries": first_all.tolist(),
                 "first_position_late_queries": late.tolist(),
                 "delimiter": delimiter.tolist(),
                 "abstention": abstain.tolist(),
@@ -259,8 +276,10 @@ class _AttentionSums:
                 "max_head_first_position": first.max().item(),
                 "mean_abstention": abstain.mean().item(),
                 "mean_delimiter": delimiter.mean().item(),
-                "uniform_first_position": uniform_first_position_mass(T),
-                "sink_rate": (first > SINK_THRESHOLD).double().mean().item(),
+                "uniform_first_position": uniform_first_position_mass(T, skip_first=True),
+                "uniform_first_position_all_queries": uniform_first_position_mass(T),
+                "max_head_first_position_all_queries": first_all.max().item(),
+                "sink_rate": (first_all > SINK_THRESHOLD).double().mean().item(),
                 "sink_threshold": SINK_THRESHOLD,
                 "gate": gate.tolist() if gate is not None else None,
                 "mean_gate": gate.mean().item() if gate is not None else None}
@@ -268,9 +287,9 @@ class _AttentionSums:
 
 @torch.no_grad()
 def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: int = 16) -> dict:
-    """Per layer and head: mean attention on the first position and on delimiter keys, and the
-    abstention mass 1 - sum of weights (non-zero only for sink variants). Means are over all
-    queries of all sequences. Needs the reference path (materialised probabilities)."""
+    """Per layer and head: mean attention on the first position (queries t >= 1, and all
+    queries for the sink rate) and on delimiter keys, and the abstention mass 1 - sum of weights
+    (non-zero only for sink variants). Needs the reference path (materialised probabilities)."""
     old_impl = model.blocks[0].attn.impl
     model.set_attention_impl("reference")
     has_gate = model.blocks[0].attn.gate != "none"

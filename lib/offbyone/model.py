@@ -4,11 +4,15 @@ The attention variant is a config field (see `offbyone.attention.VARIANTS`). Nam
 hook points let measurements attach forward hooks without touching the math:
 
     hook_embed                    token plus position embedding (B, T, C)
+    blocks[i].attn.hook_q/_k/_v   the query, key and value projections (B, T, C)
+    blocks[i].attn.hook_scores    scaled QK^T scores before the mask (B, H, T, T), reference path
     blocks[i].attn.hook_probs     attention probabilities (B, H, T, T), reference path only
+    blocks[i].attn.hook_context   P @ V before any gate, per head (B, H, T, C / H)
     blocks[i].attn.hook_gate      gate values of gated variants: (B, H, T) per head, or (B, T, C)
     blocks[i].attn.hook_out       attention output before its projection, heads merged (B, T, C)
     blocks[i].attn.hook_proj      attention output after its projection (B, T, C)
     blocks[i].mlp.hook_hidden     MLP hidden activation after GELU (B, T, 4C)
+    blocks[i].hook_mid            residual stream after attention, before the MLP (B, T, C)
     blocks[i].mlp.hook_out        MLP output (B, T, C)
     blocks[i].hook_resid          residual stream after the block (B, T, C)
     blocks[i].ln_1 / ln_2, ln_f   LayerNorm modules (hook them directly for their outputs)
@@ -105,6 +109,9 @@ class CausalSelfAttention(nn.Module):
         elif self.gate == "outgate":  # G1: sigmoid(X W) from the block's normalised input
             out = config.n_embd if config.outgate_mode == "elementwise" else config.n_head
             self.gate_proj = nn.Linear(config.n_embd, out, bias=True)
+        self.hook_q, self.hook_k, self.hook_v = nn.Identity(), nn.Identity(), nn.Identity()
+        self.hook_scores = nn.Identity()
+        self.hook_context = nn.Identity()
         self.hook_gate = nn.Identity()
         self.hook_probs = nn.Identity()
         self.hook_out = nn.Identity()
@@ -113,6 +120,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
@@ -120,11 +128,12 @@ class CausalSelfAttention(nn.Module):
         if self.impl == "reference" or self.window is not None:
             probs = self.hook_probs(attention_probs(q, k, self.variant, self.sink,
                                                     clip_alpha=self.clip_alpha, window=self.window,
-                                                    keep=self.keep))  # (B, nh, T, T)
-            y = probs @ v  # through the hook point, so a quantizer put there acts on the output
+                                                    keep=self.keep, score_hook=self.hook_scores))
+            y = probs @ v  # (B, nh, T, hs) from the hooked probabilities (quantized ones, say)
         else:
             y = attention(q, k, v, self.variant, self.sink, causal=True, impl=self.impl,
                           clip_alpha=self.clip_alpha)
+        y = self.hook_context(y)
         if self.gate == "gated":
             xh = x.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
             g = torch.sigmoid(torch.einsum("bhtd,hd->bht", xh, self.gate_weight)
@@ -162,10 +171,11 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
+        self.hook_mid = nn.Identity()
         self.hook_resid = nn.Identity()
 
     def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+        x = self.hook_mid(x + self.attn(self.ln_1(x)))
         x = x + self.mlp(self.ln_2(x))
         return self.hook_resid(x)
 

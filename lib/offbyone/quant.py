@@ -1,17 +1,26 @@
-"""Post-training quantization, simulated ("fake quant"), after Bondarenko et al. (2023).
+"""Post-training quantization, simulated ("fake quant"), as Bondarenko et al. (2023) set it up.
 
 Uniform affine quantization q(x) = (clamp(round(x / s) + z, qmin, qmax) - z) * s, with round
-half to even as PyTorch's own fake-quantize ops do.
+half to even, as torch's `fake_quantize_per_tensor_affine` computes it (the tests compare).
 
-- Weights: symmetric (z = 0), per tensor or per output channel, range from min-max or the
-  MSE-optimal clipping of it.
-- Activations: asymmetric per tensor, static ranges estimated on calibration batches from the
-  training split (running min-max with momentum 0.9, or a running percentile), then frozen.
-- Quantized: the inputs of every Linear (attention qkv, output and gate projections, MLP layers;
-  the weights of per-head gates), the
-  embedding tables and their sum, the LayerNorm outputs inside the blocks, the attention
-  probabilities and outputs, the MLP outputs and the residual stream after every block. Kept in
-  full precision, as Bondarenko et al. do: the final LayerNorm and the LM head.
+- Weights (every Linear, both embedding tables, the learned sink logits, the per-head gate
+  weights; biases stay in full precision): symmetric per tensor, range by MSE grid search over
+  clippings of the absolute maximum (the authors' choice) or plain min-max; per output channel
+  as an option.
+- Activations: asymmetric per tensor, static ranges from running min-max (momentum 0.9; the
+  first batch sets it) over calibration batches from the training split, then frozen (a running
+  percentile is an option).
+- Which activations (`SETUPS`):
+    fp32_head      the authors' OPT setup: everything except the LM head. The embedding sum;
+                   every LayerNorm output, the final one included; q, k, v; the scaled QK^T
+                   scores (before the mask and the normaliser); the attention probabilities;
+                   the P @ V context, and after the gate where there is one; the output
+                   projection; the residual after attention and after the MLP; the MLP's
+                   GELU output and its output.
+    linear_inputs  offbyone's earlier setup, kept to compare with: the inputs of every Linear,
+                   the embedding sum, the LayerNorms inside the blocks, the probabilities, the
+                   projections' outputs and the residual after each block; the final LayerNorm,
+                   q, k, v, the scores and the mid-block residual in full precision.
 
 `quantize_model` returns a quantized copy; the model it is given is never modified.
 """
@@ -26,6 +35,46 @@ import torch.nn as nn
 from .metrics import loss_on
 
 MOMENTUM = 0.9
+BITS = range(2, 17)
+
+# Quantization points: the activation a quantizer sits on, per block or for the whole model.
+# name -> (where: "block" or "model", the attribute path of the hook inside it)
+POINTS = {
+    "embed": ("model", "hook_embed"),
+    "ln_1": ("block", "ln_1"),
+    "q": ("block", "attn.hook_q"),
+    "k": ("block", "attn.hook_k"),
+    "v": ("block", "attn.hook_v"),
+    "scores": ("block", "attn.hook_scores"),
+    "probs": ("block", "attn.hook_probs"),
+    "context": ("block", "attn.hook_context"),      # P @ V, before any gate
+    "attn_out": ("block", "attn.hook_out"),         # after the gate, heads merged
+    "attn_proj": ("block", "attn.hook_proj"),
+    "mid": ("block", "hook_mid"),                   # x + attn(ln_1(x))
+    "ln_2": ("block", "ln_2"),
+    "mlp_hidden": ("block", "mlp.hook_hidden"),
+    "mlp_out": ("block", "mlp.hook_out"),
+    "resid": ("block", "hook_resid"),
+    "ln_f": ("model", "ln_f"),
+}
+SETUPS = {
+    # attn_out only where a gate makes it differ from the context (see _points)
+    "fp32_head": ("embed", "ln_1", "q", "k", "v", "scores", "probs", "context", "attn_out",
+                  "attn_proj", "mid", "ln_2", "mlp_hidden", "mlp_out", "resid", "ln_f"),
+    "linear_inputs": ("embed", "ln_1", "probs", "attn_out", "attn_proj", "ln_2", "mlp_hidden",
+                      "mlp_out", "resid"),
+}
+DEFAULT_SETUP = "fp32_head"
+
+
+def _check_bits(name: str, bits) -> None:
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in BITS:
+        raise ValueError(f"{name} must be an integer from {BITS[0]} to {BITS[-1]}, got {bits!r}")
+
+
+def _check_choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{name} {value!r} is not one of {', '.join(valid)}")
 
 
 def quantize(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
@@ -52,35 +101,35 @@ def asymmetric_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int):
 
 
 def quantize_weight(w: torch.Tensor, bits: int, granularity: str = "tensor",
-                    method: str = "minmax") -> torch.Tensor:
-    """Symmetric fake-quantized copy of a weight; per 'tensor' or per output 'channel' (row)."""
-    if granularity not in ("tensor", "channel"):
-        raise ValueError(f"weight granularity {granularity!r} is not one of tensor, channel")
-    if method not in ("minmax", "mse"):
-        raise ValueError(f"weight range method {method!r} is not one of minmax, mse")
+                    method: str = "mse") -> torch.Tensor:
+    """Symmetric fake-quantized copy of a weight; per 'tensor' or per output 'channel' (row).
+
+    method 'mse': the clipping of the absolute maximum (36 candidates from 0.3 to 1 times it)
+    whose grid gives the least squared error; 'minmax': the absolute maximum itself."""
+    _check_bits("weight bits", bits)
+    _check_choice("weight granularity", granularity, ("tensor", "channel"))
+    _check_choice("weight range method", method, ("mse", "minmax"))
     w = w.detach()
+    per_row = (w.shape[0], -1)
     if granularity == "tensor":
         absmax = w.abs().max()
     else:
-        absmax = w.abs().reshape(w.shape[0], -1).amax(1).view(-1, *([1] * (w.dim() - 1)))
+        absmax = w.abs().reshape(per_row).amax(1).view(-1, *([1] * (w.dim() - 1)))
     if method == "minmax":
         return quantize(w, *symmetric_qparams(absmax, bits))
-    # MSE-optimal range: the clipping of absmax (searched on a grid) with the least squared error
     best, best_err = None, None
     for frac in torch.linspace(0.3, 1.0, 36):
         q = quantize(w, *symmetric_qparams(absmax * frac, bits))
         err = (q - w).pow(2)
-        err = err.sum() if granularity == "tensor" else err.reshape(w.shape[0], -1).sum(1)
+        err = err.sum() if granularity == "tensor" else err.reshape(per_row).sum(1)
         if best is None:
             best, best_err = q, err
+        elif granularity == "tensor":
+            if err < best_err:
+                best, best_err = q, err
         else:
-            better = err < best_err
-            if granularity == "tensor":
-                if better:
-                    best, best_err = q, err
-            else:
-                best = torch.where(better.view(-1, *([1] * (w.dim() - 1))), q, best)
-                best_err = torch.minimum(err, best_err)
+            best = torch.where((err < best_err).view(-1, *([1] * (w.dim() - 1))), q, best)
+            best_err = torch.minimum(err, best_err)
     return best
 
 
@@ -92,8 +141,8 @@ class ActQuant(nn.Module):
 
     def __init__(self, bits: int, method: str = "minmax", percentile: float = 99.99):
         super().__init__()
-        if method not in ("minmax", "percentile"):
-            raise ValueError(f"activation range method {method!r} is not one of minmax, percentile")
+        _check_bits("activation bits", bits)
+        _check_choice("activation range method", method, ("minmax", "percentile"))
         self.bits, self.method, self.percentile = bits, method, percentile
         self.calibrating = True
         self.register_buffer("lo", torch.tensor(float("nan")))
@@ -101,6 +150,7 @@ class ActQuant(nn.Module):
 
     def _batch_range(self, x):
         x = x.detach().float().flatten()
+        x = x[torch.isfinite(x)]
         if self.method == "minmax":
             return x.min(), x.max()
         if x.numel() > 1_000_000:  # torch.quantile's size limit; a strided sample is plenty
@@ -108,6 +158,14 @@ class ActQuant(nn.Module):
         q = torch.tensor([1 - self.percentile / 100, self.percentile / 100], device=x.device)
         lo, hi = torch.quantile(x, q)
         return lo, hi
+
+    def qparams(self):
+        """(scale, zero point, qmin, qmax) of the frozen range."""
+        if torch.isnan(self.lo):
+            raise RuntimeError("activation quantizer used before calibration: pass calibration "
+                               "batches (quantize_model(..., calib_batches=...)) or ranges from "
+                               "calibrate_ranges")
+        return asymmetric_qparams(self.lo, self.hi, self.bits)
 
     def forward(self, x):
         if self.calibrating:
@@ -119,105 +177,119 @@ class ActQuant(nn.Module):
                 self.lo.mul_(MOMENTUM).add_((1 - MOMENTUM) * lo)
                 self.hi.mul_(MOMENTUM).add_((1 - MOMENTUM) * hi)
             return x
-        if torch.isnan(self.lo):
-            raise RuntimeError("activation quantizer used before calibration")
-        scale, zero, qmin, qmax = asymmetric_qparams(self.lo, self.hi, self.bits)
+        scale, zero, qmin, qmax = self.qparams()
         return quantize(x, scale.to(x.dtype), zero.to(x.dtype), qmin, qmax)
-
-
-class QuantLinear(nn.Module):
-    """A Linear whose input goes through an activation quantizer and whose weight is quantized."""
-
-    def __init__(self, linear: nn.Linear, wbits: int, abits: int, granularity: str,
-                 weight_method: str, act_method: str):
-        super().__init__()
-        self.act = ActQuant(abits, act_method)
-        self.weight = nn.Parameter(quantize_weight(linear.weight, wbits, granularity,
-                                                   weight_method), requires_grad=False)
-        self.bias = (nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-                     if linear.bias is not None else None)
-
-    def forward(self, x):
-        return nn.functional.linear(self.act(x), self.weight, self.bias)
 
 
 @dataclass
 class QuantConfig:
     wbits: int = 8
     abits: int = 8
+    setup: str = DEFAULT_SETUP           # a name in SETUPS
     weight_granularity: str = "tensor"   # tensor | channel
-    weight_method: str = "minmax"        # minmax | mse
+    weight_method: str = "mse"           # mse | minmax
     act_method: str = "minmax"           # minmax | percentile
 
     def __post_init__(self):
-        for k in ("wbits", "abits"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 16:
-                raise ValueError(f"{k} must be an integer from 2 to 16, got {v!r}")
-        choices = {"weight_granularity": ("tensor", "channel"),
-                   "weight_method": ("minmax", "mse"), "act_method": ("minmax", "percentile")}
-        for k, valid in choices.items():
-            if getattr(self, k) not in valid:
-                raise ValueError(f"{k} {getattr(self, k)!r} is not one of {', '.join(valid)}")
+        _check_bits("wbits", self.wbits)
+        _check_bits("abits", self.abits)
+        _check_choice("quantization setup", self.setup, tuple(SETUPS))
+        _check_choice("weight_granularity", self.weight_granularity, ("tensor", "channel"))
+        _check_choice("weight_method", self.weight_method, ("mse", "minmax"))
+        _check_choice("act_method", self.act_method, ("minmax", "percentile"))
 
     @property
     def name(self) -> str:
         return f"W{self.wbits}A{self.abits}"
 
 
-def _build_quantized(model, qc: QuantConfig) -> nn.Module:
-    """A copy of `model` with quantized weights and uncalibrated activation quantizers."""
-    q = copy.deepcopy(model).eval()
-    q.set_attention_impl("reference")  # the probabilities must exist to be quantized
-    a = lambda: ActQuant(qc.abits, qc.act_method)  # noqa: E731
-    # embeddings: untie the LM head (kept in full precision) from the quantized input table
+def _get(root: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        root = getattr(root, part)
+    setattr(root, last, module)
+
+
+def _points(model, setup: str) -> list[tuple[str, str]]:
+    """(quantizer name, module path) of every quantized activation of `model` under `setup`.
+
+    The quantizer's name is the module path, e.g. 'blocks.0.attn.hook_q'. Without a gate the
+    attention output before the projection is the P @ V context itself: one quantizer, not two."""
+    _check_choice("quantization setup", setup, tuple(SETUPS))
+    gated = model.blocks[0].attn.gate != "none"
+    out = []
+    for point in SETUPS[setup]:
+        if setup == "fp32_head" and point == "attn_out" and not gated:
+            continue
+        where, path = POINTS[point]
+        if where == "model":
+            out.append(path)
+        else:
+            out.extend(f"blocks.{i}.{path}" for i in range(len(model.blocks)))
+    return [(p, p) for p in out]
+
+
+def quantizer_names(model, setup: str = DEFAULT_SETUP) -> list[str]:
+    """The names of the activation quantizers `quantize_model` puts into `model` under `setup`."""
+    return [name for name, _ in _points(model, setup)]
+
+
+def _quantize_weights(q: nn.Module, src: nn.Module, qc: QuantConfig) -> None:
+    """Replace every weight of `q` (a copy of `src`) by its quantized form, biases kept."""
+    def qw(w):
+        return nn.Parameter(quantize_weight(w, qc.wbits, qc.weight_granularity, qc.weight_method),
+                            requires_grad=False)
+    # the LM head stays in full precision: untie it from the (quantized) input table
     head = nn.Linear(q.lm_head.in_features, q.lm_head.out_features, bias=False)
-    head.weight = nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
+    head.weight = nn.Parameter(src.lm_head.weight.detach().clone(), requires_grad=False)
     q.lm_head = head
     for emb in (q.wte, q.wpe):
-        emb.weight = nn.Parameter(quantize_weight(emb.weight, qc.wbits, qc.weight_granularity,
-                                                  qc.weight_method), requires_grad=False)
-    q.hook_embed = a()
+        emb.weight = qw(emb.weight)
     for b in q.blocks:
-        for parent, name in ((b.attn, "c_attn"), (b.attn, "c_proj"), (b.mlp, "c_fc"),
-                             (b.mlp, "c_proj")):
-            setattr(parent, name, QuantLinear(getattr(parent, name), qc.wbits, qc.abits,
-                                              qc.weight_granularity, qc.weight_method,
-                                              qc.act_method))
+        for lin in (b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj):
+            lin.weight = qw(lin.weight)
         if b.attn.gate == "outgate":
-            b.attn.gate_proj = QuantLinear(b.attn.gate_proj, qc.wbits, qc.abits,
-                                           qc.weight_granularity, qc.weight_method, qc.act_method)
+            b.attn.gate_proj.weight = qw(b.attn.gate_proj.weight)
         elif b.attn.gate == "gated":
-            b.attn.gate_weight = nn.Parameter(quantize_weight(
-                b.attn.gate_weight, qc.wbits, qc.weight_granularity, qc.weight_method),
-                requires_grad=False)
-        b.ln_1 = nn.Sequential(b.ln_1, a())
-        b.ln_2 = nn.Sequential(b.ln_2, a())
-        b.attn.hook_probs = a()
-        b.attn.hook_proj = a()
-        b.mlp.hook_out = a()
-        b.hook_resid = a()
-    return q.to(model.lm_head.weight.device)  # the new quantizers' range buffers too
+            b.attn.gate_weight = qw(b.attn.gate_weight)
+        if b.attn.sink is not None:
+            b.attn.sink = qw(b.attn.sink)
 
 
-def calibrate_ranges(model, calib_batches, act_method: str = "minmax") -> dict:
-    """Static activation ranges {quantizer name: (lo, hi)} from the full-precision activations.
+def _with_quantizers(model, setup: str, abits: int, act_method: str) -> nn.Module:
+    """A copy of `model` on the materialising path with an uncalibrated quantizer on every
+    activation of `setup` (the LayerNorms are wrapped, the hook points replaced)."""
+    q = copy.deepcopy(model).eval()
+    q.set_attention_impl("reference")  # the scores and probabilities must exist to be quantized
+    for name, path in _points(q, setup):
+        quantizer = ActQuant(abits, act_method)
+        target = _get(q, path)
+        _set(q, path, nn.Sequential(target, quantizer) if isinstance(target, nn.LayerNorm)
+             else quantizer)
+    return q
 
-    All quantizers observe at once while passing values through, so the ranges do not depend
-    on the bit widths and one calibration serves a whole sweep."""
-    q = _build_quantized(model, QuantConfig(wbits=16, abits=16, act_method=act_method))
-    # observe the full-precision activations: put the unquantized weights back
-    for emb, src in ((q.wte, model.wte), (q.wpe, model.wpe)):
-        emb.weight.data.copy_(src.weight.detach())
-    for b, src in zip(q.blocks, model.blocks):
-        pairs = [(b.attn.c_attn, src.attn.c_attn), (b.attn.c_proj, src.attn.c_proj),
-                 (b.mlp.c_fc, src.mlp.c_fc), (b.mlp.c_proj, src.mlp.c_proj)]
-        if src.attn.gate == "outgate":
-            pairs.append((b.attn.gate_proj, src.attn.gate_proj))
-        for qlin, lin in pairs:
-            qlin.weight.data.copy_(lin.weight.detach())
-        if src.attn.gate == "gated":
-            b.attn.gate_weight.data.copy_(src.attn.gate_weight.detach())
+
+def _quantizers(q: nn.Module, setup: str) -> dict[str, ActQuant]:
+    out = {}
+    for name, path in _points(q, setup):
+        m = _get(q, path)
+        out[name] = m[-1] if isinstance(m, nn.Sequential) else m
+    return out
+
+
+def calibrate_ranges(model, calib_batches, act_method: str = "minmax",
+                     setup: str = DEFAULT_SETUP) -> dict:
+    """Static activation ranges {quantizer name: (lo, hi)} observed on the full-precision model.
+
+    All quantizers observe at once while passing values through unchanged, so the ranges do not
+    depend on the bit widths and one calibration serves a whole sweep."""
+    q = _with_quantizers(model, setup, 16, act_method)
     n = 0
     with torch.no_grad():
         for x in calib_batches:
@@ -225,29 +297,32 @@ def calibrate_ranges(model, calib_batches, act_method: str = "minmax") -> dict:
             n += 1
     if n == 0:
         raise ValueError("calibration needs at least one batch")
-    return {name: (m.lo.clone(), m.hi.clone()) for name, m in q.named_modules()
-            if isinstance(m, ActQuant)}
+    return {name: (m.lo.clone(), m.hi.clone()) for name, m in _quantizers(q, setup).items()}
 
 
 def quantize_model(model, qc: QuantConfig, calib_batches=None, ranges: dict | None = None):
     """A fake-quantized copy of `model`; `model` is left untouched.
 
-    Activation ranges come from `ranges` (see calibrate_ranges) or are calibrated on
+    Activation ranges come from `ranges` (see calibrate_ranges, same setup) or are calibrated on
     `calib_batches` (an iterable of (B, T) token tensors), then frozen."""
     if ranges is None:
         if calib_batches is None:
             raise ValueError("quantize_model needs calib_batches or ranges")
-        ranges = calibrate_ranges(model, calib_batches, qc.act_method)
-    q = _build_quantized(model, qc)
-    for name, m in q.named_modules():
-        if isinstance(m, ActQuant):
-            m.lo.copy_(ranges[name][0])
-            m.hi.copy_(ranges[name][1])
-            m.calibrating = False
-    return q
+        ranges = calibrate_ranges(model, calib_batches, qc.act_method, qc.setup)
+    q = _with_quantizers(model, qc.setup, qc.abits, qc.act_method)
+    _quantize_weights(q, model, qc)
+    for name, m in _quantizers(q, qc.setup).items():
+        if name not in ranges:
+            raise ValueError(f"no calibrated range for quantizer {name!r}: ranges come from "
+                             f"another setup or model (calibrate with setup={qc.setup!r})")
+        m.lo.copy_(ranges[name][0])
+        m.hi.copy_(ranges[name][1])
+        m.calibrating = False
+    return q.to(model.lm_head.weight.device)
 
 
-DEFAULT_SWEEP = ((8, 8), (6, 6), (4, 8), (8, 6), (4, 4))
+# (wbits, abits): weights and activations together, then activations alone (16-bit weights)
+DEFAULT_SWEEP = ((8, 8), (6, 6), (4, 8), (8, 6), (8, 4), (4, 4), (16, 8), (16, 6), (16, 4))
 
 
 def sweep(model, calib_batches: list, eval_x: torch.Tensor, eval_y: torch.Tensor,
@@ -255,13 +330,15 @@ def sweep(model, calib_batches: list, eval_x: torch.Tensor, eval_y: torch.Tensor
     """Validation loss, perplexity and the gap to full precision for each (wbits, abits)."""
     if fp_loss is None:
         fp_loss = loss_on(model, eval_x, eval_y)
-    ranges = calibrate_ranges(model, calib_batches, qkw.get("act_method", "minmax"))
+    base = QuantConfig(**qkw)
+    ranges = calibrate_ranges(model, calib_batches, base.act_method, base.setup)
     rows = []
     for wb, ab in bit_widths:
         qc = QuantConfig(wbits=wb, abits=ab, **qkw)
-        qm = quantize_model(model, qc, ranges=ranges)
-        loss = loss_on(qm, eval_x, eval_y)
-        rows.append({"config": qc.name, "wbits": wb, "abits": ab, **qkw, "loss": loss,
-                     "ppl": float(torch.tensor(loss).exp()), "fp_loss": fp_loss,
+        loss = loss_on(quantize_model(model, qc, ranges=ranges), eval_x, eval_y)
+        rows.append({"config": qc.name, "wbits": wb, "abits": ab, "setup": qc.setup,
+                     "weight_granularity": qc.weight_granularity,
+                     "weight_method": qc.weight_method, "act_method": qc.act_method,
+                     "loss": loss, "ppl": float(torch.tensor(loss).exp()), "fp_loss": fp_loss,
                      "gap": loss - fp_loss})
     return rows
