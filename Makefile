@@ -23,9 +23,12 @@ TEX_PKGS := texlive-latex-base texlive-latex-recommended texlive-fonts-recommend
 # The profile: gpu where CUDA is usable, else cpu (PROFILE=smoke|cpu|gpu overrides).
 DETECT_PROFILE = $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo cpu)
 # Runs at once: 4 where CUDA is usable (the small models leave a GPU idle between steps, and
-# each notebook's start-up is CPU work; `make gpu-check` measures the gain), else 1 (JOBS=N
-# overrides).
-DETECT_JOBS = $(shell $(PY) -c 'import torch; print(4 if torch.cuda.is_available() else 1)' 2>/dev/null || echo 1)
+# each notebook's start-up is CPU work; `make gpu-check` measures the gain), else 2 of one
+# thread each (two one-thread testbed runs side by side took 12% less time than two two-thread
+# runs in turn on a 2-core machine: LOG.md). JOBS=N overrides; the benchmarks always run alone
+# with every thread.
+DETECT_JOBS = $(shell $(PY) -c 'import torch; print(4 if torch.cuda.is_available() else 2)' 2>/dev/null || echo 2)
+ON_CPU = $(shell $(PY) -c 'import torch; print("" if torch.cuda.is_available() else "1")' 2>/dev/null || echo 1)
 
 .PHONY: FORCE help setup test test-all test-slow data reproduce pipeline figures paper bench gpu-check tex lab clean
 
@@ -83,7 +86,7 @@ data: $(STAMP)
 THE_PROFILE = $(or $(PROFILE),$(DETECT_PROFILE))$(if $(filter 1,$(REHEARSAL)),-rehearsal)$(if $(filter quick,$(REHEARSAL)),-quickrehearsal)
 
 reproduce: $(STAMP) tex
-	@$(if $(REHEARSAL),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}) $(MAKE) --no-print-directory -j$(or $(JOBS),$(if $(REHEARSAL),2,$(DETECT_JOBS))) PIPELINE=1 PROFILE=$(THE_PROFILE) REHEARSAL= pipeline
+	@$(if $(or $(REHEARSAL),$(ON_CPU)),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}) $(MAKE) --no-print-directory -j$(or $(JOBS),$(if $(REHEARSAL),2,$(DETECT_JOBS))) PIPELINE=1 PROFILE=$(THE_PROFILE) REHEARSAL= pipeline
 
 figures: $(STAMP)
 	$(eval P := $(THE_PROFILE))
@@ -188,7 +191,7 @@ $(NB)/04_report.ipynb $(NB)/05_bench.ipynb: $(REGENERATE)
 $(BENCH): lib/offbyone/bench.py lib/offbyone/attention.py $(call profile_file,$(PROFILE)) $(NB)/01_prepare_data.ipynb \
           | $(foreach r,$(RUNS),$(NB)/03_measure-$(r).ipynb) $(COMPANION_MEASURES)
 	@echo "==> [bench] attention and training benchmarks of profile $(PROFILE)"
-	$(PY) -m offbyone.bench --for-profile $(PROFILE)
+	env -u OMP_NUM_THREADS $(PY) -m offbyone.bench --for-profile $(PROFILE)
 
 $(NB)/05_bench.ipynb: notebooks/05_bench.ipynb $(BENCH)
 	$(call RUN_NB,bench,05_bench) -p profile $(PROFILE)

@@ -6,6 +6,8 @@ import pytest
 
 from offbyone.report import (DISEASE_SIGNS, Tex, criterion, disease_signs, effect_sentence, fmt,
                              latex_table, mean_sd, num, paired_difference, paired_differences)
+from offbyone.report.prose import primary_sentence, verdict_summary
+from offbyone.report.stats import PRIMARY, Endpoint, endpoint_test, holm, primary_tests
 
 
 def test_latex_table_escapes_plain_text_and_keeps_tex(tmp_path):
@@ -46,17 +48,99 @@ def test_paired_difference_matches_scipy_and_decides_the_sentence():
     ci = ref.confidence_interval(0.95)
     assert r["p"] == pytest.approx(ref.pvalue) and r["diff"] == pytest.approx(np.mean(b - a))
     assert (r["ci_low"], r["ci_high"]) == pytest.approx((ci.low, ci.high))
-    assert effect_sentence(r, "W8A8 loss gap").startswith("softmax1 lowered the W8A8 loss gap")
+    sentence = effect_sentence(r, "W8A8 loss gap")
+    assert sentence.startswith("the W8A8 loss gap of softmax1 minus softmax: $-0.49$ (95\\% CI $-0.62$ to $-0.35$, paired $t$-test $p = 0.0014$")
+    assert "exploratory" in sentence and "significant" not in sentence
     flat = paired_difference(_fin([0.1, -0.1, 0.05, -0.05]), "gap_W8A8", "softmax1")
-    assert "no significant difference" in effect_sentence(flat, "W8A8 loss gap")
+    assert "significant" not in effect_sentence(flat, "W8A8 loss gap")
     one = paired_difference(_fin([0.1]), "gap_W8A8", "softmax1")
     assert one["n"] == 1 and math.isnan(one["p"]) and "no test" in effect_sentence(one, "x")
     both = paired_differences(_fin([0.1, 0.2]), ["softmax1"], ["gap_W8A8", "absent"])
     assert list(both.metric) == ["gap_W8A8"]                    # metrics the runs lack are skipped
 
 
+def test_holm_matches_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    rng = np.random.default_rng(0)
+    for p in [[0.01, 0.04, 0.03, 0.2, 0.0005, 0.5], rng.uniform(0, 0.2, 9), [0.3], [0.02, 0.02]]:
+        want = multitest.multipletests(p, method="holm")[1]
+        assert holm(p) == pytest.approx(want, abs=1e-12)
+
+
+def _fin_many(d, base=None, metric="m"):
+    base = np.linspace(1.0, 2.0, len(d)) if base is None else np.asarray(base)
+    rows = []
+    for seed, (a, x) in enumerate(zip(base, d)):
+        rows += [{"variant": "softmax", "seed": seed, metric: a},
+                 {"variant": "softmax1", "seed": seed, metric: a + x}]
+    return pd.DataFrame(rows)
+
+
+def test_endpoint_test_is_scipys_paired_tests():
+    from scipy import stats
+    rng = np.random.default_rng(1)
+    d = rng.normal(-0.02, 0.01, 10)
+    fin = _fin_many(d)
+    r = endpoint_test(fin, Endpoint("m", "m", "linear", 0.01), "softmax1")
+    a, b = fin[fin.variant == "softmax"].m.to_numpy(), fin[fin.variant == "softmax1"].m.to_numpy()
+    t = stats.ttest_rel(b, a)
+    assert r["p"] == pytest.approx(t.pvalue) and r["n"] == 10
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(tuple(t.confidence_interval(0.95)))
+    # exact sign-flip test: all 2^10 sign patterns of the differences, two-sided
+    signs = np.array(np.meshgrid(*[[-1, 1]] * 10)).reshape(10, -1).T
+    null = (signs * (b - a)).mean(1)
+    exact = np.mean(np.abs(null) >= abs((b - a).mean()) - 1e-15)
+    assert r["p_perm"] == pytest.approx(exact)
+    # TOST: the larger of the two one-sided p-values against -margin and +margin
+    lo = stats.ttest_1samp(b - a, -0.01, alternative="greater").pvalue
+    hi = stats.ttest_1samp(b - a, 0.01, alternative="less").pvalue
+    assert r["p_tost"] == pytest.approx(max(lo, hi))
+    assert r["boot_low"] < r["diff"] < r["boot_high"]
+    assert r["dz"] == pytest.approx((b - a).mean() / (b - a).std(ddof=1))
+
+
+def test_log_scale_endpoint_is_a_ratio_of_geometric_means():
+    base = np.array([10.0, 100.0, 50.0, 20.0, 30.0])
+    fin = _fin_many(base * np.array([1.9, 2.1, 2.0, 1.95, 2.05]) - base, base)
+    r = endpoint_test(fin, Endpoint("m", "m", "log", np.log(1.25)), "softmax1")
+    assert r["ratio"] == pytest.approx(np.exp(np.mean(np.log([1.9, 2.1, 2.0, 1.95, 2.05]))))
+    assert r["base_gmean"] == pytest.approx(np.exp(np.log(base).mean()))
+    assert r["ratio_low"] < r["ratio"] < r["ratio_high"]
+
+
+def test_primary_verdicts_holm_and_equivalence():
+    rng = np.random.default_rng(2)
+    n = 10
+    rows = []
+    for seed in range(n):
+        for v, shift in (("softmax", 0.0), ("softmax1", 1.0)):
+            rows.append({"variant": v, "seed": seed,
+                         "gap_W8A8": 0.05 + rng.normal(0, 1e-3) - 0.03 * shift,   # lower
+                         "gap_W16A6": 0.02 + rng.normal(0, 1e-3),                  # equivalent
+                         "max_kurtosis": np.exp(2 + rng.normal(0, 1.0)),           # too noisy
+                         "val_loss": 1.5 + 1e-4 * seed + shift * 0.002 * (-1) ** seed})
+    tests = primary_tests(pd.DataFrame(rows), ["softmax1"])
+    v = dict(zip(tests.metric, tests.verdict))
+    assert v == {"gap_W8A8": "lower", "gap_W16A6": "equivalent",
+                 "max_kurtosis": "inconclusive", "val_loss": "equivalent"}
+    assert list(tests.p_holm) == pytest.approx(list(holm(tests.p)))   # one family of four
+    s = dict(zip(tests.metric, (primary_sentence(r) for r in tests.to_dict("records"))))
+    assert s["gap_W8A8"].startswith(
+        "softmax1 had a lower W8A8 loss gap: softmax1 $-$ softmax $-0.03012$ (95\\% CI $-0.03090$ "
+        "to $-0.02934$), Holm $p < 10^{-4}$")
+    assert "equivalent in W16A6 (activations only) loss gap within $\\pm0.0100$ nats" in s["gap_W16A6"]
+    assert s["max_kurtosis"].startswith("the maximum kurtosis is inconclusive: softmax1/softmax ratio")
+    summary = verdict_summary(tests, "softmax1")
+    assert summary == ("softmax1 had a lower W8A8 loss gap ($-0.03012$ nats, 95\\% CI $-0.03090$ "
+                       "to $-0.02934$, Holm $p < 10^{-4}$); it was equivalent to softmax within "
+                       "the stated margins in W16A6 (activations only) loss gap and "
+                       "full-precision validation loss, and inconclusive in maximum kurtosis")
+    assert [ep.metric for ep in PRIMARY] == ["gap_W8A8", "gap_W16A6", "max_kurtosis",
+                                             "max_inf_norm", "first_position", "val_loss"]
+
+
 def test_disease_criteria_come_from_the_thresholds():
-    assert [criterion(s) for s in DISEASE_SIGNS][0] == r"max kurtosis $\ge 10$ (Gaussian: 3)"
+    assert [criterion(s) for s in DISEASE_SIGNS][0] == r"max kurtosis $\ge 10$ (the anchor's modules)"
     assert "$\\ge 0.01$ nats" in criterion(DISEASE_SIGNS[-1])
     assert disease_signs(pd.DataFrame([{"variant": "softmax1", "seed": 0}])) == []
 

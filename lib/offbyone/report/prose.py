@@ -3,6 +3,7 @@ decided by the statistics, the corpus sentence, the disease-sign criteria and va
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +13,24 @@ from .latex import Tex, fmt, latex_escape, num, pct
 from .stats import DISEASE_SIGNS, VARIANT_LABELS, Sign, baseline_means
 
 
+def p_value(p: float) -> Tex:
+    """'p = 0.012', or 'p < 10^{-4}' below that (the tests' resolution with 10 seeds)."""
+    return Tex("p < 10^{-4}" if p < 1e-4 else f"p = {fmt(p, 2)}")
+
+
+def _fixed(x: float, lo: float, hi: float) -> Tex:
+    """x with the decimals that resolve its interval [lo, hi]: two significant digits of the
+    half-width, so a stated change is visible and noise is not printed."""
+    half = (hi - lo) / 2
+    d = 4 if not half > 0 else max(0, 1 - math.floor(math.log10(half)))
+    return Tex(f"{x:,.{d}f}".replace(",", "{,}"))
+
+
 def effect_sentence(res: dict, label: str, better: str = "lower") -> Tex:
-    """'softmax1 lowered X by d (95% CI [a, b], paired t-test p = ..., n = k seeds)' or
-    'no significant difference', decided by the interval alone."""
+    """An exploratory difference in words: 'the X of softmax1 minus softmax: d (95% CI a to b,
+    paired t-test p = ..., n seeds; exploratory)'. Nothing is corrected for multiplicity, so
+    nothing is called significant; the direction is named only where the interval excludes 0.
+    (`better` is kept for callers; the sentence states the sign, not a judgement.)"""
     other = VARIANT_LABELS.get(res["other"], res["other"])
     base = VARIANT_LABELS.get(res["base"], res["base"])
     n = res["n"]
@@ -22,25 +38,101 @@ def effect_sentence(res: dict, label: str, better: str = "lower") -> Tex:
         return Tex(f"with {n} seed(s) measured for both, there is no test of the difference "
                    f"in {label} between {other} and {base}")
     conf = f"{round(100 * res['confidence'])}\\%"
-    ci = (f"{conf} CI ${fmt(res['ci_low'])}$ to ${fmt(res['ci_high'])}$, "
-          f"paired $t$-test $p = {fmt(res['p'], 2)}$, $n = {n}$ seeds")
-    if not res["significant"]:
-        return Tex(f"{other} and {base} show no significant difference in {label} "
-                   f"(difference ${fmt(res['diff'])}$; {ci})")
-    verb = "lowered" if res["diff"] < 0 else "raised"
-    good = (res["diff"] < 0) == (better == "lower")
-    return Tex(f"{other} {verb} the {label} from ${fmt(res['base_mean'])}$ to "
-               f"${fmt(res['other_mean'])}$ (difference ${fmt(res['diff'])}$; {ci})"
-               + ("" if good else ", a change for the worse"))
+    lo, hi = res["ci_low"], res["ci_high"]
+    ci = (f"{conf} CI ${_fixed(lo, lo, hi)}$ to ${_fixed(hi, lo, hi)}$, "
+          f"paired $t$-test ${p_value(res['p'])}$, $n = {n}$ seeds; exploratory")
+    return Tex(f"the {label} of {other} minus {base}: ${_fixed(res['diff'], lo, hi)}$ ({ci})")
+
+
+def primary_sentence(r: dict) -> Tex:
+    """One primary endpoint in words, as its verdict allows (stats.primary_tests)."""
+    other = VARIANT_LABELS.get(r["other"], r["other"])
+    base = VARIANT_LABELS.get(r["base"], r["base"])
+    conf = f"{round(100 * r['confidence'])}\\%"
+    if r["n"] < 3 or r["p"] != r["p"]:
+        return Tex(f"the {r['label']} cannot be tested ($n = {r['n']}$ paired seeds)")
+    if r["scale"] == "log":
+        lo, hi = r["ratio_low"], r["ratio_high"]
+        eff = (f"{other}/{base} ratio ${_fixed(r['ratio'], lo, hi)}$ ({conf} CI "
+               f"${_fixed(lo, lo, hi)}$ to ${_fixed(hi, lo, hi)}$)")
+        margin = f"a factor ${fmt(math.exp(r['margin']))}$"
+    else:
+        lo, hi = r["ci_low"], r["ci_high"]
+        eff = (f"{other} $-$ {base} ${_fixed(r['diff'], lo, hi)}$ ({conf} CI "
+               f"${_fixed(lo, lo, hi)}$ to ${_fixed(hi, lo, hi)}$)")
+        margin = f"$\\pm{fmt(r['margin'])}$" + (f" {r['unit']}" if r.get("unit") else "")
+    holm_p = f"Holm ${p_value(r['p_holm'])}$"
+    if r["verdict"] in ("lower", "higher"):
+        return Tex(f"{other} had a {r['verdict']} {r['label']}: {eff}, {holm_p}")
+    if r["verdict"] == "equivalent":
+        return Tex(f"{other} and {base} are equivalent in {r['label']} within {margin}: {eff}, "
+                   f"Holm-corrected TOST ${p_value(r['p_tost_holm'])}$")
+    return Tex(f"the {r['label']} is inconclusive: {eff}, {holm_p}, neither different nor "
+               f"equivalent within {margin}")
+
+
+def _short_effect(r: dict) -> str:
+    """The effect and its interval in a few words: a difference, or a ratio on the log scale."""
+    if r["scale"] == "log":
+        lo, hi = r["ratio_low"], r["ratio_high"]
+        return (f"ratio ${_fixed(r['ratio'], lo, hi)}$, 95\\% CI ${_fixed(lo, lo, hi)}$ to "
+                f"${_fixed(hi, lo, hi)}$")
+    lo, hi = r["ci_low"], r["ci_high"]
+    unit = f" {r['unit']}" if r.get("unit") else ""
+    return (f"${_fixed(r['diff'], lo, hi)}${unit}, 95\\% CI ${_fixed(lo, lo, hi)}$ to "
+            f"${_fixed(hi, lo, hi)}$")
+
+
+def verdict_summary(tests: pd.DataFrame, other: str) -> Tex:
+    """One comparison's primary endpoints in one sentence for the abstract, the answer first:
+    the effects one by one with their numbers, then the equivalences and the inconclusive
+    endpoints grouped in a clause each ('softmax1 had a lower maximum kurtosis (ratio 0.52,
+    95% CI ...); it was equivalent to softmax within the stated margins in A and B, and
+    inconclusive in C')."""
+    rows = tests[tests.other == other].to_dict("records")
+    if not rows:
+        return Tex("")
+    name = VARIANT_LABELS.get(other, other)
+    base = VARIANT_LABELS.get(rows[0]["base"], rows[0]["base"])
+    effects = [f"a {r['verdict']} {r['label']} ({_short_effect(r)}, Holm ${p_value(r['p_holm'])}$)"
+               for r in rows if r["verdict"] in ("lower", "higher")]
+    groups = {v: [r["label"] for r in rows if r["verdict"] == v]
+              for v in ("equivalent", "inconclusive")}
+    parts = []
+    if effects:
+        parts.append(f"{name} had " + _and(effects))
+    rest = []
+    if groups["equivalent"]:
+        rest.append(f"equivalent to {base} within the stated margins in "
+                    + _and(groups["equivalent"]))
+    if groups["inconclusive"]:
+        rest.append("inconclusive in " + _and(groups["inconclusive"]))
+    if rest:
+        parts.append(("it was " if effects else f"{name} was ") + ", and ".join(rest))
+    return Tex("; ".join(parts))
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 # each sign's criterion in words; thresholds come from stats.DISEASE_SIGNS
 CRITERIA = {
-    "kurtosis": "max kurtosis $\\ge {t}$ (Gaussian: 3)",
+    "kurtosis": "max kurtosis $\\ge {t}$ (the anchor's modules)",
     "massive activations": "max inf-norm $\\ge {t}\\times$ the mean module's",
     "attention sink": "some head $> {head}$ on position 0 ($T = {T}$)",
     "outliers on delimiters": "share $\\ge {t}\\times$ the delimiter base rate",
     "W8A8 gap": "$\\ge {t}$ nats (1\\% perplexity)",
+}
+
+
+# where each threshold comes from: the literature's where it has one, else ours, said so
+SOURCES = {
+    "kurtosis": "ours (a Gaussian gives 3)",
+    "massive activations": "ours",
+    "attention sink": "\\citet{gu2025sink}",
+    "outliers on delimiters": "ours, after \\citet{bondarenko2023}",
+    "W8A8 gap": "ours",
 }
 
 
@@ -64,7 +156,8 @@ def disease_signs(fin: pd.DataFrame, base: str = "softmax") -> list[dict]:
     r = baseline_means(fin, base)
     if r is None:
         return []
-    return [{"sign": s.name, "criterion": criterion(s), "value": sign_value(s, r),
+    return [{"sign": s.name, "criterion": criterion(s), "source": Tex(SOURCES[s.name]),
+             "value": sign_value(s, r),
              "present": bool(s.present(r))} for s in DISEASE_SIGNS]
 
 

@@ -19,7 +19,8 @@ from ..pipeline import load_profile, repo_root, run_dir
 
 
 def _row(r: dict, profile: str) -> dict:
-    a, by = r["activations"]["all"], r["activations"]["by_kind"]
+    # headline aggregates over the anchor's modules; "ext_" over every measured module
+    a, ext, by = r["activations"]["anchor"], r["activations"]["all"], r["activations"]["by_kind"]
     row = {
         "profile": profile, "variant": r["variant"], "seed": r["seed"], "step": r["step"],
         "max_steps": r["max_steps"], "fraction": r["step"] / r["max_steps"],
@@ -28,6 +29,10 @@ def _row(r: dict, profile: str) -> dict:
         "avg_kurtosis": a["avg_kurtosis"], "max_kurtosis": a["max_kurtosis"],
         "max_kurtosis_module": a["max_kurtosis_module"], "max_inf_norm": a["max_inf_norm"],
         "max_inf_norm_module": a["max_inf_norm_module"], "avg_inf_norm": a["avg_inf_norm"],
+        "ext_avg_kurtosis": ext["avg_kurtosis"], "ext_max_kurtosis": ext["max_kurtosis"],
+        "ext_max_kurtosis_module": ext["max_kurtosis_module"],
+        "ext_max_inf_norm": ext["max_inf_norm"],
+        "ext_max_inf_norm_module": ext["max_inf_norm_module"],
         "resid_avg_kurtosis": by["resid"]["avg_kurtosis"],
         "resid_max_inf_norm": by["resid"]["max_inf_norm"],
         "outlier_share_delimiter": a["outlier_share_delimiter"],
@@ -40,7 +45,7 @@ def _row(r: dict, profile: str) -> dict:
         "abstention": r["attention"]["mean_abstention"],
         "sink_rate": r["attention_T64"]["sink_rate"],
         "sink_T": r["attention_T64"]["T"],
-        "max_head_first_position_T64": r["attention_T64"]["max_head_first_position"],
+        "max_head_first_position_T64": r["attention_T64"]["max_head_first_position_all_queries"],
         "weight_avg_kurtosis": r["weights"]["avg_kurtosis"],
         "measure_wall_s": r["provenance"]["measure_wall_s"],
         "train_wall_s": r["provenance"].get("train_wall_s"),
@@ -59,6 +64,7 @@ def _row(r: dict, profile: str) -> dict:
         row[f"loss_{q['config']}"] = q["loss"]
     for kind, agg in by.items():
         row[f"inf_norm_{kind}"] = agg["max_inf_norm"]
+        row[f"kurtosis_{kind}"] = agg["max_kurtosis"]
     return row
 
 

@@ -10,6 +10,7 @@ writes every macro the paper prints.
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 
@@ -21,10 +22,11 @@ from ..pipeline import load_profile, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness
 from . import figures as F
 from .latex import Tex, fmt, latex_escape, latex_table, macro_name, mean_sd, num, pct, write_macros
-from .prose import corpus_description, disease_signs, effect_sentence
+from .prose import corpus_description, disease_signs, effect_sentence, primary_sentence, verdict_summary
 from .results import (collect, corpus_info, final, measured_files, per_layer, published_table,
                       read_csv, windowed)
-from .stats import METRICS, VARIANT_LABELS, paired_difference, paired_differences
+from .stats import (ALPHA, METRICS, PRIMARY, RATIO_MARGIN, VARIANT_LABELS, paired_difference,
+                    paired_differences, primary_tests)
 
 FIGURE_STEM = "04_report"           # figures are named after the notebook that draws them
 
@@ -32,7 +34,13 @@ FIGURE_STEM = "04_report"           # figures are named after the notebook that 
 MAIN_COLUMNS = {"val_loss": Tex("val.\\ loss"), "avg_kurtosis": Tex("avg.\\ kurt."),
                 "max_kurtosis": "max kurt.", "max_inf_norm": Tex("max $\\|x\\|_\\infty$"),
                 "first_position": Tex("attn.\\ pos.\\ 0"), "sink_rate": "sink rate",
-                "abstention": "abstain", "gap_W8A8": "W8A8 gap", "gap_W4A8": "W4A8 gap"}
+                "abstention": "abstain", "gap_W8A8": "W8A8 gap", "gap_W16A6": "W16A6 gap"}
+# the extended module set (every measured module: embedding, attention output before its
+# projection and MLP hidden besides the anchor's), for the appendix
+EXTENDED_COLUMNS = {"ext_avg_kurtosis": Tex("avg.\\ kurt."), "ext_max_kurtosis": "max kurt.",
+                    "ext_max_inf_norm": Tex("max $\\|x\\|_\\infty$"),
+                    "kurtosis_embed": "kurt. embed", "kurtosis_attn_out": "kurt. attn out",
+                    "kurtosis_mlp_hidden": "kurt. MLP hidden"}
 ABLATION_COLUMNS = {k: v for k, v in MAIN_COLUMNS.items()
                     if k not in ("abstention", "gap_W4A8")}
 TESTBED_COLUMNS = {"copy_loss": "copy loss", "bigram_loss": "bigram loss",
@@ -46,10 +54,11 @@ TESTBED_FOCUS = ["bos_other", "bos_trigger", "avg_kurtosis", "max_kurtosis", "ma
 # per-variant means the paper cites by macro
 MAIN_MACRO_COLUMNS = ["val_loss", "test_loss", "avg_kurtosis", "max_kurtosis", "max_inf_norm",
                       "sink_rate", "first_position", "abstention", "gap_W8A8", "gap_W4A8",
-                      "gap_W4A4", "resid_avg_kurtosis"]
+                      "gap_W4A4", "gap_W16A6", "gap_legacy_W8A8", "resid_avg_kurtosis"]
 TESTBED_MACRO_COLUMNS = ["val_loss", "copy_loss", "bigram_loss", "bos_other", "bos_trigger",
                          "bos_other_max_head", "avg_kurtosis", "max_kurtosis", "max_inf_norm",
-                         "sink_rate", "abstention", "gap_W8A8", "gap_W4A4"]
+                         "sink_rate", "abstention", "gap_W8A8", "gap_W4A4", "gap_W16A6",
+                         "gap_legacy_W8A8", "first_position"]
 TOKENIZER_NAMES = {"char": "character", "bpe": "BPE"}
 MODEL_TOKENIZER = {"char": "char", "bpe": "BPE", "synthetic": "synthetic"}
 
@@ -96,7 +105,7 @@ class Report:
         self.cfg = run_config(profile, self.variants[0], self.prof["seeds"][0]).to_dict()
         self.diffs = paired_differences(self.fin, self.others)
         self.sections: dict[str, dict] = {}                  # each section's macros
-        self.testbed_fin = None
+        self.testbed_fin, self._tb = None, None
         F.style()
 
     # loading: from runs/ (then saved under results/<profile>/), or from results/<profile>/ ----
@@ -174,14 +183,15 @@ class Report:
         """Paired differences against softmax (same seed, same data order)."""
         self._derived("differences.csv", write_csv, self.diffs)
         return self.diffs[["other", "metric", "base_mean", "other_mean", "diff", "ci_low",
-                           "ci_high", "p", "n", "significant"]]
+                           "ci_high", "p", "n"]]
 
     def tables(self) -> pd.DataFrame:
         """The main table, the quantization sweep, the differences and the published numbers."""
         fin, variants = self.fin, self.variants
         main = self._table(by_variant(fin, MAIN_COLUMNS, variants), "main.tex")
-        sweep = {c: c[4:] for c in fin.columns if c.startswith("gap_")}
+        sweep = {c: c[4:].replace("legacy_", "earlier ") for c in fin.columns if c.startswith("gap_")}
         self._table(by_variant(fin, sweep, variants, 2), "quant.tex")
+        self._table(by_variant(fin, EXTENDED_COLUMNS, variants), "extended.tex")
         self._table(differences_table(self.diffs), "differences.tex", "llrrrrr")
         self._table(self._published(), "published.tex", "lllrrrr")
         return main
@@ -191,18 +201,18 @@ class Report:
         cfg, fin = self.cfg, self.fin
         tok = MODEL_TOKENIZER.get(self.corpus["tokenizer"], "")
         inf, kurt = Tex("max $\\|x\\|_\\infty$"), Tex("avg.\\ kurt.")
-        sink, cost = Tex("sink rate (\\%)"), "W8A8 cost"
+        sink, cost = Tex("sink rate (\\%)"), "W8A8 gap (nats)"
         ours = [{"source": "this work", "model": f"{cfg['n_layer']}L-{cfg['n_embd']} {tok} GPT",
                  "method": VARIANT_LABELS[v], inf: num(fin[fin.variant == v].max_inf_norm.mean()),
                  kurt: num(fin[fin.variant == v].avg_kurtosis.mean()),
                  sink: num(100 * fin[fin.variant == v].sink_rate.mean()),
-                 cost: Tex(f"$+{fmt(fin[fin.variant == v].gap_W8A8.mean())}$ nats")}
+                 cost: num(fin[fin.variant == v].gap_W8A8.mean())}
                 for v in self.variants]
         theirs = [{"source": Tex(f"\\citet{{{r.cite}}}"), "model": r.model, "method": r.method,
                    inf: num(r.max_inf_norm), kurt: num(r.avg_kurtosis),
                    sink: num(r.sink_rate_pct) if not pd.isna(r.sink_rate_pct) else "--",
-                   cost: (Tex(f"${fmt(r.fp_ppl)} \\to {fmt(r.w8a8_ppl)}$ ppl")
-                          if not pd.isna(r.w8a8_ppl) else "--")}
+                   # their perplexities as our unit: ln(W8A8 ppl / FP16 ppl) nats
+                   cost: (num(math.log(r.w8a8_ppl / r.fp_ppl)) if not pd.isna(r.w8a8_ppl) else "--")}
                   for r in published_table().itertuples()]
         return ours + theirs
 
@@ -235,7 +245,7 @@ class Report:
         axes[0].legend()
         self._figure(fig, "attention")
 
-        sweep = [c for c in self.fin.columns if c.startswith("gap_")]
+        sweep = [c for c in self.fin.columns if c.startswith("gap_") and "legacy" not in c]
         long = self.fin.melt(id_vars=["variant", "seed"], value_vars=sweep, var_name="bits")
         long["x"] = long.bits.map(sweep.index)
         fig, (ax,) = F.panels(1, 4.5, 2.8)
@@ -353,9 +363,7 @@ class Report:
             return pd.Series(M)
         tprof = load_profile(tb)
         V = tprof["variants"]
-        tdf = self._frame("testbed_runs", lambda: collect(tb, self.runs_root))
-        tlayers = self._frame("testbed_layers", lambda: per_layer(tb, self.runs_root))
-        tfin = self.testbed_fin = final(tdf)
+        tdf, tlayers, tfin = self._testbed_frames()
         tdiffs = paired_differences(tfin, [v for v in V if v != "softmax"])
         self._derived("testbed_differences.csv", write_csv, tdiffs)
         self._table(by_variant(tfin, TESTBED_COLUMNS, V), "testbed.tex")
@@ -382,6 +390,90 @@ class Report:
         M.update(_effect_macros("TbEffect", tdiffs))
         return pd.Series(M)
 
+    def _testbed_frames(self):
+        """The testbed's runs (every checkpoint), per-layer rows and final checkpoints, or
+        (None, None, None) when the profile names no testbed; loaded once."""
+        tb = self.prof.get("testbed")
+        if not tb:
+            return None, None, None
+        if self._tb is None:
+            tdf = self._frame("testbed_runs", lambda: collect(tb, self.runs_root))
+            tlayers = self._frame("testbed_layers", lambda: per_layer(tb, self.runs_root))
+            self._tb = (tdf, tlayers, final(tdf))
+            self.testbed_fin = self._tb[2]
+        return self._tb
+
+    def primary(self) -> pd.DataFrame:
+        """The primary endpoints (stats.PRIMARY, declared before these results existed): each
+        variant against softmax with the paired t-test, the exact sign-flip permutation test,
+        a bootstrap interval, Holm within each comparison and TOST equivalence, for the
+        natural text and the testbed."""
+        studies = [("natural text", "", self.fin, self.others)]
+        _, _, tfin = self._testbed_frames()
+        if tfin is not None:
+            studies.append(("testbed", "Tb", tfin, [v for v in sorted(set(tfin.variant),
+                                                                      key=self._order)
+                                                    if v != "softmax"]))
+        M = self.sections["primary"] = {
+            "Alpha": fmt(ALPHA), "RatioMargin": fmt(RATIO_MARGIN),
+            "PrimaryList": ", ".join(f"({i}) {ep.label}" for i, ep in enumerate(PRIMARY, 1)),
+            "NPrimary": fmt(len(PRIMARY))}
+        frames, rows = [], []
+        for study, prefix, fin, others in studies:
+            tests = primary_tests(fin, others).assign(study=study)
+            frames.append(tests)
+            for r in tests.to_dict("records"):
+                M[macro_name(prefix + "Primary", *r["metric"].split("_"), r["other"])] = \
+                    primary_sentence(r)
+                rows.append(self._primary_row(r))
+            for other in others:
+                M[macro_name(prefix + "PrimarySummary", other)] = verdict_summary(tests, other)
+        allt = pd.concat(frames, ignore_index=True)
+        self._derived("primary.csv", write_csv, allt)
+        self._table(rows, "primary.tex", "lllrrrrrrl")
+        return allt[["study", "other", "metric", "diff", "ci_low", "ci_high", "p", "p_perm",
+                     "p_holm", "p_tost_holm", "verdict"]]
+
+    def _order(self, v: str) -> int:
+        return list(VARIANT_LABELS).index(v)
+
+    @staticmethod
+    def _primary_row(r: dict) -> dict:
+        log = r["scale"] == "log"
+        eff, lo, hi = (("ratio", "ratio_low", "ratio_high") if log else ("diff", "ci_low", "ci_high"))
+        base, other = ((r["base_gmean"], r["other_gmean"]) if log
+                       else (r["base_mean"], r["other_mean"]))
+        return {"study": r["study"], "variant": VARIANT_LABELS[r["other"]], "endpoint": r["label"],
+                "softmax": num(base), "variant mean": num(other),
+                Tex("effect (95\\% CI)"): Tex(f"${fmt(r[eff])}$ (${fmt(r[lo])}$, ${fmt(r[hi])}$)"
+                                              + (" ratio" if log else "")),
+                **{head: (Tex("$<10^{-4}$") if r[k] < 1e-4 else num(r[k], 2))
+                   for k, head in (("p", Tex("$p$ ($t$)")), ("p_perm", Tex("$p$ (perm.)")),
+                                   ("p_holm", Tex("Holm $p$")),
+                                   ("p_tost_holm", Tex("TOST Holm $p$")))},
+                "verdict": r["verdict"]}
+
+    def dose(self) -> None:
+        """Dose-response: every primary endpoint at the 1/4, 1/2 and final checkpoints, per
+        variant (does the baseline's outlier growth open a quantization gap, and does softmax1
+        stop it?), for the natural text and the testbed."""
+        tdf, _, _ = self._testbed_frames()
+        rows = [("natural text", self.df)] + ([("testbed", tdf)] if tdf is not None else [])
+        fig, axes = F.plt.subplots(len(rows), len(PRIMARY), figsize=(12, 2.3 * len(rows)),
+                                   squeeze=False)
+        for (study, df), row in zip(rows, axes):
+            V = [v for v in VARIANT_LABELS if v in set(df.variant)]
+            for ax, ep in zip(row, PRIMARY):
+                F.seed_lines(ax, df, "fraction", ep.metric, V)
+                ax.set(title=ep.label if study == rows[0][0] else None,
+                       yscale="log" if ep.scale == "log" else "linear",
+                       xlabel="fraction of training" if study == rows[-1][0] else None)
+                ax.title.set_fontsize(7)
+            row[0].set_ylabel(study)
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        self._figure(fig, "dose")
+
     def _testbed_figures(self, tdf, tlayers, tfin, V) -> None:
         heads = tlayers[tlayers.kind == "head"].groupby(["variant", "layer", "head"])[
             ["first_position_other", "first_position_trigger"]].mean().reset_index()
@@ -407,9 +499,10 @@ class Report:
 
         def cell(d):
             return Tex(f"{d['value']} ({'yes' if d['present'] else 'no'})")
-        rows = [{"sign": d["sign"], "present when": d["criterion"], "natural text": cell(d),
+        rows = [{"sign": d["sign"], "present when": d["criterion"], "threshold from": d["source"],
+                 "natural text": cell(d),
                  **({"testbed": cell(tbs[i])} if tbs else {})} for i, d in enumerate(nat)]
-        table = self._table(rows, "disease.tex", "ll" + "l" * (1 + bool(tbs)))
+        table = self._table(rows, "disease.tex", "lll" + "l" * (1 + bool(tbs)))
 
         def listed(signs):
             return ", ".join(d["sign"] for d in signs if d["present"]) or "none"
@@ -425,7 +518,7 @@ class Report:
         """Every number the paper prints: the profile, its corpus and recipe, the per-variant
         means and effects, provenance and timings, then each section's macros."""
         M = {**self._profile_macros(), **self._result_macros(), **self._provenance_macros()}
-        for name in ("windowed", "disease", "ablations", "testbed"):
+        for name in ("windowed", "disease", "ablations", "testbed", "primary"):
             M.update(self.sections.get(name, {}))
         self._derived("macros.json", write_json, M)
         write_macros(M, self.gen / "macros.tex")     # written last: the Makefile's target

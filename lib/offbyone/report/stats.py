@@ -37,29 +37,34 @@ METRICS = {
 }
 
 
-def paired_difference(fin: pd.DataFrame, metric: str, other: str, base: str = "softmax",
-                      confidence: float = CONFIDENCE) -> dict:
-    """other - base, paired by seed: mean, sd, t-interval and paired t-test p-value."""
+def _paired(fin: pd.DataFrame, metric: str, other: str, base: str):
+    """The base and other values of `metric` on the seeds both have, seed by seed."""
     a = fin[fin.variant == base].set_index("seed")[metric].astype(float).dropna()
     b = fin[fin.variant == other].set_index("seed")[metric].astype(float).dropna()
-    seeds = sorted(set(a.index) & set(b.index))   # seeds where both variants have the metric
-    d = np.array([b[s] - a[s] for s in seeds], dtype=float)
-    n = len(d)
+    seeds = sorted(set(a.index) & set(b.index))
+    return a[seeds].to_numpy(), b[seeds].to_numpy()
+
+
+def paired_difference(fin: pd.DataFrame, metric: str, other: str, base: str = "softmax",
+                      confidence: float = CONFIDENCE) -> dict:
+    """other - base, paired by seed: mean, sd, and scipy's paired t-test p-value and interval.
+    Exploratory: nothing is corrected for multiplicity and nothing is called significant."""
+    a, b = _paired(fin, metric, other, base)
+    n = len(a)
     res = {"metric": metric, "base": base, "other": other, "n": n,
-           "base_mean": float(a[seeds].mean()) if n else math.nan,
-           "other_mean": float(b[seeds].mean()) if n else math.nan,
-           "diff": float(d.mean()) if n else math.nan,
-           "sd": float(d.std(ddof=1)) if n > 1 else math.nan,
+           "base_mean": float(a.mean()) if n else math.nan,
+           "other_mean": float(b.mean()) if n else math.nan,
+           "diff": float((b - a).mean()) if n else math.nan,
+           "sd": float((b - a).std(ddof=1)) if n > 1 else math.nan,
            "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "confidence": confidence}
     if n > 1:
-        se = res["sd"] / math.sqrt(n)
-        t = sps.t.ppf(0.5 + confidence / 2, n - 1)
-        res["ci_low"], res["ci_high"] = res["diff"] - t * se, res["diff"] + t * se
-        if se > 0:
-            res["p"] = float(2 * sps.t.sf(abs(res["diff"]) / se, n - 1))
+        if np.all(b - a == (b - a)[0]):               # no spread: the t-test is undefined
+            res["ci_low"] = res["ci_high"] = res["diff"]
+            res["p"] = 1.0 if res["diff"] == 0 else 0.0
         else:
-            res["p"] = 0.0 if res["diff"] != 0 else 1.0
-    res["significant"] = bool(n > 1 and (res["ci_low"] > 0 or res["ci_high"] < 0))
+            t = sps.ttest_rel(b, a)
+            ci = t.confidence_interval(confidence)
+            res.update(ci_low=float(ci.low), ci_high=float(ci.high), p=float(t.pvalue))
     return res
 
 
@@ -68,6 +73,115 @@ def paired_differences(fin: pd.DataFrame, others, metrics=None) -> pd.DataFrame:
     metrics = metrics or METRICS
     return pd.DataFrame([paired_difference(fin, m, other) for other in others
                          for m in metrics if m in fin and fin[m].notna().any()])
+
+
+# --------------------------------------------------------------------------------------------
+# The primary endpoints, declared before the measurements under the anchor's quantization setup
+# existed (issue 15, 2026-11-30), with the test, the correction and the equivalence margins.
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A primary endpoint: `metric` compared on a linear or log scale, equivalent when the
+    paired difference (log ratio on the log scale) lies within +-margin."""
+    metric: str
+    label: str
+    scale: str            # "linear": differences; "log": ratios (paired log differences)
+    margin: float         # the equivalence margin, in the metric's unit or in log units
+    unit: str = ""
+
+
+ALPHA = 0.05
+RATIO_MARGIN = 1.25       # log-scale endpoints: equivalent when the ratio is within 1/1.25..1.25
+PRIMARY = (
+    Endpoint("gap_W8A8", "W8A8 loss gap", "linear", 0.01, "nats"),
+    Endpoint("gap_W16A6", "W16A6 (activations only) loss gap", "linear", 0.01, "nats"),
+    Endpoint("max_kurtosis", "maximum kurtosis", "log", math.log(RATIO_MARGIN)),
+    Endpoint("max_inf_norm", "maximum inf-norm", "log", math.log(RATIO_MARGIN)),
+    Endpoint("first_position", "attention on the first position", "linear", 0.01),
+    Endpoint("val_loss", "full-precision validation loss", "linear", 0.01, "nats"),
+)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (the tests check them against statsmodels')."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    return adjusted[np.argsort(order)]
+
+
+def _mean_diff(x, y, axis=-1):
+    return np.mean(x - y, axis=axis)
+
+
+def endpoint_test(fin: pd.DataFrame, ep: Endpoint, other: str, base: str = "softmax",
+                  confidence: float = CONFIDENCE) -> dict:
+    """One primary endpoint, other against base, paired by seed, with scipy.stats: the paired
+    t-test and its interval, the exact sign-flip permutation test, a bootstrap interval, the
+    two one-sided tests (TOST) against +-margin, and Cohen's d_z. On the log scale every number
+    is about log(other) - log(base); `ratio*` give them back as ratios."""
+    a, b = _paired(fin, ep.metric, other, base)
+    if ep.scale == "log":
+        a, b = np.log(a), np.log(b)
+    d = b - a
+    n = len(d)
+    res = {"metric": ep.metric, "label": ep.label, "scale": ep.scale, "margin": ep.margin,
+           "unit": ep.unit,
+           "other": other, "base": base, "n": n, "confidence": confidence,
+           "base_mean": float(np.mean(a)) if n else math.nan,
+           "other_mean": float(np.mean(b)) if n else math.nan,
+           "diff": float(np.mean(d)) if n else math.nan}
+    nan = dict.fromkeys(("sd", "ci_low", "ci_high", "p", "p_perm", "boot_low", "boot_high",
+                         "p_tost", "dz"), math.nan)
+    res.update(nan)
+    if n > 2 and np.ptp(d) > 0:
+        t = sps.ttest_rel(b, a)
+        ci = t.confidence_interval(confidence)
+        perm = sps.permutation_test((b, a), _mean_diff, permutation_type="samples",
+                                    vectorized=True, n_resamples=np.inf if n <= 16 else 20_000,
+                                    rng=0)
+        boot = sps.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=20_000,
+                             method="percentile", rng=0)
+        lower = sps.ttest_1samp(d, -ep.margin, alternative="greater").pvalue
+        upper = sps.ttest_1samp(d, ep.margin, alternative="less").pvalue
+        res.update(sd=float(d.std(ddof=1)), ci_low=float(ci.low), ci_high=float(ci.high),
+                   p=float(t.pvalue), p_perm=float(perm.pvalue),
+                   boot_low=float(boot.confidence_interval.low),
+                   boot_high=float(boot.confidence_interval.high),
+                   p_tost=float(max(lower, upper)), dz=float(d.mean() / d.std(ddof=1)))
+    if ep.scale == "log":   # back to the metric's own scale: geometric means and their ratio
+        res.update(base_gmean=math.exp(res["base_mean"]) if n else math.nan,
+                   other_gmean=math.exp(res["other_mean"]) if n else math.nan,
+                   ratio=math.exp(res["diff"]) if n else math.nan,
+                   ratio_low=math.exp(res["ci_low"]), ratio_high=math.exp(res["ci_high"]))
+    return res
+
+
+def primary_tests(fin: pd.DataFrame, others, base: str = "softmax",
+                  endpoints=PRIMARY) -> pd.DataFrame:
+    """Every primary endpoint for each variant against the baseline. Holm's correction runs
+    within each comparison's family (its endpoints), on the t-test p-values (`p_holm`) and on
+    the TOST p-values (`p_tost_holm`); `verdict` is what the numbers allow one to say:
+    'lower' or 'higher' (Holm p < ALPHA), 'equivalent' (Holm-corrected TOST p < ALPHA) or
+    'inconclusive'."""
+    rows = []
+    for other in others:
+        fam = [endpoint_test(fin, ep, other, base) for ep in endpoints
+               if ep.metric in fin and fin[ep.metric].notna().any()]
+        for key in ("p", "p_tost"):
+            ps = np.array([r[key] for r in fam])
+            ok = ~np.isnan(ps)
+            adj = np.full(len(ps), math.nan)
+            if ok.any():
+                adj[ok] = holm(ps[ok])
+            for r, x in zip(fam, adj):
+                r[key + "_holm"] = float(x)
+        for r in fam:
+            r["verdict"] = ("lower" if r["p_holm"] < ALPHA and r["diff"] < 0 else
+                            "higher" if r["p_holm"] < ALPHA and r["diff"] > 0 else
+                            "equivalent" if r["p_tost_holm"] < ALPHA else "inconclusive")
+        rows += fam
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
