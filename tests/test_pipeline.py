@@ -92,14 +92,14 @@ def test_paired_difference_and_generated_sentences():
     sd = pd.Series(d).std()
     half = 4.302652729911275 * sd / math.sqrt(3)          # t_{0.975, 2}
     assert r["ci_low"] == pytest.approx(r["diff"] - half) and r["ci_high"] == pytest.approx(r["diff"] + half)
-    assert r["significant"] and r["p"] < 0.01
+    assert r["p"] < 0.01 and "significant" not in r            # exploratory: no flag
     s = R.effect_sentence(r, "average kurtosis")
-    assert s.startswith("softmax1 lowered the average kurtosis") and "95\\% CI" in s
+    assert s.startswith("the average kurtosis of softmax1 minus softmax: $-1.97$") and "95\\% CI" in s
     noisy = fin.copy()
     noisy.loc[3:, "m"] = [12.0, 9.0, 12.5]
     r2 = R.paired_difference(noisy, "m", "softmax1")
-    assert not r2["significant"]
-    assert "no significant difference" in R.effect_sentence(r2, "average kurtosis")
+    assert r2["ci_low"] < 0 < r2["ci_high"]
+    assert "exploratory" in R.effect_sentence(r2, "average kurtosis")
     one = R.paired_difference(fin[fin.seed == 0], "m", "softmax1")
     assert "no test" in R.effect_sentence(one, "x")
     missing = fin.copy()
@@ -240,3 +240,12 @@ def test_macro_names_spell_every_digit_and_never_collide():
     assert len(set(names)) == 10 and all(n.isalpha() for n in names)
     assert macro_name("Win", "ppl", "k", "3", "softmax") == "WinPplKThreeSoftmax"
     assert macro_name("gap", "W8A8") == "GapWEightAEight"     # unchanged for the digits in use
+
+
+def test_cited_profiles_are_read_not_run():
+    from offbyone.pipeline import load_profile
+    assert load_profile("cpu")["cited"] == ["testbed_long"]
+    assert "cited" not in load_profile("cpu-rehearsal")         # a rehearsal cites nothing real
+    long = load_profile("testbed_long")
+    assert long["train"]["max_steps"] == 3 * load_profile("testbed")["train"]["max_steps"]
+    assert long["variants"] == ["softmax", "softmax1", "sink"] and len(long["seeds"]) >= 5

@@ -15,6 +15,8 @@ options of one run of the whole study:
                                # trained, measured and reported with this one
     ablations: [gpu_wd01]      # optional: profiles that change one recipe key (same variants'
                                # comparison under another weight decay, say), reported beside
+    cited: [testbed_long]      # optional: profiles run once on their own, whose committed
+                               # results (results/<name>/) the report cites without running them
 
     python -m offbyone.pipeline runs cpu      # the run names, for the Makefile
     python -m offbyone.pipeline testbed cpu   # the testbed profile's name (empty if none)
@@ -39,7 +41,7 @@ from .io import atomic_path
 from .measure import MeasureConfig
 
 PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed",
-                "ablations")
+                "ablations", "cited")
 BENCH_KEYS = ("T", "repeats", "steps", "variants")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
@@ -113,6 +115,7 @@ def _load_rehearsal(profile: str) -> dict:
         prof["testbed"] += suffix
     if prof.get("ablations"):
         prof["ablations"] = [a + suffix for a in prof["ablations"]]
+    prof.pop("cited", None)            # a rehearsal cites no real results
     t, m, b = REHEARSAL_CUTS["train"], REHEARSAL_CUTS["measure"], REHEARSAL_CUTS["bench"]
     prof["rehearsal_cuts"] = (
         ("the first two variants and the first seed of each profile; " if
@@ -181,6 +184,12 @@ def load_profile(profile: str, _seen: tuple = (), _as_base: bool = False) -> dic
             if sub.get("testbed") or sub.get("ablations"):
                 raise ConfigError(f"{path}: ablation profile {a!r} may not have a testbed or "
                                   "ablations itself")
+    cited = prof.get("cited")
+    if cited is not None and not _as_base:
+        if not isinstance(cited, list) or not all(isinstance(c, str) and c != profile for c in cited):
+            raise ConfigError(f"{path}: cited must be a list of other profiles' names, got {cited!r}")
+        for c in cited:
+            load_profile(c)
     prof["name"] = profile
     prof["train"], prof["measure"], prof["bench"] = train, prof.get("measure") or {}, bench
     return prof

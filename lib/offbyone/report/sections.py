@@ -105,7 +105,7 @@ class Report:
         self.cfg = run_config(profile, self.variants[0], self.prof["seeds"][0]).to_dict()
         self.diffs = paired_differences(self.fin, self.others)
         self.sections: dict[str, dict] = {}                  # each section's macros
-        self.testbed_fin, self._tb = None, None
+        self.testbed_fin, self._tb, self._cited = None, None, {}
         F.style()
 
     # loading: from runs/ (then saved under results/<profile>/), or from results/<profile>/ ----
@@ -459,6 +459,7 @@ class Report:
         stop it?), for the natural text and the testbed."""
         tdf, _, _ = self._testbed_frames()
         rows = [("natural text", self.df)] + ([("testbed", tdf)] if tdf is not None else [])
+        rows += [(f"{name} (committed)", df) for name, df in self._cited.items()]
         fig, axes = F.plt.subplots(len(rows), len(PRIMARY), figsize=(12, 2.3 * len(rows)),
                                    squeeze=False)
         for (study, df), row in zip(rows, axes):
@@ -473,6 +474,44 @@ class Report:
         axes[0][0].legend(fontsize=6)
         fig.tight_layout()
         self._figure(fig, "dose")
+
+    def cited(self) -> pd.Series:
+        """Profiles run once and committed (the profile's `cited:`, e.g. testbed_long: the
+        testbed trained three times as long): their primary endpoints from results/<name>/
+        alone, never rerun. Macros carry the prefix 'Long' for the first one named."""
+        names = self.prof.get("cited") or []
+        M = self.sections["cited"] = {"HasLong": "0"}
+        for name in names:
+            res = self.root / "results" / name
+            if not (res / "runs.csv").exists():
+                print(f"{res}/runs.csv is not there: the paper leaves {name} out "
+                      f"(make reproduce PROFILE={name} makes it)")
+                continue
+            df = read_csv(res / "runs.csv")
+            fin, prov = final(df), json.loads((res / "provenance.json").read_text())
+            V = [v for v in VARIANT_LABELS if v in set(fin.variant)]
+            tests = primary_tests(fin, [v for v in V if v != "softmax"]).assign(study=name)
+            self._cited[name] = df
+            self._derived(f"cited_{name}_primary.csv", write_csv, tests)
+            if M["HasLong"] == "1":
+                continue
+            self._table([self._primary_row(r) for r in tests.to_dict("records")],
+                        "long_primary.tex", "lllrrrrrrl")
+            M.update({"HasLong": "1", "LongProfileName": latex_escape(name),
+                      "LongSteps": fmt(int(fin.max_steps.iloc[0])),
+                      "LongNSeeds": fmt(int(fin.seed.nunique())),
+                      "LongVariantList": ", ".join(VARIANT_LABELS[v] for v in V),
+                      "LongCommit": latex_escape(prov["commit"][:10]),
+                      "LongPipelineMin": fmt(prov["pipeline_wall_s"] / 60, 2)})
+            for r in tests.to_dict("records"):
+                M[macro_name("LongPrimary", *r["metric"].split("_"), r["other"])] = primary_sentence(r)
+            for other in V[1:]:
+                M[macro_name("LongPrimarySummary", other)] = verdict_summary(tests, other)
+            for v in V:
+                sub = fin[fin.variant == v]
+                M.update({macro_name("Long", *c.split("_"), v): fmt(sub[c].mean())
+                          for c in ("max_kurtosis", "gap_W8A8", "gap_W16A6", "val_loss")})
+        return pd.Series(M)
 
     def _testbed_figures(self, tdf, tlayers, tfin, V) -> None:
         heads = tlayers[tlayers.kind == "head"].groupby(["variant", "layer", "head"])[
@@ -518,7 +557,7 @@ class Report:
         """Every number the paper prints: the profile, its corpus and recipe, the per-variant
         means and effects, provenance and timings, then each section's macros."""
         M = {**self._profile_macros(), **self._result_macros(), **self._provenance_macros()}
-        for name in ("windowed", "disease", "ablations", "testbed", "primary"):
+        for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited"):
             M.update(self.sections.get(name, {}))
         self._derived("macros.json", write_json, M)
         write_macros(M, self.gen / "macros.tex")     # written last: the Makefile's target
