@@ -430,7 +430,7 @@ class Report:
                 M[macro_name(prefix + "PrimarySummary", other)] = verdict_summary(tests, other)
         allt = pd.concat(frames, ignore_index=True)
         self._derived("primary.csv", write_csv, allt)
-        self._table(rows, "primary.tex", "lllrrrrrrl")
+        self._table(rows, "primary.tex", "lllrrrrrrrl")
         return allt[["study", "other", "metric", "diff", "ci_low", "ci_high", "p", "p_perm",
                      "p_holm", "p_tost_holm", "verdict"]]
 
@@ -496,7 +496,7 @@ class Report:
             if M["HasLong"] == "1":
                 continue
             self._table([self._primary_row(r) for r in tests.to_dict("records")],
-                        "long_primary.tex", "lllrrrrrrl")
+                        "long_primary.tex", "lllrrrrrrrl")
             M.update({"HasLong": "1", "LongProfileName": latex_escape(name),
                       "LongSteps": fmt(int(fin.max_steps.iloc[0])),
                       "LongNSeeds": fmt(int(fin.seed.nunique())),
