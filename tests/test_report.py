@@ -156,6 +156,14 @@ def test_staleness_names_what_changed_since_the_results_commit(tmp_path):
     clean = changed_since(head.removesuffix("-dirty"))
     if clean is not None and not clean:
         assert staleness(head.removesuffix("-dirty")) == ""         # this checkout's own code
+    # the commits that measured are not stale for changes to the report alone
+    from offbyone.provenance import staleness_of
+    report_only = changed_since(_root_commit(), exclude=("lib/offbyone/report",))
+    every = changed_since(_root_commit())
+    if every is not None and report_only is not None:
+        assert set(report_only) == {f for f in every if not f.startswith("lib/offbyone/report/")}
+    assert staleness_of({"commit": head.removesuffix("-dirty") + "-dirty"}).startswith(
+        "These numbers were produced by uncommitted changes")
     first = changed_since(_root_commit())
     if first:                                                        # lib/ has changed since
         assert f"{len(first)} file(s) under lib/ and configs/ differ" in staleness(_root_commit())

@@ -176,7 +176,7 @@ def test_disk_full_while_checkpointing_leaves_nothing_half_written(tmp_path, tin
     monkeypatch.setattr(ck.torch, "save", full_disk)
     cfg = tiny_train_config(tmp_path, tiny_corpus, tiny_data.parent, max_steps=4,
                             checkpoint_fractions=[0.5, 1.0])
-    with pytest.raises(OSError, match=r"could not write checkpoint .*ckpt_000002.pt.*No space"):
+    with pytest.raises(OSError, match=r"could not write .*ckpt_000002.pt: .*No space"):
         train(cfg)
     leftovers = [p.name for p in Path(cfg.out_dir).iterdir() if p.name not in ("log.jsonl", ".lock")]
     assert leftovers == []                   # no checkpoint, no temporary file, no summary

@@ -36,10 +36,7 @@ def save_checkpoint(path, *, config: dict, model_config: GPTConfig, model, optim
         "rng": rng,
         "extra": extra or {},
     }
-    try:
-        write_torch(path, state)
-    except OSError as e:  # disk full, unwritable folder: nothing half-written
-        raise OSError(f"could not write checkpoint {path}: {e}") from e
+    write_torch(path, state)  # atomic; a failure raises OSError naming the path
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -59,7 +59,7 @@ def write_torch(path, obj) -> None:
     try:
         with atomic_path(path, ".pt") as tmp:
             torch.save(obj, tmp)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:      # torch reports some write failures as either
         raise OSError(f"could not write {path}: {e}") from e
 
 

@@ -343,13 +343,12 @@ def plan(profile: str, variant: str, seed: int, stage: str, results_dir: str = "
 def results_provenance(profile: str, results_dir: str = "results") -> str:
     """Which commit, machine and torch produced results/<profile>/, how long it took, and
     whether lib/ and configs/ have changed since (printed by `make paper`)."""
-    from .provenance import staleness
+    from .provenance import staleness_of
     path = repo_root() / results_dir / profile / "provenance.json"
     if not path.exists():
         return f"{path.parent} holds no provenance.json: run `make reproduce PROFILE={profile}`"
     p = json.loads(path.read_text())
-    commits = [p["commit"], *p.get("measured_by", [])]
-    note = next((n for n in map(staleness, dict.fromkeys(commits)) if n), "")
+    note = staleness_of(p)
     speed = p.get("bench_softmax_tokens_per_s")
     return (f"the numbers in {path.parent.relative_to(repo_root())}/ come from commit "
             f"{p['commit'][:10]} on {p['machine'].get('device_name', '?')} (torch {p['torch']}"

@@ -19,7 +19,10 @@ def git_sha(short: bool = False) -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # results/ holds data the pipeline itself rewrites (committed results being refreshed):
+        # only changes to anything else make the code that produces numbers "dirty"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)results"],
                                cwd=root, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -38,7 +41,7 @@ def provenance(device: torch.device | str | None = None) -> dict:
             "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def changed_since(commit: str, paths=("lib", "configs")) -> list[str] | None:
+def changed_since(commit: str, paths=("lib", "configs"), exclude=()) -> list[str] | None:
     """Files under `paths` that differ between `commit` and this checkout's working tree (its
     uncommitted changes included); None when there is no git, or the commit is unknown here
     (a shallow clone, a copied tree). A '-dirty' commit is compared as its clean base."""
@@ -47,21 +50,34 @@ def changed_since(commit: str, paths=("lib", "configs")) -> list[str] | None:
     try:
         subprocess.run(["git", "cat-file", "-e", f"{base}^{{commit}}"], cwd=root, check=True,
                        capture_output=True)
-        out = subprocess.run(["git", "diff", "--name-only", base, "--", *paths], cwd=root,
+        out = subprocess.run(["git", "diff", "--name-only", base, "--", *paths,
+                              *(f":(exclude){x}" for x in exclude)], cwd=root,
                              check=True, capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return [l for l in out.splitlines() if l.strip()]
 
 
-def staleness(commit: str, paths=("lib", "configs")) -> str:
+def staleness_of(prov: dict) -> str:
+    """staleness() of a results folder's provenance.json: of the commit that wrote it and of
+    every commit that measured its checkpoints; '' when all of them had this checkout's code."""
+    # the report ran at `commit`: everything counts; the commits that measured ran the code
+    # that made the numbers, not the report's, so changes under lib/offbyone/report/ since
+    # them do not make the numbers stale
+    notes = [staleness(prov["commit"])]
+    notes += [staleness(c, exclude=("lib/offbyone/report",))
+              for c in dict.fromkeys(prov.get("measured_by", [])) if c != prov["commit"]]
+    return next((n for n in notes if n), "")
+
+
+def staleness(commit: str, paths=("lib", "configs"), exclude=()) -> str:
     """'' when the code and profiles that produced results at `commit` are this checkout's;
     otherwise a plain sentence saying how they differ."""
     where = " and ".join(f"{p}/" for p in paths)
     if commit.endswith("-dirty"):
         return (f"These numbers were produced by uncommitted changes on top of commit "
                 f"{commit.removesuffix('-dirty')[:10]}; they may not match any commit's code.")
-    changed = changed_since(commit, paths)
+    changed = changed_since(commit, paths, exclude)
     if changed is None:
         return (f"These numbers were produced by commit {commit[:10]}, which this checkout "
                 f"does not have: whether {where} changed since cannot be checked.")

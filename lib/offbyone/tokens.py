@@ -20,7 +20,7 @@ import torch
 
 from .corpora import text as corpus_text
 from .corpora.text import HELDOUT_FRACTION, SPLITS, CorpusError, Source, sha256_file
-from .io import write_dir
+from .io import write_dir, write_json
 from .tokenizer import BOS, BPETokenizer, CharTokenizer, check_tokenizer, dtype_for, subword_classes
 
 FORMAT_VERSION = 2       # 2: dtype, tokenizer config and per-split characters in meta.json
@@ -36,7 +36,7 @@ def write_prepared(out_dir: Path, meta: dict, fill) -> dict:
     def write(tmp: Path):
         fill(tmp)
         written.update({"format_version": FORMAT_VERSION, **meta})
-        (tmp / "meta.json").write_text(json.dumps(written, indent=1))
+        write_json(tmp / "meta.json", written)
     write_dir(out_dir, write)
     return written
 

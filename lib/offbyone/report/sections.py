@@ -19,7 +19,7 @@ from ..io import write_csv, write_json, write_text
 from ..measure import MeasureConfig
 from ..metrics import uniform_first_position_mass
 from ..pipeline import load_profile, repo_root, run_config
-from ..provenance import git_sha, provenance, staleness
+from ..provenance import git_sha, provenance, staleness_of
 from . import figures as F
 from .latex import Tex, fmt, latex_escape, latex_table, macro_name, mean_sd, num, pct, write_macros
 from .prose import corpus_description, disease_signs, effect_sentence, primary_sentence, verdict_summary
@@ -148,7 +148,9 @@ class Report:
         fin = self.fin
         return {"profile": self.profile, "commit": git_sha(),
                 "measured_by": sorted(set(self.df.git_sha)), "torch": fin.torch.iloc[0],
-                "machine": {**provenance(fin.device.iloc[0]), "device_name": fin.device_name.iloc[0]},
+                # the machine only: the commit and torch are given once, above
+                "machine": {k: v for k, v in provenance(fin.device.iloc[0]).items()
+                            if k not in ("git_sha", "torch")} | {"device_name": fin.device_name.iloc[0]},
                 "stages_s": stages_s, "pipeline_wall_s": float(sum(stages_s.values())),
                 "train_wall_s": float(fin.train_wall_s.sum()),
                 "bench_softmax_tokens_per_s": speed}
@@ -156,8 +158,7 @@ class Report:
     def _staleness(self) -> str:
         """Whether the commits that produced these numbers had this checkout's lib/ and
         configs/ ('' if so; else a sentence saying how they differ)."""
-        commits = [self.provenance["commit"], *self.provenance.get("measured_by", [])]
-        return next((n for n in map(staleness, dict.fromkeys(commits)) if n), "")
+        return staleness_of(self.provenance)
 
     # helpers --------------------------------------------------------------------------------
     def _figure(self, fig, name: str) -> None:
