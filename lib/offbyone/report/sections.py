@@ -416,7 +416,7 @@ class Report:
                                                                       key=self._order)
                                                     if v != "softmax"]))
         M = self.sections["primary"] = {
-            "Alpha": fmt(ALPHA), "RatioMargin": fmt(RATIO_MARGIN),
+            "Alpha": f"{ALPHA:g}", "RatioMargin": fmt(RATIO_MARGIN),
             "PrimaryList": ", ".join(f"({i}) {ep.label}" for i, ep in enumerate(PRIMARY, 1)),
             "NPrimary": fmt(len(PRIMARY))}
         frames, rows = [], []
@@ -471,6 +471,7 @@ class Report:
                        yscale="log" if ep.scale == "log" else "linear",
                        xlabel="fraction of training" if study == rows[-1][0] else None)
                 ax.title.set_fontsize(7)
+                ax.yaxis.set_minor_formatter(F.matplotlib.ticker.NullFormatter())
             row[0].set_ylabel(study)
         axes[0][0].legend(fontsize=6)
         fig.tight_layout()
