@@ -431,7 +431,7 @@ class Report:
                 M[macro_name(prefix + "PrimarySummary", other)] = verdict_summary(tests, other)
         allt = pd.concat(frames, ignore_index=True)
         self._derived("primary.csv", write_csv, allt)
-        self._table(rows, "primary.tex", "lllrrrrrrrl")
+        self._table(rows, "primary.tex", "lllrrrrrrrrl")
         return allt[["study", "other", "metric", "diff", "ci_low", "ci_high", "p", "p_perm",
                      "p_holm", "p_tost_holm", "verdict"]]
 
@@ -452,6 +452,7 @@ class Report:
                    for k, head in (("p", Tex("$p$ ($t$)")), ("p_perm", Tex("$p$ (perm.)")),
                                    ("p_holm", Tex("Holm $p$")),
                                    ("p_tost_holm", Tex("TOST Holm $p$")))},
+                Tex("$d_z$"): num(r["dz"], 2),
                 "verdict": r["verdict"]}
 
     def dose(self) -> None:
@@ -498,7 +499,7 @@ class Report:
             if M["HasLong"] == "1":
                 continue
             self._table([self._primary_row(r) for r in tests.to_dict("records")],
-                        "long_primary.tex", "lllrrrrrrrl")
+                        "long_primary.tex", "lllrrrrrrrrl")
             M.update({"HasLong": "1", "LongProfileName": latex_escape(name),
                       "LongSteps": fmt(int(fin.max_steps.iloc[0])),
                       "LongNSeeds": fmt(int(fin.seed.nunique())),
