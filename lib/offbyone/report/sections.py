@@ -25,7 +25,7 @@ from .latex import Tex, fmt, latex_escape, latex_table, macro_name, mean_sd, num
 from .prose import corpus_description, disease_signs, effect_sentence, primary_sentence, verdict_summary
 from .results import (collect, corpus_info, final, measured_files, per_layer, published_table,
                       read_csv, windowed)
-from .stats import (ALPHA, METRICS, PRIMARY, RATIO_MARGIN, VARIANT_LABELS, paired_difference,
+from .stats import (ALPHA, METRICS, PRIMARY, VARIANT_LABELS, paired_difference,
                     paired_differences, primary_tests)
 
 FIGURE_STEM = "04_report"           # figures are named after the notebook that draws them
@@ -412,11 +412,10 @@ class Report:
         studies = [("natural text", "", self.fin, self.others)]
         _, _, tfin = self._testbed_frames()
         if tfin is not None:
-            studies.append(("testbed", "Tb", tfin, [v for v in sorted(set(tfin.variant),
-                                                                      key=self._order)
-                                                    if v != "softmax"]))
+            studies.append(("testbed", "Tb", tfin, [v for v in VARIANT_LABELS
+                                                    if v in set(tfin.variant) and v != "softmax"]))
         M = self.sections["primary"] = {
-            "Alpha": f"{ALPHA:g}", "RatioMargin": fmt(RATIO_MARGIN),
+            "Alpha": f"{ALPHA:g}", "PrimaryMargins": _margins(),
             "PrimaryList": ", ".join(f"({i}) {ep.label}" for i, ep in enumerate(PRIMARY, 1)),
             "NPrimary": fmt(len(PRIMARY))}
         frames, rows = [], []
@@ -434,9 +433,6 @@ class Report:
         self._table(rows, "primary.tex", "lllrrrrrrrrl")
         return allt[["study", "other", "metric", "diff", "ci_low", "ci_high", "p", "p_perm",
                      "p_holm", "p_tost_holm", "verdict"]]
-
-    def _order(self, v: str) -> int:
-        return list(VARIANT_LABELS).index(v)
 
     @staticmethod
     def _primary_row(r: dict) -> dict:
@@ -632,6 +628,14 @@ class Report:
             return pd.DataFrame(columns=["stage", "target", "seconds"])
         stages = pd.DataFrame([json.loads(l) for l in path.read_text().splitlines()])
         return stages.drop_duplicates("target", keep="last")
+
+
+def _margins() -> str:
+    """The equivalence margins of the primary endpoints, in words, from stats.PRIMARY."""
+    return "; ".join(
+        f"{ep.label}: " + (f"a factor ${fmt(math.exp(ep.margin))}$" if ep.scale == "log"
+                           else f"$\\pm{fmt(ep.margin)}$" + (f" {ep.unit}" if ep.unit else ""))
+        for ep in PRIMARY)
 
 
 def _measured(profile: str, runs_root: str) -> bool:
