@@ -24,5 +24,5 @@ def test_bench_attention_in_subprocesses_with_ratios():
 
 
 def test_profiles_bench_options_are_checked():
-    assert load_profile("cpu")["bench"]["T"] == [256, 1024, 4096]
+    assert load_profile("cpu")["bench"]["T"] == [256, 1024]
     assert load_profile("rivals")["bench"] == load_profile("cpu")["bench"]   # inherited

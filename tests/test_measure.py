@@ -64,11 +64,31 @@ def test_measured_checkpoint_is_skipped_unless_forced(checkpoints):
     assert again["quant"][0]["gap"] == first["quant"][0]["gap"]
 
 
+def test_earlier_checkpoints_get_only_the_dose_bit_widths(tmp_path, tiny_corpus, tiny_data):
+    cfg = tiny_train_config(tmp_path, tiny_corpus, tiny_data.parent, max_steps=10, bos=True,
+                            checkpoint_fractions=[0.5, 1.0])
+    train(cfg)
+    mc = {**SMALL, "bit_widths": [[8, 8], [4, 4], [16, 6]], "dose_bit_widths": [[16, 6]]}
+    run = tmp_path / "run"
+    half = measure(run / "ckpt_000005.pt", mc, verbose=False)
+    last = measure(run / "ckpt_000010.pt", mc, verbose=False)
+    assert [q["config"] for q in half["quant"]] == ["W16A6"]
+    assert half["windowed"] is None
+    assert [q["config"] for q in last["quant"]] == ["W8A8", "W4A4", "W16A6", "legacy_W8A8"]
+    assert last["windowed"] is not None
+    # the same setting on the same checkpoint gives the same gap either way
+    again = measure(run / "ckpt_000005.pt", {**mc, "dose_bit_widths": [[16, 6], [8, 8]]},
+                    verbose=False)
+    assert again["quant"][0] == half["quant"][0]
+
+
 def test_bad_measure_options():
     with pytest.raises(ConfigError, match="unknown measurement key.*'act_seq'"):
         MeasureConfig.from_dict({"act_seq": 3})
     with pytest.raises(ConfigError, match="bit_widths"):
         MeasureConfig.from_dict({"bit_widths": [[8]]})
+    with pytest.raises(ConfigError, match="dose_bit_widths must be a list of \\[wbits, abits\\]"):
+        MeasureConfig.from_dict({"dose_bit_widths": [[8, 1]]})
     with pytest.raises(ConfigError, match="tensor, channel"):
         MeasureConfig.from_dict({"weight_granularity": "row"})
     with pytest.raises(ConfigError, match="'opt' is not one of fp32_head, linear_inputs"):

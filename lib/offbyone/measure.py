@@ -4,7 +4,9 @@
 
 Losses (validation and test, nats and bits per token), activation outliers per module (kurtosis,
 inf-norm, outlier positions), weight kurtosis, attention statistics per layer and head (at the
-model's context and at T = 64 for the sink rate), and the post-training quantization sweep.
+model's context and at T = 64 for the sink rate), and the post-training quantization sweep: the
+whole sweep (and the earlier setup's W8A8) at the final checkpoint, only `dose_bit_widths` (the
+primary endpoints' W8A8 and W16A6) at the earlier ones, for the dose-response figure.
 The results go to `<checkpoint>.metrics.json`; a measured checkpoint is skipped unless forced.
 """
 from __future__ import annotations
@@ -42,12 +44,14 @@ class MeasureConfig:
     loss_seqs: int = 256         # validation (and test) windows for losses and quantization
     calib_batches: int = 16      # calibration batches from the training split
     calib_batch_size: int = 32
-    bit_widths: tuple = DEFAULT_SWEEP
+    bit_widths: tuple = DEFAULT_SWEEP     # the sweep at the final checkpoint
+    dose_bit_widths: tuple = ((8, 8), (16, 6))  # at the earlier checkpoints: the primary endpoints'
     setup: str = "fp32_head"     # offbyone.quant.SETUPS: which activations are quantized
     weight_granularity: str = "tensor"
     weight_method: str = "mse"
     act_method: str = "minmax"
-    compare_legacy: bool = True  # also W8A8 under the earlier setup (linear_inputs, min-max weights)
+    compare_legacy: bool = True  # also W8A8 under the earlier setup (linear_inputs, min-max
+                                 # weights), at the final checkpoint
     windows: tuple = (16, 32, 64)  # sliding-window evaluation (final checkpoint): window sizes
     keeps: tuple = (0, 1, 2, 4)    # ... and initial positions kept visible
     seed: int = 0                # the fixed evaluation windows: the same for every checkpoint
@@ -57,14 +61,14 @@ class MeasureConfig:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "bit_widths":
+            if f.name in ("bit_widths", "dose_bit_widths"):
                 ok = (isinstance(v, (list, tuple)) and v and all(
                     isinstance(p, (list, tuple)) and len(p) == 2 and
                     all(isinstance(b, int) and 2 <= b <= 16 for b in p) for p in v))
                 if not ok:
-                    raise ConfigError(f"bit_widths must be a list of [wbits, abits] pairs of "
+                    raise ConfigError(f"{f.name} must be a list of [wbits, abits] pairs of "
                                       f"integers from 2 to 16, got {v!r}")
-                self.bit_widths = tuple(tuple(p) for p in v)
+                setattr(self, f.name, tuple(tuple(p) for p in v))
             elif f.name in ("windows", "keeps"):
                 lo = 1 if f.name == "windows" else 0
                 if not (isinstance(v, (list, tuple)) and all(
@@ -151,11 +155,11 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     attn64 = attention_statistics(model, act_x[:, :min(SINK_T, T)], classes)
     log(f"attention: sink rate (T={attn64['T']}) {attn64['sink_rate']:.3f}, "
         f"mean abstention {attn['mean_abstention']:.3f}")
-    windowed = None
-    if state["step"] == cfg["max_steps"] and mc.windows:   # the final checkpoint only
+    windowed, last = None, state["step"] == cfg["max_steps"]
+    if last and mc.windows:   # the final checkpoint only
         windowed = _windowed(model, val, test, mc, log)
     wk = weight_kurtosis(model)
-    quant = _quantization(model, data, mc, T, bos, val, losses["val"], device)
+    quant = _quantization(model, data, mc, T, bos, val, losses["val"], device, last)
     log("quantization: " + ", ".join(f"{r['config']} gap {r['gap']:+.4f}" for r in quant))
     wall = time.perf_counter() - t0
     results = {
@@ -227,14 +231,17 @@ def _windowed(model, val, test, mc: MeasureConfig, log) -> dict:
     return windowed
 
 
-def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device) -> list[dict]:
+def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device,
+                  last: bool) -> list[dict]:
+    """The sweep (`bit_widths`, and the earlier setup's W8A8) at the final checkpoint;
+    `dose_bit_widths` alone at the earlier ones."""
     g = torch.Generator().manual_seed(mc.seed + 2)
     calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
              for _ in range(mc.calib_batches)]
-    rows = sweep(model, calib, *val, mc.bit_widths, fp_loss=fp_loss, setup=mc.setup,
-                 weight_granularity=mc.weight_granularity, weight_method=mc.weight_method,
-                 act_method=mc.act_method)
-    if mc.compare_legacy:   # the earlier setup's W8A8 on the same checkpoint, for comparison
+    rows = sweep(model, calib, *val, mc.bit_widths if last else mc.dose_bit_widths,
+                 fp_loss=fp_loss, setup=mc.setup, weight_granularity=mc.weight_granularity,
+                 weight_method=mc.weight_method, act_method=mc.act_method)
+    if mc.compare_legacy and last:   # the earlier setup's W8A8 on the same checkpoint, for comparison
         old = sweep(model, calib, *val, [(8, 8)], fp_loss=fp_loss, setup="linear_inputs",
                     weight_granularity="tensor", weight_method="minmax", act_method="minmax")
         rows += [{**r, "config": "legacy_" + r["config"]} for r in old]

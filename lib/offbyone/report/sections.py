@@ -476,7 +476,7 @@ class Report:
 
     def cited(self) -> pd.Series:
         """Profiles run once and committed (the profile's `cited:`, e.g. testbed_long: the
-        testbed trained three times as long): their primary endpoints from results/<name>/
+        testbed trained ten times as long): their primary endpoints from results/<name>/
         alone, never rerun. Macros carry the prefix 'Long' for the first one named."""
         names = self.prof.get("cited") or []
         M = self.sections["cited"] = {"HasLong": "0"}
@@ -496,8 +496,13 @@ class Report:
                 continue
             self._table([self._primary_row(r) for r in tests.to_dict("records")],
                         "long_primary.tex", "lllrrrrrrrrl")
+            tfin = self._testbed_frames()[2]
+            base = int(tfin.max_steps.iloc[0]) if tfin is not None else None
+            steps = int(fin.max_steps.iloc[0])
             M.update({"HasLong": "1", "LongProfileName": latex_escape(name),
-                      "LongSteps": fmt(int(fin.max_steps.iloc[0])),
+                      "LongSteps": fmt(steps),
+                      "LongBaseSteps": fmt(base) if base else "?",
+                      "LongTimes": fmt(steps / base, 2) if base else "?",
                       "LongNSeeds": fmt(int(fin.seed.nunique())),
                       "LongVariantList": ", ".join(VARIANT_LABELS[v] for v in V),
                       "LongCommit": latex_escape(prov["commit"][:10]),
