@@ -6,7 +6,7 @@ import pytest
 
 from offbyone.report import (DISEASE_SIGNS, Tex, criterion, disease_signs, effect_sentence, fmt,
                              latex_table, mean_sd, num, paired_difference, paired_differences)
-from offbyone.report.prose import primary_sentence, verdict_summary
+from offbyone.report.prose import p_value, primary_sentence, verdict_summary
 from offbyone.report.stats import PRIMARY, Endpoint, endpoint_test, holm, primary_tests
 
 
@@ -137,6 +137,27 @@ def test_primary_verdicts_holm_and_equivalence():
                        "full-precision validation loss, and inconclusive in maximum kurtosis")
     assert [ep.metric for ep in PRIMARY] == ["gap_W8A8", "gap_W16A6", "max_kurtosis",
                                              "max_inf_norm", "first_position", "val_loss"]
+
+
+def test_a_difference_inside_the_margin_says_so():
+    # softmax1's loss higher by about 0.003 nats, seed by seed: detectable, and inside the
+    # declared 0.01-nat margin
+    rng = np.random.default_rng(3)
+    base = 1.5 + rng.normal(0, 0.01, 10)
+    other = base + 0.003 + rng.normal(0, 0.0005, 10)
+    rows = [{"variant": v, "seed": seed, "val_loss": x[seed]}
+            for seed in range(10) for v, x in (("softmax", base), ("softmax1", other))]
+    tests = primary_tests(pd.DataFrame(rows), ["softmax1"])
+    r = tests.to_dict("records")[0]
+    assert r["verdict"] == "higher" and r["p_tost_holm"] < 0.05
+    assert primary_sentence(r).endswith(
+        "; the difference is also within the equivalence margin of $\\pm0.0100$ nats "
+        f"(Holm-corrected TOST {'$' + p_value(r['p_tost_holm']) + '$'})")
+    assert "; within the equivalence margin)" in verdict_summary(tests, "softmax1")
+    wide = pd.DataFrame([{**x, "val_loss": x["val_loss"] + 0.05 * (x["variant"] == "softmax1")}
+                         for x in rows])     # 0.053 nats: outside the margin, no such clause
+    r = primary_tests(wide, ["softmax1"]).to_dict("records")[0]
+    assert r["verdict"] == "higher" and "margin" not in primary_sentence(r)
 
 
 def test_disease_criteria_come_from_the_thresholds():

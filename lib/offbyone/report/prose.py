@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..metrics import SINK_T, SINK_THRESHOLD
 from .latex import Tex, fmt, latex_escape, num, pct
-from .stats import DISEASE_SIGNS, VARIANT_LABELS, Sign, baseline_means
+from .stats import ALPHA, DISEASE_SIGNS, VARIANT_LABELS, Sign, baseline_means
 
 
 def p_value(p: float) -> Tex:
@@ -26,11 +26,11 @@ def _fixed(x: float, lo: float, hi: float) -> Tex:
     return Tex(f"{x:,.{d}f}".replace(",", "{,}"))
 
 
-def effect_sentence(res: dict, label: str, better: str = "lower") -> Tex:
+def effect_sentence(res: dict, label: str) -> Tex:
     """An exploratory difference in words: 'the X of softmax1 minus softmax: d (95% CI a to b,
     paired t-test p = ..., n seeds; exploratory)'. Nothing is corrected for multiplicity, so
-    nothing is called significant; the direction is named only where the interval excludes 0.
-    (`better` is kept for callers; the sentence states the sign, not a judgement.)"""
+    nothing is called significant or better: the sentence gives the signed difference and its
+    interval, no judgement."""
     other = VARIANT_LABELS.get(res["other"], res["other"])
     base = VARIANT_LABELS.get(res["base"], res["base"])
     n = res["n"]
@@ -63,12 +63,20 @@ def primary_sentence(r: dict) -> Tex:
         margin = f"$\\pm{fmt(r['margin'])}$" + (f" {r['unit']}" if r.get("unit") else "")
     holm_p = f"Holm ${p_value(r['p_holm'])}$"
     if r["verdict"] in ("lower", "higher"):
-        return Tex(f"{other} had a {r['verdict']} {r['label']}: {eff}, {holm_p}")
+        small = (f"; the difference is also within the equivalence margin of {margin} "
+                 f"(Holm-corrected TOST ${p_value(r['p_tost_holm'])}$)" if _within_margin(r) else "")
+        return Tex(f"{other} had a {r['verdict']} {r['label']}: {eff}, {holm_p}{small}")
     if r["verdict"] == "equivalent":
         return Tex(f"{other} and {base} are equivalent in {r['label']} within {margin}: {eff}, "
                    f"Holm-corrected TOST ${p_value(r['p_tost_holm'])}$")
     return Tex(f"the {r['label']} is inconclusive: {eff}, {holm_p}, neither different nor "
                f"equivalent within {margin}")
+
+
+def _within_margin(r: dict) -> bool:
+    """A difference (lower or higher) that the TOST also puts inside the equivalence margin:
+    detectable, but smaller than the margin declared to matter."""
+    return r["verdict"] in ("lower", "higher") and r["p_tost_holm"] < ALPHA
 
 
 def _short_effect(r: dict) -> str:
@@ -94,7 +102,8 @@ def verdict_summary(tests: pd.DataFrame, other: str) -> Tex:
         return Tex("")
     name = VARIANT_LABELS.get(other, other)
     base = VARIANT_LABELS.get(rows[0]["base"], rows[0]["base"])
-    effects = [f"a {r['verdict']} {r['label']} ({_short_effect(r)}, Holm ${p_value(r['p_holm'])}$)"
+    effects = [f"a {r['verdict']} {r['label']} ({_short_effect(r)}, Holm ${p_value(r['p_holm'])}$"
+               + ("; within the equivalence margin" if _within_margin(r) else "") + ")"
                for r in rows if r["verdict"] in ("lower", "higher")]
     groups = {v: [r["label"] for r in rows if r["verdict"] == v]
               for v in ("equivalent", "inconclusive")}

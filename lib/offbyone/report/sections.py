@@ -74,7 +74,7 @@ def differences_table(diffs: pd.DataFrame) -> list[dict]:
     """The paired differences as the paper's table rows."""
     def ci(r):
         return Tex(f"${fmt(r['ci_low'])}$ to ${fmt(r['ci_high'])}$") if r["n"] > 1 else "n/a"
-    return [{"variant": VARIANT_LABELS[r["other"]], "metric": METRICS[r["metric"]][0],
+    return [{"variant": VARIANT_LABELS[r["other"]], "metric": METRICS[r["metric"]],
              "softmax": num(r["base_mean"]), "variant mean": num(r["other_mean"]),
              "difference": num(r["diff"]), Tex("95\\% CI"): ci(r), Tex("$p$"): num(r["p"], 2)}
             for _, r in diffs.iterrows()]
@@ -293,7 +293,7 @@ class Report:
             k = int(r["metric"].rsplit("k", 1)[1])
             label = (f"test loss with a window of {int(w_star)} and {k} kept initial "
                      f"position{'s' if k != 1 else ''}")
-            sentence = effect_sentence(r.to_dict(), label, "lower")
+            sentence = effect_sentence(r.to_dict(), label)
             M[macro_name("WinEffect", "k", str(k), r["other"])] = sentence
             if k == K_LIST[-1]:
                 M[macro_name("WinEffect", "k", "max", r["other"])] = sentence
@@ -343,7 +343,7 @@ class Report:
 
     def _ablation_sentences(self, name: str, label: str, f: pd.DataFrame) -> list[str]:
         out = [f"With {label}, " + effect_sentence(paired_difference(f, m, "softmax1"),
-                                                   METRICS[m][0], "lower") + "."
+                                                   METRICS[m]) + "."
                for m in ("first_position", "avg_kurtosis", "gap_W8A8")]
         # the change itself, on the softmax baseline: ablation minus this profile, by seed
         both = pd.concat([self.fin[self.fin.variant == "softmax"].assign(variant="softmax"),
@@ -352,7 +352,7 @@ class Report:
             r = paired_difference(both, m, name)
             r["other"] = f"the softmax baseline with {label}"
             r["base"] = "with this profile's recipe"
-            s = effect_sentence(r, METRICS[m][0], "lower")
+            s = effect_sentence(r, METRICS[m])
             out.append(s[0].upper() + s[1:] + ".")
         return out
 
@@ -662,7 +662,7 @@ def _effect_macros(prefix: str, diffs: pd.DataFrame) -> dict:
     """One effect sentence per (metric, variant) of a differences table."""
     out = {}
     for _, r in diffs.iterrows():
-        label, better = METRICS[r["metric"]]
+        label = METRICS[r["metric"]]
         out[macro_name(prefix, *r["metric"].split("_"), r["other"])] = effect_sentence(
-            r.to_dict(), label, better)
+            r.to_dict(), label)
     return out

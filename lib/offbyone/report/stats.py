@@ -17,23 +17,24 @@ VARIANT_LABELS = {"softmax": "softmax", "softmax1": "softmax1", "sink": "learned
                   "clipped": "clipped softmax", "softpick": "softpick",
                   "gated": "gated attention", "outgate": "output gate"}
 
-# metric column -> (label for prose and tables, which direction is "better")
+# metric column -> its label in prose and tables (exploratory differences state the sign, no
+# judgement of which direction is better)
 METRICS = {
-    "val_loss": ("validation loss (nats)", "lower"),
-    "avg_kurtosis": ("average kurtosis", "lower"),
-    "max_kurtosis": ("maximum kurtosis", "lower"),
-    "max_inf_norm": ("maximum inf-norm", "lower"),
-    "resid_avg_kurtosis": ("residual-stream kurtosis", "lower"),
-    "first_position": ("attention on the first position", "lower"),
-    "sink_rate": ("sink rate", "lower"),
-    "outlier_share_delimiter": ("share of outliers on delimiters", "lower"),
-    "gap_W8A8": ("W8A8 loss gap", "lower"),
-    "gap_W4A8": ("W4A8 loss gap", "lower"),
-    "gap_W6A6": ("W6A6 loss gap", "lower"),
+    "val_loss": "validation loss (nats)",
+    "avg_kurtosis": "average kurtosis",
+    "max_kurtosis": "maximum kurtosis",
+    "max_inf_norm": "maximum inf-norm",
+    "resid_avg_kurtosis": "residual-stream kurtosis",
+    "first_position": "attention on the first position",
+    "sink_rate": "sink rate",
+    "outlier_share_delimiter": "share of outliers on delimiters",
+    "gap_W8A8": "W8A8 loss gap",
+    "gap_W4A8": "W4A8 loss gap",
+    "gap_W6A6": "W6A6 loss gap",
     # the synthetic testbed only (NaN on natural text, where no token is a trigger)
-    "bos_other": ("attention on BOS from non-trigger queries", "lower"),
-    "bos_trigger": ("attention on BOS from trigger queries", "lower"),
-    "copy_loss": ("loss after a trigger (nats)", "lower"),
+    "bos_other": "attention on BOS from non-trigger queries",
+    "bos_trigger": "attention on BOS from trigger queries",
+    "copy_loss": "loss after a trigger (nats)",
 }
 
 
