@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -196,3 +197,33 @@ def _root_commit() -> str:
     out = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], capture_output=True,
                          text=True, cwd=Path(__file__).parent)
     return out.stdout.split()[0] if out.returncode == 0 and out.stdout.strip() else "0" * 40
+
+
+def test_elapsed_time_spans_the_notebooks_that_ran_at_once():
+    from offbyone.report.sections import _elapsed
+    # two runs at once (0-10 s and 2-12 s), then one after (12-15 s): 15 s elapsed, 23 s summed
+    stages = pd.DataFrame([{"stage": "train", "target": "a", "seconds": 10.0, "end": 110.0},
+                           {"stage": "train", "target": "b", "seconds": 10.0, "end": 112.0},
+                           {"stage": "report", "target": "c", "seconds": 3.0, "end": 115.0}])
+    assert _elapsed(stages) == pytest.approx(15.0)
+    assert _elapsed(stages.drop(columns="end")) is None       # timings from before the field
+    assert _elapsed(stages.assign(end=float("nan"))) is None
+
+
+def test_run_notebook_records_its_time_and_end(tmp_path):
+    import time
+
+    import nbformat
+
+    from offbyone.pipeline import run_notebook
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("y = x + 1")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out, log = tmp_path / "t.ipynb", tmp_path / "out.ipynb", tmp_path / "timings.jsonl"
+    nbformat.write(nb, src)
+    before = time.time()
+    run_notebook(str(src), str(out), {"x": 2}, "report", str(log))
+    row = json.loads(log.read_text())
+    assert out.exists() and row["stage"] == "report" and row["target"] == str(out)
+    assert before < row["end"] <= time.time() and 0 < row["seconds"] <= row["end"] - before

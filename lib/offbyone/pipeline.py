@@ -279,7 +279,8 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
                  timings: str | None = None) -> None:
     """Execute a notebook with papermill into `output`, atomically: a failed run leaves its
     executed copy beside the target as `<output>.failed.ipynb`, never at `output`. Cell output
-    (progress bars included) streams to the terminal. The wall time goes to `timings`."""
+    (progress bars included) streams to the terminal. The wall time and the time it ended
+    (seconds since the epoch: the report takes the elapsed time from them) go to `timings`."""
     import time
 
     import papermill as pm
@@ -313,7 +314,8 @@ def run_notebook(notebook: str, output: str, params: dict, stage: str,
         path = root / timings
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
-            f.write(json.dumps({"stage": stage, "target": output, "seconds": seconds}) + "\n")
+            f.write(json.dumps({"stage": stage, "target": output, "seconds": seconds,
+                                "end": time.time()}) + "\n")
 
 
 def plan(profile: str, variant: str, seed: int, stage: str, results_dir: str = "results") -> str:
@@ -353,7 +355,9 @@ def results_provenance(profile: str, results_dir: str = "results") -> str:
     return (f"the numbers in {path.parent.relative_to(repo_root())}/ come from commit "
             f"{p['commit'][:10]} on {p['machine'].get('device_name', '?')} (torch {p['torch']}"
             + (f", softmax training at {speed:,.0f} tokens/s there" if speed else "")
-            + f"; the pipeline took {p['pipeline_wall_s'] / 60:.0f} min)\n"
+            + f"; its notebooks took {p['pipeline_wall_s'] / 60:.0f} min summed"
+            + (f", {p['pipeline_elapsed_s'] / 60:.0f} min from the first one's start to the last "
+               f"one's end" if p.get("pipeline_elapsed_s") else "") + ")\n"
             + (f"WARNING: {note}" if note else "lib/ and configs/ are unchanged since that commit"))
 
 

@@ -58,7 +58,7 @@ POINTS = {
     "ln_f": ("model", "ln_f"),
 }
 SETUPS = {
-    # attn_out only where a gate makes it differ from the context (see _points)
+    # attn_out only where a gate makes it differ from the context (see quantizer_names)
     "fp32_head": ("embed", "ln_1", "q", "k", "v", "scores", "probs", "context", "attn_out",
                   "attn_proj", "mid", "ln_2", "mlp_hidden", "mlp_out", "resid", "ln_f"),
     "linear_inputs": ("embed", "ln_1", "probs", "attn_out", "attn_proj", "ln_2", "mlp_hidden",
@@ -216,10 +216,9 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root, last, module)
 
 
-def _points(model, setup: str) -> list[tuple[str, str]]:
-    """(quantizer name, module path) of every quantized activation of `model` under `setup`.
-
-    The quantizer's name is the module path, e.g. 'blocks.0.attn.hook_q'. Without a gate the
+def quantizer_names(model, setup: str = DEFAULT_SETUP) -> list[str]:
+    """The activation quantizers `quantize_model` puts into `model` under `setup`, each named by
+    the module path it replaces or wraps, e.g. 'blocks.0.attn.hook_q'. Without a gate the
     attention output before the projection is the P @ V context itself: one quantizer, not two."""
     _check_choice("quantization setup", setup, tuple(SETUPS))
     gated = model.blocks[0].attn.gate != "none"
@@ -232,12 +231,7 @@ def _points(model, setup: str) -> list[tuple[str, str]]:
             out.append(path)
         else:
             out.extend(f"blocks.{i}.{path}" for i in range(len(model.blocks)))
-    return [(p, p) for p in out]
-
-
-def quantizer_names(model, setup: str = DEFAULT_SETUP) -> list[str]:
-    """The names of the activation quantizers `quantize_model` puts into `model` under `setup`."""
-    return [name for name, _ in _points(model, setup)]
+    return out
 
 
 def _quantize_weights(q: nn.Module, src: nn.Module, qc: QuantConfig) -> None:
@@ -267,7 +261,7 @@ def _with_quantizers(model, setup: str, abits: int, act_method: str) -> nn.Modul
     activation of `setup` (the LayerNorms are wrapped, the hook points replaced)."""
     q = copy.deepcopy(model).eval()
     q.set_attention_impl("reference")  # the scores and probabilities must exist to be quantized
-    for name, path in _points(q, setup):
+    for path in quantizer_names(q, setup):
         quantizer = ActQuant(abits, act_method)
         target = _get(q, path)
         _set(q, path, nn.Sequential(target, quantizer) if isinstance(target, nn.LayerNorm)
@@ -277,9 +271,9 @@ def _with_quantizers(model, setup: str, abits: int, act_method: str) -> nn.Modul
 
 def _quantizers(q: nn.Module, setup: str) -> dict[str, ActQuant]:
     out = {}
-    for name, path in _points(q, setup):
+    for path in quantizer_names(q, setup):
         m = _get(q, path)
-        out[name] = m[-1] if isinstance(m, nn.Sequential) else m
+        out[path] = m[-1] if isinstance(m, nn.Sequential) else m
     return out
 
 
