@@ -201,10 +201,12 @@ def _root_commit() -> str:
 
 def test_elapsed_time_spans_the_notebooks_that_ran_at_once():
     from offbyone.report.sections import _elapsed
-    # two runs at once (0-10 s and 2-12 s), then one after (12-15 s): 15 s elapsed, 23 s summed
+    # two runs at once (0-10 s and 2-12 s), a measurement after (12-15 s): 15 s elapsed, 23 s
+    # summed; a report rebuilt later does not count
     stages = pd.DataFrame([{"stage": "train", "target": "a", "seconds": 10.0, "end": 110.0},
                            {"stage": "train", "target": "b", "seconds": 10.0, "end": 112.0},
-                           {"stage": "report", "target": "c", "seconds": 3.0, "end": 115.0}])
+                           {"stage": "measure", "target": "c", "seconds": 3.0, "end": 115.0},
+                           {"stage": "report", "target": "d", "seconds": 9.0, "end": 5000.0}])
     assert _elapsed(stages) == pytest.approx(15.0)
     assert _elapsed(stages.drop(columns="end")) is None       # timings from before the field
     assert _elapsed(stages.assign(end=float("nan"))) is None

@@ -357,7 +357,7 @@ def results_provenance(profile: str, results_dir: str = "results") -> str:
             + (f", softmax training at {speed:,.0f} tokens/s there" if speed else "")
             + f"; its notebooks took {p['pipeline_wall_s'] / 60:.0f} min summed"
             + (f", {p['pipeline_elapsed_s'] / 60:.0f} min from the first one's start to the last "
-               f"one's end" if p.get("pipeline_elapsed_s") else "") + ")\n"
+               f"measurement's end" if p.get("pipeline_elapsed_s") else "") + ")\n"
             + (f"WARNING: {note}" if note else "lib/ and configs/ are unchanged since that commit"))
 
 

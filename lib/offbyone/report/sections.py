@@ -640,12 +640,15 @@ class Report:
 
 
 def _elapsed(stages: pd.DataFrame) -> float | None:
-    """Seconds from the first notebook's start to the last one's end, over each notebook's
-    latest execution (timings that record when they ended); None when none does. With runs
-    executing at once this is less than the sum of the notebooks' times."""
-    if "end" not in stages or stages["end"].isna().all():
+    """Seconds from the first notebook's start to the last measurement's end (the data, train
+    and measure notebooks' latest executions, from timings that record when they ended; the
+    report and bench notebooks run again whenever the paper is rebuilt); None when none does.
+    With runs executing at once this is less than the sum of the notebooks' times."""
+    if "end" not in stages:
         return None
-    t = stages.dropna(subset=["end"])
+    t = stages[stages.stage.isin(("data", "train", "measure"))].dropna(subset=["end"])
+    if t.empty:
+        return None
     return float(t["end"].max() - (t["end"] - t["seconds"]).min())
 
 
