@@ -30,7 +30,8 @@ DETECT_PROFILE = $(shell $(PY) -c 'import torch; print("gpu" if torch.cuda.is_av
 DETECT_JOBS = $(shell $(PY) -c 'import torch; print(4 if torch.cuda.is_available() else 2)' 2>/dev/null || echo 2)
 ON_CPU = $(shell $(PY) -c 'import torch; print("" if torch.cuda.is_available() else "1")' 2>/dev/null || echo 1)
 
-.PHONY: FORCE help setup test test-all test-slow data reproduce pipeline figures paper bench gpu-check tex lab clean
+.PHONY: FORCE help setup test test-all test-slow data reproduce pipeline figures paper bench gpu-check tex lab clean \
+        gpu-bundle gpu-bundle-rehearsal gpu-study gpu-unpack
 
 help:
 	@echo "make reproduce  everything: set-up, data, every run of the profile, measurement,"
@@ -44,9 +45,15 @@ help:
 	@echo "make bench      attention and training benchmarks, their figure and tables"
 	@echo "make gpu-check  on a CUDA machine, in minutes (4 on an H200): CUDA kernel tests, attention"
 	@echo "                and training benchmarks, the gpu profile's estimated wall time"
+	@echo "make gpu-bundle on a networked machine: build/gpu-bundle/, all an offline GPU node"
+	@echo "                lacks (wheels, the repository); on the node: bash run.sh"
+	@echo "make gpu-bundle-rehearsal  the bundle installed and run on this CPU, network refused"
+	@echo "make gpu-study  the gpu profile's every run in one process per stage (JOBS=4 at once)"
+	@echo "make gpu-unpack ARCHIVE=...  a node's archive into runs/, then results/gpu and figures"
 	@echo "make lab        open JupyterLab on notebooks/ (installs it on first use)"
 	@echo "make setup      create $(VENV) and install everything"
-	@echo "make clean      remove runs, results and build outputs (keeps $(VENV) and data)"
+	@echo "make clean      remove runs, build outputs and rehearsals' results (keeps $(VENV),"
+	@echo "                data and the committed results/)"
 
 setup: $(STAMP)
 
@@ -103,6 +110,24 @@ bench: $(STAMP)
 # exits 2 with a message where torch sees no CUDA GPU
 gpu-check: $(STAMP)
 	$(PY) -m offbyone.gpu_check
+
+# The GPU study without notebooks (offbyone.study): on the node itself, or through the bundle
+# (offbyone.bundle), whose run.sh installs from wheels with no network; what the node hands
+# back is one archive, unpacked here into runs/ before the report writes results/gpu/.
+BUNDLE ?= build/gpu-bundle
+gpu-bundle: $(STAMP)
+	$(PY) -m offbyone.bundle make --out $(BUNDLE)
+
+gpu-bundle-rehearsal: $(STAMP)
+	$(PY) -m offbyone.bundle rehearse --work build/gpu-bundle-rehearsal
+
+gpu-study: $(STAMP)
+	$(PY) -m offbyone.study run $(or $(PROFILE),gpu) --jobs $(or $(JOBS),$(DETECT_JOBS))
+
+gpu-unpack: $(STAMP)
+	@test -n "$(ARCHIVE)" || { echo "usage: make gpu-unpack ARCHIVE=path/to/study.tar.gz"; exit 1; }
+	$(PY) -m offbyone.study unpack $(ARCHIVE)
+	@$(MAKE) --no-print-directory figures PROFILE=$$($(PY) -c 'import json,sys,tarfile; print(json.load(tarfile.open(sys.argv[1]).extractfile("study.json"))["profile"])' $(ARCHIVE))
 
 # The paper from a profile's committed results (results/$(PAPER_PROFILE)/), with no training:
 # the report and bench notebooks, then LaTeX; it says which commit produced the numbers and
@@ -216,6 +241,12 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
 	  --ServerApp.root_dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
+# only what the build made: runs, build outputs, generated paper parts, rehearsals' results and
+# results/<profile>/ folders that git does not track (committed results are data: never removed)
 clean:
 	rm -rf runs build paper/generated .pytest_cache
-	find results -mindepth 1 -maxdepth 1 ! -name gpu -exec rm -rf {} + 2>/dev/null || true
+	@for d in results/*/; do d=$${d%/}; \
+	  case $$d in *-rehearsal|*-quickrehearsal) rm -rf "$$d"; continue;; esac; \
+	  if git rev-parse --git-dir >/dev/null 2>&1 && [ -z "$$(git ls-files "$$d" | head -1)" ]; then \
+	    echo "rm -rf $$d (not committed)"; rm -rf "$$d"; fi; \
+	done

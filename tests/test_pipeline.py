@@ -69,7 +69,7 @@ def test_runner_refuses_undeclared_parameter_without_starting_a_kernel(tmp_path)
 
 
 def test_profiles_are_valid_and_runs_are_paired():
-    for name in ("smoke", "cpu", "gpu", "rivals"):
+    for name in ("smoke", "cpu", "gpu", "gpu_fineweb", "rivals", "pilot_guo"):
         prof = load_profile(name)
         assert "softmax" in prof["variants"] and "softmax1" in prof["variants"]
         pairs = runs(name)
@@ -79,7 +79,7 @@ def test_profiles_are_valid_and_runs_are_paired():
         diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
         assert diff == {"attention", "out_dir"}     # same seed, data order and recipe
     assert len(load_profile("cpu")["seeds"]) >= 3
-    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_wd01, rivals, smoke, smoke_wd, testbed, "):
+    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_fineweb, gpu_sgd, gpu_wd01, pilot_guo, rivals, smoke, smoke_wd, testbed, "):
         load_profile("laptop")
 
 
@@ -145,7 +145,7 @@ def _profiles_in(tmp_path, monkeypatch, profiles: dict):
 
 def test_testbed_profiles_are_named_checked_and_paired(tmp_path, monkeypatch):
     for name, tb in (("cpu", "testbed"), ("smoke", "testbed_smoke"), ("rivals", "testbed_rivals"),
-                     ("gpu", "testbed_gpu")):
+                     ("gpu_fineweb", "testbed_gpu")):
         assert load_profile(name)["testbed"] == tb
         prof = load_profile(tb)
         assert prof["train"]["corpus"] == "bigram_backcopy" and prof["train"]["bos"] is True
@@ -167,10 +167,14 @@ def test_testbed_profiles_are_named_checked_and_paired(tmp_path, monkeypatch):
 
 
 def test_ablation_profiles_change_one_key_and_are_checked(tmp_path, monkeypatch):
-    assert load_profile("gpu")["ablations"] == ["gpu_wd01"]
-    a = run_config("gpu", "softmax", 0).to_dict()
+    assert load_profile("gpu_fineweb")["ablations"] == ["gpu_wd01"]
+    a = run_config("gpu_fineweb", "softmax", 0).to_dict()
     b = run_config("gpu_wd01", "softmax", 0).to_dict()
     assert {k for k in a if a[k] != b[k]} == {"weight_decay", "out_dir"}
+    # the GPU study's control: the same model and data, SGD instead of AdamW
+    assert load_profile("gpu")["ablations"] == ["gpu_sgd"]
+    a, b = run_config("gpu", "softmax", 0).to_dict(), run_config("gpu_sgd", "softmax", 0).to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"optimizer", "lr", "min_lr", "out_dir"}
     assert load_profile("smoke")["ablations"] == ["smoke_wd"]
     one = "variants: [softmax]\nseeds: [0]\n"
     P = _profiles_in(tmp_path, monkeypatch, {"m": one + "ablations: [n]\n",
@@ -201,8 +205,8 @@ def test_bench_options_are_checked(tmp_path, monkeypatch):
 
 def test_a_rehearsal_is_the_profile_with_only_its_costly_sizes_cut():
     from offbyone.pipeline import REHEARSAL_CUTS, profile_path, rehearsal_of
-    real, reh = load_profile("gpu"), load_profile("gpu-rehearsal")
-    assert rehearsal_of("gpu-rehearsal") == "gpu" and rehearsal_of("gpu") is None
+    real, reh = load_profile("gpu_fineweb"), load_profile("gpu_fineweb-rehearsal")
+    assert rehearsal_of("gpu_fineweb-rehearsal") == "gpu_fineweb" and rehearsal_of("gpu_fineweb") is None
     assert reh["variants"] == real["variants"] and reh["seeds"] == real["seeds"]
     assert reh["testbed"] == "testbed_gpu-rehearsal" and reh["ablations"] == ["gpu_wd01-rehearsal"]
     cut = {k for part in REHEARSAL_CUTS.values() for k in part}
@@ -215,16 +219,16 @@ def test_a_rehearsal_is_the_profile_with_only_its_costly_sizes_cut():
     tb = load_profile("testbed_gpu-rehearsal")
     assert tb["variants"] == load_profile("testbed_gpu")["variants"]
     # its own folders: runs/gpu-rehearsal/..., never a real profile's
-    assert run_config("gpu-rehearsal", "softmax", 0).out_dir.endswith("runs/gpu-rehearsal/softmax-s0")
+    assert run_config("gpu_fineweb-rehearsal", "softmax", 0).out_dir.endswith("runs/gpu_fineweb-rehearsal/softmax-s0")
     assert "rehearsal" in reh["description"] and "mean nothing" in reh["description"]
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):
         load_profile("nope-rehearsal")
     assert profile_path("gpu").name == "gpu.yaml"
-    quick = load_profile("gpu-quickrehearsal")   # CI's cut form
+    quick = load_profile("gpu_fineweb-quickrehearsal")   # CI's cut form
     assert quick["variants"] == real["variants"][:2] and quick["seeds"] == real["seeds"][:1]
     assert quick["testbed"] == "testbed_gpu-quickrehearsal"
     assert load_profile("testbed_gpu-quickrehearsal")["seeds"] == [0]
-    assert quick["train"] == reh["train"] and rehearsal_of("gpu-quickrehearsal") == "gpu"
+    assert quick["train"] == reh["train"] and rehearsal_of("gpu_fineweb-quickrehearsal") == "gpu_fineweb"
 
 
 def test_plain_text_is_escaped_for_latex():
@@ -253,3 +257,24 @@ def test_cited_profiles_are_read_not_run():
     assert ({k: v for k, v in long["train"].items() if k not in schedule}
             == {k: v for k, v in base.items() if k not in schedule})   # the testbed's recipe
     assert long["variants"] == ["softmax", "softmax1", "sink"] and len(long["seeds"]) >= 5
+
+
+def test_make_clean_removes_only_what_the_build_made(tmp_path):
+    """Committed results are data: `make clean` keeps them and removes runs, build outputs,
+    rehearsals' results and results folders that git does not track."""
+    import shutil
+    import subprocess
+    from offbyone.pipeline import repo_root
+    shutil.copy(repo_root() / "Makefile", tmp_path / "Makefile")
+    for f in ("results/cpu/runs.csv", "results/smoke/runs.csv", "results/gpu-quickrehearsal/a.csv",
+              "runs/cpu/softmax-s0/log.jsonl", "build/paper/x.pdf", "paper/generated/macros.tex",
+              "configs/cpu.yaml"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x")
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", "results/cpu", "configs", "Makefile")
+    subprocess.run(["make", "clean"], cwd=tmp_path, check=True, capture_output=True)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                  if p.is_file() and ".git" not in p.parts)
+    assert left == ["Makefile", "configs/cpu.yaml", "results/cpu/runs.csv"]

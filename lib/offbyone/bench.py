@@ -245,7 +245,8 @@ def _training_run(profile: str, variant: str, dev: torch.device) -> dict:
     data = TokenData(prepare_for(cfg))
     torch.manual_seed(0)
     model = GPT(cfg.model_config(data.vocab_size)).to(dev)
-    opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), dev.type)
+    opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), dev.type,
+                                    cfg.optimizer, cfg.momentum)
     return dict(cfg=cfg, data=data, model=model, opt=opt, gen=torch.Generator().manual_seed(0),
                 parts={"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0})
 

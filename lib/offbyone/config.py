@@ -10,6 +10,7 @@ the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,8 +18,11 @@ from pathlib import Path
 import yaml
 
 from .device import DEVICES, valid_device
-from .model import GPTConfig
+from .model import OPTIMIZERS, GPTConfig
 from .tokenizer import check_tokenizer
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -91,6 +95,13 @@ def _coerce(name: str, value, typ):
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string, as nanoGPT users write it
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and math.isfinite(number):
+                return number
     elif typ is str:
         if isinstance(value, str):
             return value
@@ -116,7 +127,7 @@ class TrainConfig:
     corpus_fallback: str = ""         # used, with a warning, when `corpus` cannot be reached
     tokenizer: str = "char"           # char, or bpe (byte-level, trained on the training split)
     bpe_vocab_size: int = 4096
-    max_tokens: int = 0               # cap on the corpus's training tokens (0: all)
+    max_tokens: int = 0               # cap on the corpus's training tokens (0: all); the size of a synthetic one
     text_field: str = "text"          # the text column of an hf: dataset
     data_root: str = "data"
     bos: bool = False                 # a beginning-of-sequence token at position 0 of each window
@@ -129,6 +140,8 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1
+    optimizer: str = "adamw"          # adamw, or sgd (with `momentum`; Guo et al.'s control)
+    momentum: float = 0.9             # SGD's momentum (unused by AdamW)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0            # 0 disables clipping
@@ -142,6 +155,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
     compile: bool = False
+    compile_mode: str = "default"     # torch.compile's mode: default, reduce-overhead (CUDA graphs), ...
     threads: int = 0                  # torch intra-op threads on CPU; 0 leaves torch's default
     progress: bool = True
 
@@ -178,13 +192,17 @@ class TrainConfig:
             raise ConfigError("lr must be > 0")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        for k in ("beta1", "beta2"):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        for k in ("beta1", "beta2", "momentum"):
             if not 0 <= getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be in [0, 1), got {getattr(self, k)}")
         try:
             check_tokenizer(self.tokenizer, self.bpe_vocab_size)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         if not valid_device(self.device):
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         fr = tuple(float(x) for x in self.checkpoint_fractions)

@@ -46,9 +46,10 @@ def corpus_name(corpus: str) -> str:
 
 def corpus_dir(corpus: str, data_root: str | os.PathLike = "data", tokenizer: str = "char",
                bpe_vocab_size: int = 4096, max_tokens: int = 0) -> Path:
-    """Where prepare() puts a corpus: data_root/<name>_char, <name>_bpe<V>, + _max<N> if capped."""
+    """Where prepare() puts a corpus: data_root/<name>_char, <name>_bpe<V>, + _max<N> if capped;
+    the synthetic testbed: data_root/<name>, + _train<N> when max_tokens sets its size."""
     if corpus in SYNTHETIC:
-        return Path(data_root) / corpus
+        return Path(data_root) / (corpus + (f"_train{max_tokens}" if max_tokens else ""))
     tag = "char" if tokenizer == "char" else f"bpe{bpe_vocab_size}"
     return Path(data_root) / (f"{corpus_name(corpus)}_{tag}" + (f"_max{max_tokens}" if max_tokens else ""))
 
@@ -68,7 +69,8 @@ def prepare(corpus: str = "shakespeare", data_root: str | os.PathLike = "data",
             bpe_vocab_size: int = 4096, max_tokens: int = 0, text_field: str = "text") -> Path:
     """Prepare `corpus` ('shakespeare', 'bigram_backcopy', 'hf:...' or a path) under data_root
     with the given tokenizer; return the prepared folder. `max_tokens` (0: all) caps the
-    training split's tokens (the held-out splits get 5/90 of it each)."""
+    training split's tokens (the held-out splits get 5/90 of it each); for the synthetic
+    testbed, which is generated, it sets the training split's size (0: the default 2M)."""
     data_root = Path(data_root)
     try:
         check_tokenizer(tokenizer, bpe_vocab_size)
@@ -81,7 +83,7 @@ def prepare(corpus: str = "shakespeare", data_root: str | os.PathLike = "data",
     # corpus wait for the first, then find it prepared
     with _folder_lock(out_dir):
         if corpus in SYNTHETIC:
-            meta = _prepare_testbed(out_dir, force, verbose)
+            meta = _prepare_testbed(out_dir, force, verbose, max_tokens)
         else:
             meta = _prepare_text(corpus, data_root, out_dir, force, verbose, tokenizer,
                                  bpe_vocab_size, max_tokens, text_field)
@@ -115,8 +117,8 @@ def _already(out_dir: Path, verbose: bool, **want) -> bool:
     return done
 
 
-def _prepare_testbed(out_dir: Path, force: bool, verbose: bool) -> dict | None:
-    spec = BigramBackcopy()
+def _prepare_testbed(out_dir: Path, force: bool, verbose: bool, max_tokens: int = 0) -> dict | None:
+    spec = BigramBackcopy(train_tokens=max_tokens) if max_tokens else BigramBackcopy()
     if not force and _already(out_dir, verbose, source=testbed_info(spec)):
         return None
     return build_bigram_backcopy(out_dir, spec)

@@ -52,6 +52,13 @@ ASSUMED_REPORT_S = 120.0      # report and bench notebooks, the LaTeX build (CPU
 PAPERMILL_EXTRA_S = 3.0       # papermill's kernel start beyond a bare `import torch` process
 PEAK_BF16_FLOPS = 989e12      # H100/H200 SXM dense bf16, by NVIDIA's datasheet
 GPU_JOBS = 4                  # runs at once under `make reproduce` on a GPU (the Makefile's JOBS)
+# generating the Bigram-Backcopy corpus on the node's CPU: 32M tokens took 10 s on a loaded
+# 2-core machine here (2026-12-02); assumed no faster there
+ASSUMED_SYNTH_TOKENS_PER_S = 3e6
+# 2 (2026-12-02): the profile `gpu` is the Bigram-Backcopy study run by offbyone.study; in
+# checks made before, `gpu` named the FineWeb profile, now `gpu_fineweb`
+PROFILES_VERSION = 2
+RENAMED_IN_V2 = {"gpu": "gpu_fineweb"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +170,8 @@ def train_rate(profile: str, variant: str, steps: int, compile: bool, work: Path
 
     prof = load_profile(profile)
     quarter = max(1, steps // 4)
-    out_dir = work / f"{profile}-{variant}-{'compiled' if compile else 'eager'}"
+    mode = (overrides or {}).get("compile_mode", "default")
+    out_dir = work / f"{profile}-{variant}-{mode + '-compiled' if compile else 'eager'}"
     ovr = {"max_steps": steps, "warmup_steps": min(steps, 10), "log_interval": quarter,
            "eval_interval": steps, "checkpoint_fractions": [0.5, 1.0] if measure_it else [1.0],
            "compile": compile, "progress": False, **(overrides or {})}
@@ -434,16 +442,131 @@ def data_prep_s(profile: str) -> float:
     return cap / 0.9 / ASSUMED_PREP_TOKENS_PER_S if cap else 60.0
 
 
+def normalized(check: dict) -> dict:
+    """A check with its profile names as they are now (checks made before PROFILES_VERSION 2
+    timed the FineWeb profile under the name `gpu`)."""
+    if check.get("profiles_version", 1) >= PROFILES_VERSION:
+        return check
+    rn = lambda name: RENAMED_IN_V2.get(name, name)  # noqa: E731
+    out = dict(check, profile=rn(check["profile"]), profiles_version=PROFILES_VERSION)
+    out["training"] = [dict(r, profile=rn(r["profile"])) for r in check.get("training") or []]
+    out["parallel"] = [dict(r, profile=rn(r["profile"])) for r in check.get("parallel") or []]
+    if check.get("flop_budget"):
+        fb = check["flop_budget"]
+        out["flop_budget"] = dict(fb, profiles=[dict(r, profile=rn(r["profile"]))
+                                                for r in fb.get("profiles", [])])
+    return out
+
+
+def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None) -> dict:
+    """Wall time of `python -m offbyone.study run <profile> --jobs <jobs>` on the node (no
+    notebooks; the report and the paper are built afterwards on any CPU), from a check.
+
+    Per run: steps x the step time, plus the evaluations at a third of a step each, plus the
+    measurement of its checkpoints. The step time is measured where the check trained this
+    profile's model (tokens per step / tokens/s); else it is extrapolated and says so: the
+    larger of the compute time at the check's measured utilisation and the check's measured
+    per-step overhead (its small testbed model's whole step) scaled by the number of layers.
+    Runs at once divide by the speedup the check measured for this profile, else for its
+    smallest (launch-bound) model at the same number of jobs, else by 1."""
+    from .model import GPT
+    from .pipeline import load_profile, run_config
+    from .study import study_runs
+
+    check = normalized(check)
+    rows, fb = check["training"], check["flop_budget"]
+    jobs = jobs or check.get("jobs", 1)
+    train = load_profile(profile)["train"]
+    want = (bool(train.get("compile")), train.get("compile_mode", "default") if train.get("compile") else "default")
+    measured = {(r["profile"], r["variant"]): r for r in rows
+                if (bool(r["compile"]), r.get("compile_mode", "default")) == want}
+    ref_testbed = load_profile(check["profile"]).get("testbed")
+    ref_layers = 1
+    if ref_testbed:
+        tb = load_profile(ref_testbed)
+        ref_layers = run_config(ref_testbed, tb["variants"][0], tb["seeds"][0]).n_layer
+    mids = {r["profile"]: (r["measure_mid_s"], r["measure_final_s"]) for r in rows
+            if "measure_final_s" in r}
+    notes, per_run, data_s, seen = [], [], 0.0, set()
+    for name, variant, seed in study_runs(profile):
+        cfg = run_config(name, variant, seed)
+        base = profile if name != profile and name in (load_profile(profile).get("ablations") or []) else name
+        tps = cfg.batch_size * cfg.block_size
+        row = measured.get((base, variant)) or measured.get((base, "softmax"))
+        if row:
+            step_s, how = tps / row["tokens_per_s"], "measured"
+        else:
+            with torch.device("meta"):
+                n = GPT(cfg.model_config(vocab_guess_study(cfg))).num_params()
+            fpt = flops_per_token(n, cfg.n_layer, cfg.n_embd, cfg.block_size)
+            compute = tps * fpt / (fb["peak_flops"] * fb["utilisation"])
+            overhead = fb["step_overhead_s"] * cfg.n_layer / ref_layers
+            step_s, how = max(compute, overhead), "extrapolated"
+            note = (f"{base}: step time extrapolated, max(compute {1e3 * compute:.1f} ms at "
+                    f"utilisation {fb['utilisation']:.3f}, overhead {1e3 * overhead:.1f} ms = "
+                    f"{1e3 * fb['step_overhead_s']:.1f} ms x {cfg.n_layer}/{ref_layers} layers)")
+            if note not in notes:
+                notes.append(note)
+        evals = (cfg.max_steps // cfg.eval_interval + 1) * cfg.eval_batches
+        mid, final = mids.get(base) or mids.get(check["profile"], (3.0, 5.0))
+        if base not in mids and f"{base}: measurement" not in seen:
+            seen.add(f"{base}: measurement")
+            notes.append(f"{base}: measurement time of {check['profile']}'s larger model "
+                         f"({mid:.1f} s a middle, {final:.1f} s the final checkpoint)")
+        n_ckpt = len(cfg.checkpoint_steps())
+        per_run.append({"run": f"{name}/{variant}-s{seed}", "step_s": step_s, "how": how,
+                        "train_s": (cfg.max_steps + evals / 3) * step_s,
+                        "measure_s": (n_ckpt - 1) * mid + final})
+        if cfg.corpus == "bigram_backcopy" and (cfg.corpus, cfg.max_tokens) not in seen:
+            seen.add((cfg.corpus, cfg.max_tokens))
+            data_s += (cfg.max_tokens or 2_000_000) / ASSUMED_SYNTH_TOKENS_PER_S
+    par = {r["profile"]: r for r in check.get("parallel") or []}
+    if jobs == 1:
+        speedup, how = 1.0, "one run at a time"
+    elif profile in par and par[profile]["jobs"] == jobs:
+        speedup, how = par[profile]["speedup"], f"measured for {profile}"
+    elif ref_testbed in par and par[ref_testbed]["jobs"] == jobs:
+        speedup = par[ref_testbed]["speedup"]
+        how = f"measured for {ref_testbed}'s small launch-bound model at {jobs} jobs"
+    else:
+        speedup, how = 1.0, f"not measured at {jobs} jobs: none assumed"
+    work = sum(r["train_s"] + r["measure_s"] for r in per_run)
+    start = process_start_s_from(check)
+    stages = {"data": data_s, "train and measure": work / speedup, "worker start": start}
+    return {"profile": profile, "jobs": jobs, "runs": len(per_run), "speedup": speedup,
+            "speedup_how": how, "stages_s": stages, "total_s": sum(stages.values()),
+            "train_s": sum(r["train_s"] for r in per_run) / speedup,
+            "measure_s": sum(r["measure_s"] for r in per_run) / speedup,
+            "extrapolated": any(r["how"] == "extrapolated" for r in per_run),
+            "notes": notes, "per_run": per_run, "from_check": check["provenance"]}
+
+
+def vocab_guess_study(cfg) -> int:
+    """vocab_guess, with the synthetic testbed's own vocabulary (64 tokens and BOS)."""
+    return 65 if cfg.corpus == "bigram_backcopy" else vocab_guess(cfg)
+
+
+def process_start_s_from(check: dict) -> float:
+    """One worker's start (interpreter, torch, CUDA) from a check: its notebook overhead's
+    kernel share less papermill's, or a measured bare start."""
+    nb = check.get("notebook_overhead") or {}
+    if "kernel_s" in nb:
+        return max(0.0, nb["kernel_s"] - PAPERMILL_EXTRA_S)
+    return 5.0
+
+
 def estimate_from(check: dict, profile: str | None = None, jobs: int | None = None) -> dict:
     """The estimate for the profiles as they are now, from the rates a check measured."""
     from .pipeline import load_profile
 
+    check = normalized(check)
+    profile = profile or check["profile"]
+    main = load_profile(profile)
+    mode = main["train"].get("compile_mode", "default")
     rates = {(r["profile"], r["variant"]): r["tokens_per_s"] for r in check["training"]
              if not r["compile"]}
     compiled = {(r["profile"], r["variant"]): r["tokens_per_s"] for r in check["training"]
-                if r["compile"]}
-    profile = profile or check["profile"]
-    main = load_profile(profile)
+                if r["compile"] and r.get("compile_mode", "default") == mode}
     if main["train"].get("compile"):
         rates.update(compiled)
     missing = []
@@ -521,12 +644,17 @@ def training_rows(profile: str, work: Path, cpu_rehearsal: bool, steps: int,
         variants = load_profile(name)["variants"]
         for variant in variants[:2] if cpu_rehearsal else variants:
             main_pair = name == profile and variant in ("softmax", "softmax1")
-            for compile in (False, True) if main_pair and not cpu_rehearsal else (False,):
+            # eager, compiled, and compiled with CUDA graphs (reduce-overhead: the lever for
+            # small launch-bound models)
+            modes = ((False, "default"), (True, "default"), (True, "reduce-overhead")) \
+                if main_pair and not cpu_rehearsal else ((False, "default"),)
+            for compile, mode in modes:
                 rows.append(train_rate(name, variant, steps if main_pair else max(1, steps // 2),
-                                       compile, work, overrides=toy,
+                                       compile, work, overrides={**toy, "compile_mode": mode},
                                        measure_it=not compile and variant == (
                                            "softmax1" if name == profile else variants[0])))
-                print(f"    {name} {variant} {'compiled' if compile else 'eager'}: "
+                rows[-1]["compile_mode"] = mode
+                print(f"    {name} {variant} {'compiled ' + mode if compile else 'eager'}: "
                       f"{rows[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
     return rows
 
@@ -549,6 +677,7 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
     main = load_profile(profile)
     testbed = main.get("testbed")
     check: dict = {"format": "offbyone-gpu-check", "profile": profile,
+                   "profiles_version": PROFILES_VERSION,
                    "cpu_rehearsal": cpu_rehearsal, "provenance": provenance(device)}
 
     def stage(name):
@@ -602,8 +731,46 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
     check["estimate_one_job"] = estimate_from(check, jobs=1)
     # the written count, with the utilisation and per-step overhead these runs achieved
     check["flop_budget"] = measured_flop_budget(profile, rows, compiled, peak_flops)
+    check["study_estimate"] = study_estimate(check, profile, jobs)
     stage("done")
     return check
+
+
+def print_estimates(check: dict, profile: str, jobs: int) -> None:
+    """The study runner's estimate for `profile`, and the notebook pipeline's where the check
+    measured that profile's model (with the written FLOP count of its training)."""
+    st = study_estimate(check, profile, jobs)
+    print(f"estimated python -m offbyone.study run {profile} --jobs {jobs} on "
+          f"{st['from_check'].get('device_name', '?')}: {st['total_s'] / 60:.1f} min for "
+          f"{st['runs']} runs (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in st["stages_s"].items())
+          + f"; {jobs} at once, speedup {st['speedup']:.2f}: {st['speedup_how']})")
+    for note in st["notes"]:
+        print(f"  {note}")
+    if st["extrapolated"]:
+        print("  the check did not train this profile's model: run make gpu-check on the GPU "
+              "to measure it")
+    try:
+        est = estimate_from(check, profile, jobs)
+    except KeyError:
+        print(f"make reproduce PROFILE={profile} (notebooks): no estimate, the check did not "
+              "train this profile's model")
+        return
+    print("\n".join(summary_lines({"provenance": check["provenance"], "wall_s": 0,
+                                     "estimate": est})[1:]))
+    for r in est["per_profile"]:
+        print(f"  {r['profile']:12s} {r['runs']:3d} runs  train {r['train_s'] / 60:5.1f} min  "
+              f"measure {r['measure_s'] / 60:5.1f} min  (speedup {r['speedup']:.2f})")
+    fb = check["flop_budget"]
+    count = flop_budget(profile, fb["peak_flops"], fb["utilisation"], fb["step_overhead_s"],
+                        model_sizes(check["training"], profile))
+    print(f"written count of training alone, one run at a time: peak {fb['peak_flops'] / 1e12:.0f} TFLOP/s, "
+          f"utilisation {fb['utilisation']:.3f}, per-step overhead "
+          f"{1e3 * fb['step_overhead_s']:.1f} ms (measured)")
+    for r in count["profiles"]:
+        print(f"  {r['profile']:12s} {r['runs']:3d} runs x {r['steps']} steps = "
+              f"{r['tokens'] / 1e6:,.0f}M tokens x {r['flops_per_token']:.3g} FLOP/token = "
+              f"{r['flops']:.3g} FLOP: max(compute {r['compute_s'] / 60:.1f} min, overhead "
+              f"{r['overhead_s'] / 60:.1f} min)")
 
 
 def main(argv=None):
@@ -623,24 +790,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from .pipeline import repo_root
     if args.estimate_from:
-        check = json.loads(Path(args.estimate_from).read_text())
-        est = estimate_from(check, args.profile, args.jobs)
-        print("\n".join(summary_lines({"provenance": check["provenance"], "wall_s": 0,
-                                         "estimate": est})[1:]))
-        for r in est["per_profile"]:
-            print(f"  {r['profile']:12s} {r['runs']:3d} runs  train {r['train_s'] / 60:5.1f} min  "
-                  f"measure {r['measure_s'] / 60:5.1f} min  (speedup {r['speedup']:.2f})")
-        fb = check["flop_budget"]
-        count = flop_budget(args.profile, fb["peak_flops"], fb["utilisation"],
-                            fb["step_overhead_s"], model_sizes(check["training"], args.profile))
-        print(f"written count of training alone, one run at a time: peak {fb['peak_flops'] / 1e12:.0f} TFLOP/s, "
-              f"utilisation {fb['utilisation']:.3f}, per-step overhead "
-              f"{1e3 * fb['step_overhead_s']:.1f} ms (measured)")
-        for r in count["profiles"]:
-            print(f"  {r['profile']:12s} {r['runs']:3d} runs x {r['steps']} steps = "
-                  f"{r['tokens'] / 1e6:,.0f}M tokens x {r['flops_per_token']:.3g} FLOP/token = "
-                  f"{r['flops']:.3g} FLOP: max(compute {r['compute_s'] / 60:.1f} min, overhead "
-                  f"{r['overhead_s'] / 60:.1f} min)")
+        check = normalized(json.loads(Path(args.estimate_from).read_text()))
+        print_estimates(check, args.profile, args.jobs)
         return
     if not args.cpu_rehearsal and not torch.cuda.is_available():
         print("gpu-check needs a CUDA GPU, and torch sees none here "

@@ -27,15 +27,16 @@ from .io import write_json
 from .corpora import CorpusError
 from .data import corpus_of, fell_back, prepare_for
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
-                      loss_by_class, loss_on, summarize_activations, token_classes, weight_kurtosis,
-                      windowed_losses)
+                      loss_by_class, loss_on, residual_peak, summarize_activations, token_classes,
+                      weight_kurtosis, windowed_losses)
 from .provenance import provenance
 from .quant import DEFAULT_SWEEP, QuantConfig, sweep
 from .tokens import TokenData
 
 RESULTS_FORMAT = "offbyone-metrics"
-RESULTS_VERSION = 5   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data;
-#                       5: the anchor's quantization setup and module set, first position t >= 1
+RESULTS_VERSION = 6   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data;
+#                       5: the anchor's quantization setup and module set, first position t >= 1;
+#                       6: the first-position residual peak, inf-norm without the last residual
 
 
 @dataclass
@@ -151,6 +152,9 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     log(f"activations (the anchor's modules): avg kurtosis {summary['anchor']['avg_kurtosis']:.2f}, "
         f"max kurtosis {summary['anchor']['max_kurtosis']:.2f}, "
         f"max inf-norm {summary['anchor']['max_inf_norm']:.2f}")
+    peak = residual_peak(model, act_x)
+    log(f"first-position residual peak: max ratio {peak['max_ratio']:.2f} "
+        f"({peak['max_ratio_layer']}), norm {peak['max_first_norm']:.1f}")
     attn = attention_statistics(model, act_x, classes)
     attn64 = attention_statistics(model, act_x[:, :min(SINK_T, T)], classes)
     log(f"attention: sink rate (T={attn64['T']}) {attn64['sink_rate']:.3f}, "
@@ -170,7 +174,7 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "activations": summary, "modules": acts["modules"], "base_rates": acts["base_rates"],
         "weights": {"kurtosis": wk, "avg_kurtosis": sum(wk.values()) / len(wk),
                     "max_kurtosis": max(wk.values())},
-        "attention": attn, "attention_T64": attn64, "windowed": windowed,
+        "attention": attn, "attention_T64": attn64, "residual_peak": peak, "windowed": windowed,
         "data": _data_summary(data, cfg), "quant": quant,
         "quant_notes": QUANT_NOTES[mc.setup],
         "provenance": {**provenance(device), "measure_wall_s": wall,

@@ -11,6 +11,9 @@ Definitions (Bondarenko et al. 2023; Gu et al. 2025; see the paper's methods sec
 - first-position attention: mean weight on position 0 over queries t >= 1 (query 0 can only
   see position 0, where softmax puts exactly 1), with the uniform causal baseline over the same
   queries, (H_T - 1) / (T - 1);
+- first-position residual peak (Guo et al. 2024): the L2 norm of the residual stream at position
+  0 (the BOS token where there is one) after the embedding and after each block, averaged over
+  sequences, and its ratio to the median norm over every other (sequence, position);
 - sink rate: share of heads whose mean attention on the first position, averaged over all
   queries, exceeds 0.3 at T = 64 (Gu et al.'s definition; its uniform baseline is H_T / T).
 
@@ -200,7 +203,12 @@ def summarize_activations(modules: dict) -> dict:
     for n in names:
         kinds[module_kind(n)].append(n)
     anchor = [n for n in names if module_kind(n) in ANCHOR_KINDS]
-    return {"anchor": agg(anchor), "all": agg(names), "by_kind": {k: agg(v) for k, v in kinds.items()}}
+    # without the last layer's residual (the final block's output and ln_f): outlier dimensions
+    # there are a frequent-token effect, not the no-op mechanism (REFERENCES.md)
+    last = max((int(n.split(".")[1]) for n in names if n.startswith("blocks.")), default=None)
+    inner = [n for n in anchor if n != "ln_f" and n != f"blocks.{last}.resid"]
+    return {"anchor": agg(anchor), "anchor_inner": agg(inner) if inner else None,
+            "all": agg(names), "by_kind": {k: agg(v) for k, v in kinds.items()}}
 
 
 class _AttentionSums:
@@ -315,6 +323,43 @@ def attention_statistics(model, seqs: torch.Tensor, classes: dict, batch_size: i
 
 
 @torch.no_grad()
+@torch.no_grad()
+def residual_peak(model, seqs: torch.Tensor, batch_size: int = 16) -> dict:
+    """Guo et al.'s massive-residual measure: per layer (the embedding, then each block's output),
+    the mean L2 norm of the residual at position 0 over sequences, the median L2 norm over every
+    other (sequence, position), and their ratio. `max_ratio` is the largest ratio after a block.
+
+    The state at position 0 is the BOS token's where the windows carry one; a ratio near 1 means
+    no peak (at initialisation both are the norm of an embedding), Guo's 3-layer model reached
+    about 6 (141 against a start near 24) in 10k Adam steps."""
+    if seqs.size(1) < 2:
+        raise ValueError("the residual peak needs sequences of at least 2 positions")
+    names = ["embed"] + [f"blocks.{i}" for i in range(len(model.blocks))]
+    mods = [model.hook_embed] + [b.hook_resid for b in model.blocks]
+    norms: dict[str, list] = {n: [] for n in names}
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: norms[n].append(
+        _wide(o).norm(dim=-1).cpu())) for n, m in zip(names, mods)]
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, seqs.size(0), batch_size):
+            model(seqs[i:i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    layers = []
+    for n in names:
+        x = torch.cat(norms[n])                       # (N, T) per-position L2 norms
+        first, other = x[:, 0].mean().item(), x[:, 1:].flatten().median().item()
+        layers.append({"layer": n, "first_norm": first, "median_other_norm": other,
+                       "ratio": first / other if other > 0 else math.inf})
+    blocks = layers[1:]
+    top = max(blocks, key=lambda r: r["ratio"])
+    return {"layers": layers, "max_ratio": top["ratio"], "max_ratio_layer": top["layer"],
+            "max_first_norm": max(r["first_norm"] for r in blocks)}
+
+
 def loss_on(model, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int = 32) -> float:
     """Mean next-token cross-entropy (nats) over (N, T) windows."""
     total, n = 0.0, 0

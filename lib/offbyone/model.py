@@ -1,5 +1,16 @@
 """A nanoGPT-style decoder: pre-LayerNorm blocks, GELU MLP, learned positions, tied embeddings.
 
+Guo et al.'s (2024) Bigram-Backcopy model differs in ways that decide whether the BOS residual
+peak grows (issue 24's pilots); each is an option here, so both models are one class:
+
+    bias=False               no biases in linears and LayerNorms
+    mlp_act="relu"           ReLU MLP instead of GELU
+    tie_embeddings=False     a separate output matrix instead of the token embedding's transpose
+    init="torch"             PyTorch's default initialisation (embeddings N(0, 1), linears
+                             U(+-1/sqrt(fan_in))) instead of GPT-2's N(0, 0.02) with scaled
+                             residual projections: residual norms then start near sqrt(2 C)
+                             (about 23 at width 256) instead of below 1
+
 The attention variant is a config field (see `offbyone.attention.VARIANTS`). Named `nn.Identity`
 hook points let measurements attach forward hooks without touching the math:
 
@@ -29,6 +40,9 @@ import torch.nn.functional as F
 from .attention import GATES, IMPLEMENTATIONS, VARIANTS, attention, attention_probs, get_variant
 
 OUTGATE_MODES = ("elementwise", "headwise")
+MLP_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+INITS = ("gpt2", "torch")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -47,6 +61,9 @@ class GPTConfig:
     gate: str = "none"               # a gate on top of any normaliser: none, gated, outgate
     gate_init: float = 0.25          # gated: the initial gate value pi_init (bias = logit)
     outgate_mode: str = "elementwise"  # outgate: one gate per channel, or per head
+    mlp_act: str = "gelu"            # the MLP's activation: gelu (nanoGPT) or relu (Guo et al.)
+    tie_embeddings: bool = True      # the LM head shares the token embedding (nanoGPT)
+    init: str = "gpt2"               # gpt2: N(0, 0.02), scaled projections; torch: PyTorch's defaults
 
     def __post_init__(self):
         get_variant(self.attention)
@@ -58,6 +75,10 @@ class GPTConfig:
             raise ValueError(f"gate_init must be in (0, 1), got {self.gate_init}")
         if self.clip_alpha < 0:
             raise ValueError(f"clip_alpha must be >= 0, got {self.clip_alpha}")
+        if self.mlp_act not in MLP_ACTIVATIONS:
+            raise ValueError(f"mlp_act {self.mlp_act!r} is not one of {', '.join(MLP_ACTIVATIONS)}")
+        if self.init not in INITS:
+            raise ValueError(f"init {self.init!r} is not one of {', '.join(INITS)}")
         if self.attention_impl not in IMPLEMENTATIONS:
             raise ValueError(f"attention_impl {self.attention_impl!r} is not one of "
                              f"{', '.join(IMPLEMENTATIONS)}")
@@ -155,12 +176,13 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.act = MLP_ACTIVATIONS[config.mlp_act]
         self.dropout = nn.Dropout(config.dropout)
         self.hook_hidden = nn.Identity()
         self.hook_out = nn.Identity()
 
     def forward(self, x):
-        h = self.hook_hidden(F.gelu(self.c_fc(x)))  # (B, T, 4C)
+        h = self.hook_hidden(self.act(self.c_fc(x)))  # (B, T, 4C)
         return self.dropout(self.hook_out(self.c_proj(h)))
 
 
@@ -191,12 +213,15 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied input/output embeddings
-        self.apply(self._init_weights)
-        # GPT-2's scaled init of the projections into the residual stream
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # tied input/output embeddings
+        if config.init == "gpt2":
+            self.apply(self._init_weights)
+            # GPT-2's scaled init of the projections into the residual stream
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        # init="torch": the modules keep the initialisation PyTorch gave them on construction
 
     @staticmethod
     def _init_weights(module):
@@ -245,12 +270,18 @@ class GPT(nn.Module):
                                    ignore_index=-1)
         return logits, loss
 
-    def configure_optimizer(self, weight_decay: float, lr: float, betas, device_type: str):
-        """AdamW with weight decay on matrices (dim >= 2) only, not on biases, norms or sinks."""
+    def configure_optimizer(self, weight_decay: float, lr: float, betas, device_type: str,
+                            kind: str = "adamw", momentum: float = 0.9):
+        """AdamW (or SGD with momentum: Guo et al.'s control, under which the BOS peak does not
+        grow) with weight decay on matrices (dim >= 2) only, not on biases, norms or sinks."""
+        if kind not in OPTIMIZERS:
+            raise ValueError(f"optimizer {kind!r} is not one of {', '.join(OPTIMIZERS)}")
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         extra = {"fused": True} if device_type == "cuda" else {}
+        if kind == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)

@@ -29,11 +29,12 @@ from .corpora import CorpusError
 from .data import prepare_for
 from .device import DeviceError, autocast_for, pick_device
 from .io import write_json, write_text
+from .metrics import residual_peak
 from .model import GPT
 from .tokens import TokenData
 
 # Keys that do not change what is computed: a run may resume with them changed.
-RESUME_FREE_KEYS = {"out_dir", "data_root", "device", "compile", "threads", "progress"}
+RESUME_FREE_KEYS = {"out_dir", "data_root", "device", "compile", "compile_mode", "threads", "progress"}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -64,6 +65,17 @@ def evaluate(model, batches, device, autocast) -> float:
         losses.append(loss.item())
     model.train(was_training)
     return sum(losses) / len(losses)
+
+
+def _peak_record(model, batches, device, bos: bool) -> dict:
+    """Guo et al.'s BOS residual peak on the first evaluation batch, per layer (embedding, then
+    each block): the BOS L2 norm and its ratio to the median other position. Logged at every
+    evaluation of a run with a BOS token, so that log.jsonl traces its growth with steps."""
+    if not bos:
+        return {}
+    peak = residual_peak(model, batches[0][0].to(device))
+    return {"bos_norm": [round(r["first_norm"], 4) for r in peak["layers"]],
+            "bos_ratio": [round(r["ratio"], 4) for r in peak["layers"]]}
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -173,7 +185,9 @@ def _train(cfg: TrainConfig, run: "_Run", on_step) -> dict:
     log = _RunLog(run.out_dir / "log.jsonl", start, run.master)
     if start == 0:
         val_loss = evaluate(run.raw_model, eval_batches, run.device, run.autocast)
-        log.write({"step": 0, "val_loss": val_loss, "elapsed_s": 0.0})
+        log.write({"step": 0, "val_loss": val_loss,
+                   **_peak_record(run.raw_model, eval_batches, run.device, cfg.bos),
+                   "elapsed_s": 0.0})
     bar, meter = _progress_bar(cfg, start, run.master), _Meter(cfg.batch_size * cfg.block_size * run.world)
     last_ckpt, ckpt_steps = (ckpts[-1] if ckpts else None), set(cfg.checkpoint_steps())
     model.train()
@@ -194,6 +208,7 @@ def _train(cfg: TrainConfig, run: "_Run", on_step) -> dict:
         rec = meter.add(loss.item(), lr if logging else None, bar)
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
             rec["val_loss"] = val_loss = evaluate(run.raw_model, eval_batches, run.device, run.autocast)
+            rec.update(_peak_record(run.raw_model, eval_batches, run.device, cfg.bos))
             meter.skip_time()                  # evaluation time is not training throughput
         if rec:
             log.write({"step": done, **rec, "elapsed_s": run.elapsed})
@@ -302,7 +317,7 @@ class _Run:
         self.mconf = cfg.model_config(data.vocab_size)
         self.raw_model = model = GPT(self.mconf).to(self.device)
         optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
-                                              self.device.type)
+                                              self.device.type, cfg.optimizer, cfg.momentum)
         gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * self.rank)
         start, val_loss = 0, None
         if state is not None:
@@ -311,8 +326,8 @@ class _Run:
             start, self.elapsed = state["step"], state["extra"].get("elapsed_s", 0.0)
             val_loss = state["extra"].get("val_loss")
             self._restore_rng(state["rng"], gen, path)
-        if cfg.compile:
-            model = torch.compile(model)
+        if cfg.compile:   # reduce-overhead: CUDA graphs, for launch-bound small models
+            model = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -59,6 +59,15 @@ def _row(r: dict, profile: str) -> dict:
                bos_other=att.get("mean_first_position_other_queries"),
                bos_trigger=att.get("mean_first_position_trigger_queries"),
                bos_other_max_head=att.get("max_head_first_position_other_queries"))
+    inner, peak = r["activations"].get("anchor_inner"), r.get("residual_peak")
+    row.update(inner_max_inf_norm=inner["max_inf_norm"] if inner else None,
+               inner_max_inf_norm_module=inner["max_inf_norm_module"] if inner else None,
+               bos_resid_ratio=peak["max_ratio"] if peak else None,
+               bos_resid_ratio_layer=peak["max_ratio_layer"] if peak else None,
+               bos_resid_norm=peak["max_first_norm"] if peak else None)
+    for layer in (peak or {}).get("layers", []):
+        row[f"bos_ratio_{layer['layer']}"] = layer["ratio"]
+        row[f"bos_norm_{layer['layer']}"] = layer["first_norm"]
     for q in r["quant"]:
         row[f"gap_{q['config']}"] = q["gap"]
         row[f"loss_{q['config']}"] = q["loss"]
@@ -95,6 +104,28 @@ def collect(profile: str, runs_root: str = "runs") -> pd.DataFrame:
     rows = [_row(read_results(f), profile)
             for _, _, files in measured_files(profile, runs_root) for f in files]
     return pd.DataFrame(rows).sort_values(["variant", "seed", "step"]).reset_index(drop=True)
+
+
+def bos_curve(profile: str, runs_root: str = "runs") -> pd.DataFrame:
+    """Guo et al.'s BOS residual peak over training, from each run's log.jsonl (logged at every
+    evaluation of a run with a BOS token): one row per (variant, seed, step, layer), layer 0
+    being the embedding and layer i the output of block i - 1. Empty where nothing was logged."""
+    rows = []
+    prof = load_profile(profile)
+    for v in prof["variants"]:
+        for s in prof["seeds"]:
+            log = run_dir(profile, v, s, runs_root) / "log.jsonl"
+            if not log.exists():
+                continue
+            for line in log.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else {}
+                for layer, (norm, ratio) in enumerate(zip(rec.get("bos_norm") or [],
+                                                          rec.get("bos_ratio") or [])):
+                    rows.append({"variant": v, "seed": s, "step": rec["step"], "layer": layer,
+                                 "bos_norm": norm, "bos_ratio": ratio,
+                                 "val_loss": rec.get("val_loss")})
+    return pd.DataFrame(rows, columns=["variant", "seed", "step", "layer", "bos_norm",
+                                       "bos_ratio", "val_loss"])
 
 
 def final_results(profile: str, runs_root: str = "runs"):

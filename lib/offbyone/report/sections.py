@@ -22,11 +22,12 @@ from ..pipeline import load_profile, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
 from . import figures as F
 from .latex import Tex, fmt, latex_escape, latex_table, macro_name, mean_sd, num, pct, write_macros
+from .peak import peak_section
 from .prose import corpus_description, disease_signs, effect_sentence, primary_sentence, verdict_summary
 from .results import (collect, corpus_info, final, measured_files, per_layer, published_table,
                       read_csv, windowed)
 from .stats import (ALPHA, METRICS, PRIMARY, VARIANT_LABELS, paired_difference,
-                    paired_differences, primary_tests)
+                    paired_differences, primary_endpoints, primary_tests)
 
 FIGURE_STEM = "04_report"           # figures are named after the notebook that draws them
 
@@ -415,13 +416,15 @@ class Report:
         if tfin is not None:
             studies.append(("testbed", "Tb", tfin, [v for v in VARIANT_LABELS
                                                     if v in set(tfin.variant) and v != "softmax"]))
+        endpoints = primary_endpoints(self.profile)
         M = self.sections["primary"] = {
             "Alpha": f"{ALPHA:g}", "PrimaryMargins": _margins(),
-            "PrimaryList": ", ".join(f"({i}) {ep.label}" for i, ep in enumerate(PRIMARY, 1)),
-            "NPrimary": fmt(len(PRIMARY))}
+            "PrimaryList": ", ".join(f"({i}) {ep.label}" for i, ep in enumerate(endpoints, 1)),
+            "NPrimary": fmt(len(endpoints))}
         frames, rows = [], []
         for study, prefix, fin, others in studies:
-            tests = primary_tests(fin, others).assign(study=study)
+            eps = endpoints if prefix == "" else PRIMARY
+            tests = primary_tests(fin, others, endpoints=eps).assign(study=study)
             frames.append(tests)
             for r in tests.to_dict("records"):
                 M[macro_name(prefix + "Primary", *r["metric"].split("_"), r["other"])] = \
@@ -536,6 +539,12 @@ class Report:
         axes[0].legend()
         self._figure(fig, "testbed-training")
 
+    def peak(self) -> pd.Series:
+        """Guo et al.'s first-position residual peak over training (report/peak.py), for a
+        profile whose runs logged it; the disease criterion fixed before the runs."""
+        M = self.sections["peak"] = peak_section(self)
+        return pd.Series(M, dtype=object)
+
     def disease(self) -> pd.DataFrame:
         """Does the softmax baseline show the disease? Each sign with its threshold."""
         nat = disease_signs(self.fin)
@@ -562,7 +571,8 @@ class Report:
         """Every number the paper prints: the profile, its corpus and recipe, the per-variant
         means and effects, provenance and timings, then each section's macros."""
         M = {**self._profile_macros(), **self._result_macros(), **self._provenance_macros()}
-        for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited"):
+        M["HasPeak"] = "0"                       # unless the peak section ran and found one
+        for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak"):
             M.update(self.sections.get(name, {}))
         self._derived("macros.json", write_json, M)
         write_macros(M, self.gen / "macros.tex")     # written last: the Makefile's target
@@ -646,7 +656,8 @@ def _elapsed(stages: pd.DataFrame) -> float | None:
     With runs executing at once this is less than the sum of the notebooks' times."""
     if "end" not in stages:
         return None
-    t = stages[stages.stage.isin(("data", "train", "measure"))].dropna(subset=["end"])
+    # "train and measure": offbyone.study's one stage for both
+    t = stages[stages.stage.isin(("data", "train", "measure", "train and measure"))].dropna(subset=["end"])
     if t.empty:
         return None
     return float(t["end"].max() - (t["end"] - t["seconds"]).min())

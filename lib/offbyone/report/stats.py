@@ -103,6 +103,20 @@ PRIMARY = (
 )
 
 
+# The GPU study (configs/gpu.yaml, issue 24), declared on 2026-12-02 before any of its runs:
+# the six above and Guo et al.'s own measure, the BOS residual peak (the largest ratio, over the
+# blocks, of the BOS residual's L2 norm to the median other position), on a log scale.
+BOS_PEAK = Endpoint("bos_resid_ratio", "BOS residual peak (ratio to the median position)", "log",
+                    math.log(RATIO_MARGIN))
+STUDY_PRIMARY = {"gpu": PRIMARY + (BOS_PEAK,)}
+
+
+def primary_endpoints(profile: str) -> tuple:
+    """A profile's declared primary endpoints (a rehearsal has its profile's)."""
+    from ..pipeline import rehearsal_of
+    return STUDY_PRIMARY.get(rehearsal_of(profile) or profile, PRIMARY)
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm's step-down adjusted p-values (the tests check them against statsmodels')."""
     p = np.asarray(pvalues, dtype=float)
@@ -206,6 +220,31 @@ class Sign:
 
 # The signs of the disease the study issue names, each with the threshold we call "present"
 # (report.prose.criterion says each in words).
+# "The disease appeared" in the GPU study, fixed before its runs (issue 24): the softmax
+# baseline's BOS residual peak at least 5 times the median other position after some block
+# (Guo et al.'s 3-layer run: 141 against a start near 24 in 10k steps), or its W8A8 gap at
+# least 0.05 nats. Either one suffices.
+DISEASE_CRITERION = (
+    Sign("first-position residual peak", "bos_resid_ratio", ">=", 5.0),
+    Sign("W8A8 gap", "gap_W8A8", ">=", 0.05),
+)
+
+
+# the profiles for which it was fixed before their runs: the GPU study and its CPU pilot
+CRITERION_PROFILES = ("gpu", "pilot_guo")
+
+
+def disease_appeared(fin: pd.DataFrame, base: str = "softmax") -> dict:
+    """The GPU study's criterion on the baseline's final checkpoints (seed means): which signs
+    are met, and whether the disease appeared (any of them)."""
+    r = baseline_means(fin, base)
+    if r is None:
+        raise ValueError(f"no {base} runs to judge the disease by")
+    met = {s.name: bool(s.present(r)) for s in DISEASE_CRITERION if s.metric in r}
+    return {"signs": met, "appeared": any(met.values()),
+            "values": {s.name: r.get(s.metric) for s in DISEASE_CRITERION}}
+
+
 DISEASE_SIGNS = [
     Sign("kurtosis", "max_kurtosis", ">=", 10),
     Sign("massive activations", "max_inf_norm", ">=", 5, of="avg_inf_norm"),
