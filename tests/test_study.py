@@ -135,3 +135,23 @@ def test_the_bos_peak_curve_comes_from_every_runs_log(finished_study):
     assert set(curve.layer) == set(range(n_layer + 1))           # the embedding, then blocks
     assert len(curve) == len(runs(PROFILE)) * len(steps) * (n_layer + 1)
     assert (curve.bos_ratio > 0).all() and curve.val_loss.notna().all()
+
+
+def test_a_study_cut_short_is_reported_with_its_missing_runs(finished_study, tmp_path, monkeypatch):
+    """An unpacked study (results/<profile>/study.json) whose node ran out of time: the report
+    is made from the runs that finished and names the missing ones."""
+    from offbyone.report import results as R
+    _, runs_root, _, _ = finished_study
+    assert not R.cut_short_allowed(PROFILE)
+    index = S.run_folder(PROFILE, "softmax1", 1, runs_root) / "measurements.json"
+    saved = index.read_text()
+    index.unlink()
+    try:
+        with pytest.raises(FileNotFoundError, match="measurements.json is missing"):
+            list(R.measured_files(PROFILE, runs_root))
+        monkeypatch.setattr(R, "cut_short_allowed", lambda profile: True)
+        got = [(v, s) for v, s, _ in R.measured_files(PROFILE, runs_root)]
+        assert ("softmax1", 1) not in got and len(got) == 3
+        assert R.missing_runs(PROFILE, runs_root) == [f"{PROFILE}/softmax1-s1"]
+    finally:
+        index.write_text(saved)

@@ -77,13 +77,30 @@ def _row(r: dict, profile: str) -> dict:
     return row
 
 
+def cut_short_allowed(profile: str) -> bool:
+    """Whether a profile's runs may be incomplete: a study unpacked from a node
+    (results/<profile>/study.json), whose time may have run out before every run finished.
+    Its report is made from the runs there and names the missing ones."""
+    return (repo_root() / "results" / profile / "study.json").exists()
+
+
+def missing_runs(profile: str, runs_root: str = "runs") -> list[str]:
+    """The runs of a profile without a measurements index under runs_root."""
+    prof = load_profile(profile)
+    return [f"{profile}/{v}-s{s}" for v in prof["variants"] for s in prof["seeds"]
+            if not (run_dir(profile, v, s, runs_root) / "measurements.json").exists()]
+
+
 def measured_files(profile: str, runs_root: str = "runs"):
     """(variant, seed, [results files of its checkpoints]) of every run, in the profile's order,
-    from each run's measurements.json index."""
+    from each run's measurements.json index (a study cut short skips its missing runs)."""
     prof = load_profile(profile)
+    skip = cut_short_allowed(profile)
     for v in prof["variants"]:
         for s in prof["seeds"]:
             index = run_dir(profile, v, s, runs_root) / "measurements.json"
+            if not index.exists() and skip:
+                continue
             if not index.exists():
                 raise FileNotFoundError(f"{index} is missing: run `make reproduce PROFILE={profile}` "
                                         "(or the measure notebook) first")

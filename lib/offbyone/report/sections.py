@@ -24,8 +24,8 @@ from . import figures as F
 from .latex import Tex, fmt, latex_escape, latex_table, macro_name, mean_sd, num, pct, write_macros
 from .peak import peak_section
 from .prose import corpus_description, disease_signs, effect_sentence, primary_sentence, verdict_summary
-from .results import (collect, corpus_info, final, measured_files, per_layer, published_table,
-                      read_csv, windowed)
+from .results import (collect, corpus_info, final, measured_files, missing_runs, per_layer,
+                      published_table, read_csv, windowed)
 from .stats import (ALPHA, METRICS, PRIMARY, VARIANT_LABELS, paired_difference,
                     paired_differences, primary_endpoints, primary_tests)
 
@@ -98,11 +98,18 @@ class Report:
         self.others = [v for v in self.variants if v != "softmax"]
         companions = [self.prof.get("testbed")] + list(self.prof.get("ablations") or [])
         self.from_runs = all(_measured(p, runs_root) for p in [profile] + companions if p)
+        # a study unpacked from a node may have been cut short: name its missing runs
+        self.missing = ([m for p in [profile] + companions if p for m in missing_runs(p, runs_root)]
+                        if self.from_runs else [])
+        if self.missing:
+            print(f"warning: {len(self.missing)} runs are missing: {', '.join(self.missing)}")
         self.df = self._frame("runs", lambda: collect(profile, runs_root))   # every checkpoint
         self.layers = self._frame("layers", lambda: per_layer(profile, runs_root))   # final ckpts
         self.fin = final(self.df)
         self.corpus = self._json("corpus", lambda: corpus_info(profile, runs_root))
         self.provenance = self._json("provenance", self._provenance)
+        if not self.from_runs:
+            self.missing = self.provenance.get("missing_runs", [])
         self.cfg = run_config(profile, self.variants[0], self.prof["seeds"][0]).to_dict()
         self.diffs = paired_differences(self.fin, self.others)
         self.sections: dict[str, dict] = {}                  # each section's macros
@@ -154,7 +161,7 @@ class Report:
                             if k not in ("git_sha", "torch")} | {"device_name": fin.device_name.iloc[0]},
                 "stages_s": stages_s, "pipeline_wall_s": float(sum(stages_s.values())),
                 "pipeline_elapsed_s": _elapsed(stages),
-                "train_wall_s": float(fin.train_wall_s.sum()),
+                "train_wall_s": float(fin.train_wall_s.sum()), "missing_runs": self.missing,
                 "bench_softmax_tokens_per_s": speed}
 
     def _staleness(self) -> str:
@@ -635,6 +642,9 @@ class Report:
                 for r in tab.to_dict("records")]
         latex_table(rows, self.tabdir / "timings.tex", columns=["stage", "jobs", "summed time (min)"])
         M["PipelineWallMin"] = fmt(stages.seconds.sum() / 60, 2) if len(stages) else "n/a"
+        M["HasMissing"] = "1" if self.missing else "0"
+        M["MissingRuns"] = latex_escape(", ".join(self.missing))
+        M["NMissing"] = fmt(len(self.missing))
         elapsed = self.provenance.get("pipeline_elapsed_s")   # absent from older results
         M["HasElapsed"] = "1" if elapsed else "0"
         M["PipelineElapsedMin"] = fmt(elapsed / 60, 2) if elapsed else "n/a"
@@ -672,13 +682,12 @@ def _margins() -> str:
 
 
 def _measured(profile: str, runs_root: str) -> bool:
-    """Whether every run of the profile has a measurements index under runs_root."""
+    """Whether every run of the profile has a measurements index under runs_root (a study cut
+    short: at least one run)."""
     try:
-        for _ in measured_files(profile, runs_root):
-            pass
+        return any(True for _ in measured_files(profile, runs_root))
     except FileNotFoundError:
         return False
-    return True
 
 
 def _config_macros(prefix: str, cfg: dict, ints, floats) -> dict:
