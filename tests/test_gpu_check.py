@@ -129,6 +129,12 @@ def test_cpu_rehearsal_runs_every_step_and_writes_the_check(mini):
     assert [r["profile"] for r in check["training"] if "measure_final_s" in r] == ["mini", "tb"]
     assert [r["profile"] for r in check["parallel"]] == ["mini", "tb"]
     assert all(r["speedup"] > 0 and r["jobs"] == 2 for r in check["parallel"])
+    assert [(r["variant"], r["ensemble_of"]) for r in check["ensemble"]] == [
+        ("softmax", 2), ("softmax1", 2)]
+    assert all(r["step_s"] > 0 for r in check["ensemble"])
+    from offbyone.study import study_runs
+    assert check["study_estimate"]["runs"] == len(study_runs("mini")) == 8
+    assert check["study_estimate"]["total_s"] > 0
     est = check["estimate"]
     assert set(est["stages_s"]) == {"data", "train", "measure", "bench", "report"}
     assert est["jobs"] == 2 and check["estimate_one_job"]["jobs"] == 1
@@ -203,6 +209,30 @@ def test_the_study_estimate_extrapolates_only_what_the_check_did_not_measure():
     measured = G.study_estimate(fresh, "gpu", jobs=4)
     assert measured["per_run"][0]["how"] == "measured"
     assert measured["per_run"][0]["step_s"] == pytest.approx(0.004)
+
+
+def test_ensembles_share_the_launch_cost_in_the_estimate():
+    """--ensemble 5: the 5 seeds of a variant share one step, so the launch-bound training time
+    drops about five-fold; measured ensemble rows replace the extrapolation."""
+    from offbyone.pipeline import repo_root
+    check = json.loads((repo_root() / "results" / "gpu" / "check.json").read_text())
+    one = G.study_estimate(check, "gpu", jobs=4)
+    ens = G.study_estimate(check, "gpu", jobs=4, ensemble=5)
+    assert ens["runs"] == one["runs"] and ens["extrapolated"]
+    r = {x["run"]: x for x in ens["per_run"]}
+    assert r["gpu/softmax-s0"]["how"] == "extrapolated ensemble"
+    single = {x["run"]: x for x in one["per_run"]}["gpu/softmax-s0"]
+    group_step = 5 * r["gpu/softmax-s0"]["step_s"]          # one step of the five seeds
+    assert single["step_s"] <= group_step < 5 * single["step_s"]
+    assert r["gpu/softmax-s0"]["train_s"] == pytest.approx(
+        single["train_s"] * group_step / single["step_s"] / 5)
+    assert ens["train_s"] < one["train_s"] / 3
+    fresh = G.normalized(check)
+    fresh["ensemble"] = [{"profile": "gpu", "variant": "softmax", "ensemble_of": 5, "step_s": 0.02}]
+    got = {x["run"]: x for x in G.study_estimate(fresh, "gpu", 4, 5)["per_run"]}
+    assert got["gpu/softmax-s0"]["how"] == "measured ensemble"
+    assert got["gpu/softmax-s0"]["step_s"] == pytest.approx(0.02 / 5)
+    assert got["gpu/sink-s0"]["how"] == "extrapolated ensemble"
 
 
 def test_old_checks_name_the_fineweb_profile_as_it_is_now():

@@ -155,3 +155,16 @@ def test_a_study_cut_short_is_reported_with_its_missing_runs(finished_study, tmp
         assert R.missing_runs(PROFILE, runs_root) == [f"{PROFILE}/softmax1-s1"]
     finally:
         index.write_text(saved)
+
+
+def test_a_study_of_ensembles_leaves_the_same_records(tmp_path):
+    """--ensemble 2: each variant's two seeds train as one ensemble; every run still leaves its
+    own complete record, and the archive holds them all."""
+    out = S.run_study(PROFILE, jobs=1, devices="cpu", archive=str(tmp_path / "e.tar.gz"),
+                      runs_root=str(tmp_path / "runs"), log=lambda *a: None, ensemble=2)
+    assert out["missing_runs"] == [] and out["ensemble"] == 2
+    assert sorted(r["ensemble_of"] for r in out["runs"]) == [2, 2, 2, 2]
+    for v, s in runs(PROFILE):
+        folder = S.run_folder(PROFILE, v, s, str(tmp_path / "runs"))
+        assert S.record_complete(folder)
+        assert json.loads((folder / "train_summary.json").read_text())["ensemble_of"] == 2

@@ -46,13 +46,14 @@ OFFLINE_ENV = {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LIN
 RUN_SH = """#!/usr/bin/env bash
 # On the GPU node, from this folder: install offbyone from wheels/ (no network) beside the
 # node's own torch, then run the study; its archive goes to ${{OUT:-.}}/study.tar.gz.
-#   bash run.sh [PROFILE] [JOBS]          (default: {profile} {jobs})
+#   bash run.sh [PROFILE] [JOBS] [study options, e.g. --ensemble 5]   (default: {profile} {jobs})
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 profile="${{1:-{profile}}}"; jobs="${{2:-{jobs}}}"; out="${{OUT:-$here}}"
+shift $(( $# < 2 ? $# : 2 ))
 python3 -m pip install -q --no-index --find-links "$here/wheels" offbyone
 cd "$here/repo"
-python3 -m offbyone.study run "$profile" --jobs "$jobs" --archive "$out/study.tar.gz"
+python3 -m offbyone.study run "$profile" --jobs "$jobs" --archive "$out/study.tar.gz" "$@"
 """
 
 

@@ -12,9 +12,13 @@ On a CUDA machine it
    time and peak-memory ratios, peak from torch.cuda.max_memory_allocated);
 3. trains the gpu profile's runs with the pipeline's own `train()` for a few hundred steps:
    softmax and softmax1 with torch.compile off and on, the other variants and the testbed's
-   model eagerly; and measures one checkpoint of each with the pipeline's own `measure()`;
-4. estimates the wall time of `make reproduce PROFILE=gpu`, stage by stage, from those rates
-   and the profile's run list (`estimate`), beside the written FLOP count (`flop_budget`);
+   model eagerly (the main pair also compiled with CUDA graphs, `compile_mode:
+   reduce-overhead`); measures one checkpoint of each with the pipeline's own `measure()`; and
+   times the profile's seeds trained as one ensemble (`offbyone.ensemble`);
+4. estimates the wall time of `make reproduce PROFILE=<profile>` (the notebooks) and of
+   `python -m offbyone.study run <profile>` (one process per stage, with and without
+   ensembles), stage by stage, from those rates and the profile's run list (`estimate`,
+   `study_estimate`), beside the written FLOP count (`flop_budget`);
 5. writes it all to results/gpu/check.json with provenance and prints a summary.
 
 Without CUDA it exits with status 2 and says so. `--cpu-rehearsal` runs steps 2 to 5 on the CPU
@@ -199,6 +203,29 @@ def train_rate(profile: str, variant: str, steps: int, compile: bool, work: Path
             row["measure_error"] = "".join(traceback.format_exception(e)[-6:])
             print(f"    measure() FAILED: {e!r}", flush=True)
     return row
+
+
+def ensemble_rate(profile: str, variant: str, size: int, steps: int, work: Path,
+                  overrides: dict | None = None) -> dict:
+    """The step time of `size` seeds of a profile's run trained as one ensemble
+    (offbyone.ensemble): the lever for launch-bound models that `study run --ensemble` uses."""
+    from .ensemble import train_ensemble
+    from .pipeline import run_config
+
+    ovr = {"max_steps": steps, "warmup_steps": min(steps, 10), "log_interval": max(1, steps // 4),
+           "eval_interval": steps, "checkpoint_fractions": [1.0], "progress": False,
+           **(overrides or {})}
+    cfgs = []
+    for seed in range(size):
+        cfg = run_config(profile, variant, seed, ovr)
+        cfg.out_dir = str(work / f"ens-{profile}-{variant}-{size}-s{seed}")
+        cfgs.append(cfg)
+    t0 = time.perf_counter()
+    out = train_ensemble(cfgs)
+    step_s = sum(o["train_elapsed_s"] for o in out) / steps        # members' shares, summed
+    return {"profile": profile, "variant": variant, "ensemble_of": size, "steps": steps,
+            "step_s": step_s, "wall_s": time.perf_counter() - t0,
+            "tokens_per_s": size * cfgs[0].batch_size * cfgs[0].block_size / step_s}
 
 
 def vocab_guess(cfg) -> int:
@@ -458,7 +485,8 @@ def normalized(check: dict) -> dict:
     return out
 
 
-def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None) -> dict:
+def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None,
+                   ensemble: int = 1) -> dict:
     """Wall time of `python -m offbyone.study run <profile> --jobs <jobs>` on the node (no
     notebooks; the report and the paper are built afterwards on any CPU), from a check.
 
@@ -468,7 +496,11 @@ def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None) -
     larger of the compute time at the check's measured utilisation and the check's measured
     per-step overhead (its small testbed model's whole step) scaled by the number of layers.
     Runs at once divide by the speedup the check measured for this profile, else for its
-    smallest (launch-bound) model at the same number of jobs, else by 1."""
+    smallest (launch-bound) model at the same number of jobs, else by 1.
+
+    With `ensemble` E > 1 (`offbyone.study run --ensemble E`) each variant's seeds train in
+    groups of up to E that share one step: measured where the check timed such an ensemble
+    (`ensemble` rows), else E times the compute against one step's launch overhead."""
     from .model import GPT
     from .pipeline import load_profile, run_config
     from .study import study_runs
@@ -520,6 +552,36 @@ def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None) -
         if cfg.corpus == "bigram_backcopy" and (cfg.corpus, cfg.max_tokens) not in seen:
             seen.add((cfg.corpus, cfg.max_tokens))
             data_s += (cfg.max_tokens or 2_000_000) / ASSUMED_SYNTH_TOKENS_PER_S
+    if ensemble > 1:
+        from .ensemble import ensemble_groups
+        ens_rows = {(r["profile"], r["variant"], r["ensemble_of"]): r
+                    for r in check.get("ensemble") or []}
+        by_run = {r["run"]: r for r in per_run}
+        for group in ensemble_groups(study_runs(profile), ensemble):
+            rows_g = [by_run[f"{n}/{v}-s{s}"] for n, v, s in group]
+            E, (n0, v0, _) = len(rows_g), group[0]
+            base = profile if n0 != profile else n0
+            measured_e = ens_rows.get((base, v0, E))
+            one = rows_g[0]
+            if E == 1:
+                continue
+            if measured_e:
+                step_e, how_e = measured_e["step_s"], "measured ensemble"
+            else:
+                cfg = run_config(n0, v0, group[0][2])
+                with torch.device("meta"):
+                    n = GPT(cfg.model_config(vocab_guess_study(cfg))).num_params()
+                fpt = flops_per_token(n, cfg.n_layer, cfg.n_embd, cfg.block_size)
+                compute = E * cfg.batch_size * cfg.block_size * fpt / (fb["peak_flops"] * fb["utilisation"])
+                overhead = fb["step_overhead_s"] * cfg.n_layer / ref_layers
+                step_e, how_e = max(compute, overhead), "extrapolated ensemble"
+                note = (f"{n0}: an ensemble of {E} seeds' step extrapolated, max({E} x compute, "
+                        f"one launch overhead) = {1e3 * step_e:.1f} ms")
+                if note not in notes:
+                    notes.append(note)
+            share = one["train_s"] / one["step_s"] * step_e / E     # each member's share
+            for r in rows_g:
+                r.update(train_s=share, step_s=step_e / E, how=how_e)
     par = {r["profile"]: r for r in check.get("parallel") or []}
     if jobs == 1:
         speedup, how = 1.0, "one run at a time"
@@ -533,11 +595,12 @@ def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None) -
     work = sum(r["train_s"] + r["measure_s"] for r in per_run)
     start = process_start_s_from(check)
     stages = {"data": data_s, "train and measure": work / speedup, "worker start": start}
-    return {"profile": profile, "jobs": jobs, "runs": len(per_run), "speedup": speedup,
+    return {"profile": profile, "jobs": jobs, "ensemble": ensemble, "runs": len(per_run),
+            "speedup": speedup,
             "speedup_how": how, "stages_s": stages, "total_s": sum(stages.values()),
             "train_s": sum(r["train_s"] for r in per_run) / speedup,
             "measure_s": sum(r["measure_s"] for r in per_run) / speedup,
-            "extrapolated": any(r["how"] == "extrapolated" for r in per_run),
+            "extrapolated": any(r["how"].startswith("extrapolated") for r in per_run),
             "notes": notes, "per_run": per_run, "from_check": check["provenance"]}
 
 
@@ -718,6 +781,17 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
             print(f"    {r['profile']}: {jobs} runs at once, speedup {r['speedup']:.2f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    stage("seeds as one ensemble")
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=root / "build" if (root / "build").is_dir() else None))
+    try:
+        size = 2 if cpu_rehearsal else max(len(main["seeds"]), 2)
+        check["ensemble"] = [ensemble_rate(profile, v, size, steps, work, toy)
+                             for v in main["variants"][:2]]
+        for r in check["ensemble"]:
+            print(f"    {r['variant']}: {r['ensemble_of']} seeds as one ensemble, "
+                  f"{1e3 * r['step_s']:.1f} ms a step", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if not cpu_rehearsal:
         stage("graph breaks of the compiled model on CUDA")
         check["compile_graph_breaks"] = {v: graph_breaks(profile, v) for v in ("softmax1", "sink")}
@@ -732,6 +806,7 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
     # the written count, with the utilisation and per-step overhead these runs achieved
     check["flop_budget"] = measured_flop_budget(profile, rows, compiled, peak_flops)
     check["study_estimate"] = study_estimate(check, profile, jobs)
+    check["study_estimate_ensembles"] = study_estimate(check, profile, jobs, len(main["seeds"]))
     stage("done")
     return check
 
@@ -739,22 +814,32 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
 def print_estimates(check: dict, profile: str, jobs: int) -> None:
     """The study runner's estimate for `profile`, and the notebook pipeline's where the check
     measured that profile's model (with the written FLOP count of its training)."""
-    st = study_estimate(check, profile, jobs)
-    print(f"estimated python -m offbyone.study run {profile} --jobs {jobs} on "
-          f"{st['from_check'].get('device_name', '?')}: {st['total_s'] / 60:.1f} min for "
-          f"{st['runs']} runs (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in st["stages_s"].items())
-          + f"; {jobs} at once, speedup {st['speedup']:.2f}: {st['speedup_how']})")
-    for note in st["notes"]:
-        print(f"  {note}")
-    if st["extrapolated"]:
-        print("  the check did not train this profile's model: run make gpu-check on the GPU "
-              "to measure it")
+    for e in (1, 5):
+        _print_study_estimate(check, profile, jobs, e)
     try:
         est = estimate_from(check, profile, jobs)
     except KeyError:
         print(f"make reproduce PROFILE={profile} (notebooks): no estimate, the check did not "
               "train this profile's model")
         return
+    _print_pipeline_estimate(check, profile, est)
+
+
+def _print_study_estimate(check: dict, profile: str, jobs: int, ensemble: int) -> None:
+    st = study_estimate(check, profile, jobs, ensemble)
+    print(f"estimated python -m offbyone.study run {profile} --jobs {jobs}"
+          f"{f' --ensemble {ensemble}' if ensemble > 1 else ''} on "
+          f"{st['from_check'].get('device_name', '?')}: {st['total_s'] / 60:.1f} min for "
+          f"{st['runs']} runs (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in st["stages_s"].items())
+          + f"; {jobs} at once, speedup {st['speedup']:.2f}: {st['speedup_how']})")
+    for note in st["notes"]:
+        print(f"  {note}")
+    if st["extrapolated"]:
+        print("  the check did not time this profile's model so: run make gpu-check on the GPU "
+              "to measure it")
+
+
+def _print_pipeline_estimate(check: dict, profile: str, est: dict) -> None:
     print("\n".join(summary_lines({"provenance": check["provenance"], "wall_s": 0,
                                      "estimate": est})[1:]))
     for r in est["per_profile"]:

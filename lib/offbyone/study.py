@@ -7,6 +7,7 @@ with no notebook:
 
     python -m offbyone.study run gpu                # every run; resumes; skips finished runs
     python -m offbyone.study run gpu --jobs 4       # 4 runs at once (spread over the GPUs)
+    python -m offbyone.study run gpu --ensemble 5   # each variant's seeds as one vmapped ensemble
     python -m offbyone.study status gpu             # which runs are finished, which missing
     python -m offbyone.study unpack ARCHIVE         # on the CPU machine: the records into runs/
 
@@ -111,10 +112,8 @@ def run_one(name: str, variant: str, seed: int, device: str | None = None,
             runs_root: str = "runs", threads: int = 0) -> dict:
     """Train one run of profile `name` (or resume it, or skip it if finished), measure its
     checkpoints, write its measurements index. Returns its timing record."""
-    from .io import write_json
-    from .measure import measure
-    from .pipeline import load_profile, repo_root, run_config
-    from .train import list_checkpoints, train
+    from .pipeline import run_config
+    from .train import train
 
     device = device or _SLOT.get("device") or "auto"
     over = {"device": device, "progress": sys.stderr.isatty()}
@@ -124,21 +123,54 @@ def run_one(name: str, variant: str, seed: int, device: str | None = None,
     t0 = time.perf_counter()
     summary = train(cfg)
     t1 = time.perf_counter()
+    _measure_run(name, variant, seed, Path(cfg.out_dir), device)
+    return {"profile": name, "variant": variant, "seed": seed, "device": device,
+            "train_s": t1 - t0, "measure_s": time.perf_counter() - t1, "end": time.time(),
+            "val_loss": summary.get("val_loss")}
+
+
+def _measure_run(name: str, variant: str, seed: int, folder: Path, device: str) -> None:
+    """Measure every checkpoint of a trained run and write its measurements index."""
+    from .io import write_json
+    from .measure import measure
+    from .pipeline import load_profile, repo_root
+    from .train import list_checkpoints
+
     mconf = dict(load_profile(name)["measure"], device=device)
-    ckpts = list_checkpoints(cfg.out_dir)
+    ckpts = list_checkpoints(folder)
     for c in ckpts:
         measure(c, mconf, verbose=False)
-    folder = Path(cfg.out_dir)
     root = repo_root()
     files = [str(c.with_name(c.stem + RECORD_SUFFIX).resolve().relative_to(root))
              if c.resolve().is_relative_to(root) else str(c.with_name(c.stem + RECORD_SUFFIX))
              for c in ckpts]
     write_json(folder / "measurements.json",
                {"profile": name, "variant": variant, "seed": seed, "files": files})
-    t2 = time.perf_counter()
-    return {"profile": name, "variant": variant, "seed": seed, "device": device,
-            "train_s": t1 - t0, "measure_s": t2 - t1, "end": time.time(),
-            "val_loss": summary.get("val_loss")}
+
+
+def run_group(group: list[tuple[str, str, int]], device: str | None = None,
+              runs_root: str = "runs", threads: int = 0) -> list[dict]:
+    """Train the seeds of one profile and variant as one ensemble (offbyone.ensemble), then
+    measure each. Returns each run's timing record (the ensemble's time shared out)."""
+    from .ensemble import train_ensemble
+    from .pipeline import run_config
+
+    if len(group) == 1:
+        return [run_one(*group[0], device, runs_root, threads)]
+    device = device or _SLOT.get("device") or "auto"
+    over = {"device": device, "progress": sys.stderr.isatty(), **({"threads": threads} if threads else {})}
+    cfgs = [run_config(n, v, s, over, runs_root) for n, v, s in group]
+    t0 = time.perf_counter()
+    summaries = train_ensemble(cfgs)
+    train_s = (time.perf_counter() - t0) / len(group)
+    out = []
+    for (n, v, s), cfg, summ in zip(group, cfgs, summaries):
+        t1 = time.perf_counter()
+        _measure_run(n, v, s, Path(cfg.out_dir), device)
+        out.append({"profile": n, "variant": v, "seed": s, "device": device, "train_s": train_s,
+                    "measure_s": time.perf_counter() - t1, "end": time.time(),
+                    "val_loss": summ.get("val_loss"), "ensemble_of": len(group)})
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,9 +277,13 @@ def status(profile: str, runs_root: str = "runs") -> dict:
 
 
 def run_study(profile: str, jobs: int = 1, devices: str = "auto", archive: str | None = None,
-              runs_root: str = "runs", threads: int = 0, log=print) -> dict:
+              runs_root: str = "runs", threads: int = 0, log=print, ensemble: int = 1) -> dict:
     """Prepare the data, then train and measure every unfinished run, `jobs` at once, packing
-    the archive after each finished run. Returns the study record (also in the archive)."""
+    the archive after each finished run. With `ensemble` > 1 the seeds of each profile and
+    variant train in ensembles of up to that many (offbyone.ensemble), one job each. Returns
+    the study record (also in the archive)."""
+    from .ensemble import ensemble_groups
+
     import torch
 
     from .data import prepare_for
@@ -260,6 +296,7 @@ def run_study(profile: str, jobs: int = 1, devices: str = "auto", archive: str |
         threads = max(1, (os.cpu_count() or 1) // jobs)   # CPU runs at once share the cores
     archive = Path(archive or repo_root() / "build" / profile / "study.tar.gz")
     study = {"format": STUDY_FORMAT, "profile": profile, "jobs": jobs, "slots": slots,
+             "ensemble": ensemble,
              "provenance": provenance(slots[0]), "stages": []}
     t_start = time.perf_counter()
 
@@ -292,9 +329,11 @@ def run_study(profile: str, jobs: int = 1, devices: str = "auto", archive: str |
             f"on {rec['device']}: trained in {rec['train_s']:.0f} s, measured in "
             f"{rec['measure_s']:.0f} s; archive {packed['bytes'] / 2**20:.2f} MiB")
 
-    if jobs == 1 or len(todo) <= 1:
-        for name, v, s in todo:
-            finished(run_one(name, v, s, slots[0], runs_root, threads))
+    groups = ensemble_groups(todo, ensemble) if todo else []
+    if jobs == 1 or len(groups) <= 1:
+        for group in groups:
+            for rec in run_group(group, slots[0], runs_root, threads):
+                finished(rec)
     else:
         import multiprocessing as mp
         ctx = mp.get_context("spawn")              # CUDA cannot be forked
@@ -303,10 +342,10 @@ def run_study(profile: str, jobs: int = 1, devices: str = "auto", archive: str |
             queue.put(d)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(queue, threads)) as pool:
-            futures = {pool.submit(run_one, n, v, s, None, runs_root, threads): (n, v, s)
-                       for n, v, s in todo}
+            futures = [pool.submit(run_group, g, None, runs_root, threads) for g in groups]
             for fut in as_completed(futures):
-                finished(fut.result())
+                for rec in fut.result():
+                    finished(rec)
     stage_done("train and measure", t0)
     study["wall_s"] = time.perf_counter() - t_start
     packed = pack(profile, archive, study, runs_root)
@@ -331,6 +370,9 @@ def main(argv=None):
     r.add_argument("--archive", help="where the archive goes (default build/PROFILE/study.tar.gz)")
     r.add_argument("--threads", type=int, default=0,
                    help="torch threads per run on CPU (0: torch's default)")
+    r.add_argument("--ensemble", type=int, default=1, metavar="N",
+                   help="train the seeds of each variant as ensembles of up to N (one vmapped "
+                        "model, shared kernel launches; default 1: each run alone)")
     s = sub.add_parser("status", help="which runs of a profile are finished, which missing")
     s.add_argument("profile")
     u = sub.add_parser("unpack", help="a node's archive into runs/ and results/PROFILE/study.json")
@@ -340,7 +382,7 @@ def main(argv=None):
     try:
         if args.cmd == "run":
             out = run_study(args.profile, args.jobs, args.devices, args.archive,
-                            threads=args.threads)
+                            threads=args.threads, ensemble=args.ensemble)
             if out["missing_runs"]:
                 sys.exit(f"missing runs: {', '.join(out['missing_runs'])}")
         elif args.cmd == "status":

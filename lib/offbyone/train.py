@@ -34,7 +34,10 @@ from .model import GPT
 from .tokens import TokenData
 
 # Keys that do not change what is computed: a run may resume with them changed.
-RESUME_FREE_KEYS = {"out_dir", "data_root", "device", "compile", "compile_mode", "threads", "progress"}
+# attention_impl: the fused and the materialising paths compute the same attention (to float
+# rounding); an ensemble (offbyone.ensemble) trains with the latter
+RESUME_FREE_KEYS = {"out_dir", "data_root", "device", "compile", "compile_mode", "threads",
+                    "progress", "attention_impl"}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
