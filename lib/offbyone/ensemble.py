@@ -178,10 +178,10 @@ def train_ensemble(cfgs: list[TrainConfig], on_step=None) -> list[dict]:
         done = step + 1
         dt = (time.perf_counter() - t0) / E        # each member's share of the step
         logging = done % cfg.log_interval == 0 or done == cfg.max_steps
-        recs = []
+        recs, values = [], losses.detach().float().tolist()     # one device sync a step
         for i in range(E):
             elapsed[i] += dt
-            recs.append(meters[i].add(losses[i].item(), lr if logging else None, _NoBar()))
+            recs.append(meters[i].add(values[i], lr if logging else None, _NoBar()))
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
             for rec, ev in zip(recs, evaluate_all(done)):
                 rec.update(ev)
