@@ -67,6 +67,10 @@ def peak_section(report) -> dict:
         axes[0].plot([], [], color=F.COLORS[v], label=VARIANT_LABELS[v])
     axes[0].axhline(PEAK_THRESHOLD, ls="--", lw=0.8, color="k")
     axes[0].set(xlabel="step", ylabel="BOS / median position", yscale="log")
+    ticker = F.matplotlib.ticker             # plain numbers on the log axis: 1, 1.5, 2, 3, 5 ...
+    axes[0].yaxis.set_major_locator(ticker.FixedLocator([0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 50, 100]))
+    axes[0].yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axes[0].yaxis.set_minor_formatter(ticker.NullFormatter())
     axes[0].legend(fontsize=7)
     F.seed_lines(axes[1], curve, "step", "val_loss", V)
     axes[1].set(xlabel="step", ylabel="validation loss (nats)")
