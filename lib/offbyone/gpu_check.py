@@ -230,7 +230,10 @@ def ensemble_rate(profile: str, variant: str, size: int, steps: int, work: Path,
 
 def vocab_guess(cfg) -> int:
     """A run's vocabulary without preparing its corpus: the BPE size plus BOS, or 256 for
-    characters (enough for a shape or a FLOP count)."""
+    characters, or the synthetic testbed's own (64 tokens and BOS): enough for a shape or a FLOP
+    count."""
+    if cfg.corpus == "bigram_backcopy":
+        return 65
     return cfg.bpe_vocab_size + 1 if cfg.tokenizer == "bpe" else 256
 
 
@@ -529,7 +532,7 @@ def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None,
             step_s, how = tps / row["tokens_per_s"], "measured"
         else:
             with torch.device("meta"):
-                n = GPT(cfg.model_config(vocab_guess_study(cfg))).num_params()
+                n = GPT(cfg.model_config(vocab_guess(cfg))).num_params()
             fpt = flops_per_token(n, cfg.n_layer, cfg.n_embd, cfg.block_size)
             compute = tps * fpt / (fb["peak_flops"] * fb["utilisation"])
             overhead = fb["step_overhead_s"] * cfg.n_layer / ref_layers
@@ -570,7 +573,7 @@ def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None,
             else:
                 cfg = run_config(n0, v0, group[0][2])
                 with torch.device("meta"):
-                    n = GPT(cfg.model_config(vocab_guess_study(cfg))).num_params()
+                    n = GPT(cfg.model_config(vocab_guess(cfg))).num_params()
                 fpt = flops_per_token(n, cfg.n_layer, cfg.n_embd, cfg.block_size)
                 compute = E * cfg.batch_size * cfg.block_size * fpt / (fb["peak_flops"] * fb["utilisation"])
                 overhead = fb["step_overhead_s"] * cfg.n_layer / ref_layers
@@ -602,11 +605,6 @@ def study_estimate(check: dict, profile: str = "gpu", jobs: int | None = None,
             "measure_s": sum(r["measure_s"] for r in per_run) / speedup,
             "extrapolated": any(r["how"].startswith("extrapolated") for r in per_run),
             "notes": notes, "per_run": per_run, "from_check": check["provenance"]}
-
-
-def vocab_guess_study(cfg) -> int:
-    """vocab_guess, with the synthetic testbed's own vocabulary (64 tokens and BOS)."""
-    return 65 if cfg.corpus == "bigram_backcopy" else vocab_guess(cfg)
 
 
 def process_start_s_from(check: dict) -> float:
