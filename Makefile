@@ -230,6 +230,7 @@ $(PDF): paper/main.tex paper/refs.bib $(wildcard paper/generated/*.tex paper/gen
 	  -outdir=../build/paper/latex main.tex > ../build/paper/latex.log 2>&1 || \
 	  { tail -40 ../build/paper/latex.log; exit 1; }
 	cp build/paper/latex/main.pdf $@.tmp && mv $@.tmp $@
+	@$(PY) -m offbyone.report.layout --log build/paper/latex/main.log --warn-only
 
 # JupyterLab on notebooks/, on this machine only (127.0.0.1) and behind a token (printed in its
 # URL). As root (a container) Jupyter refuses to start unless told: say so, and allow it.

@@ -135,7 +135,7 @@ def test_primary_verdicts_holm_and_equivalence():
     assert summary == ("softmax1 had a lower W8A8 loss gap ($-0.03012$ nats, 95\\% CI $-0.03090$ "
                        "to $-0.02934$, Holm $p < 10^{-4}$); it was equivalent to softmax within "
                        "the stated margins in W16A6 (activations only) loss gap and "
-                       "full-precision validation loss, and inconclusive in maximum kurtosis")
+                       "full-precision validation loss, and was inconclusive in maximum kurtosis")
     assert [ep.metric for ep in PRIMARY] == ["gap_W8A8", "gap_W16A6", "max_kurtosis",
                                              "max_inf_norm", "first_position", "val_loss"]
 
@@ -162,7 +162,7 @@ def test_a_difference_inside_the_margin_says_so():
 
 
 def test_disease_criteria_come_from_the_thresholds():
-    assert [criterion(s) for s in DISEASE_SIGNS][0] == r"max kurtosis $\ge 10$ (the anchor's modules)"
+    assert [criterion(s) for s in DISEASE_SIGNS][0] == r"max kurtosis $\ge 10$ (Bondarenko et al.'s modules)"
     assert "$\\ge 0.01$ nats" in criterion(DISEASE_SIGNS[-1])
     assert disease_signs(pd.DataFrame([{"variant": "softmax1", "seed": 0}])) == []
 

@@ -94,19 +94,27 @@ def write_macros(macros: dict[str, str], path, source: str = "notebooks/04_repor
     write_text(path, "\n".join(lines) + "\n")
 
 
+GROUP = "__group__"      # latex_table: a row that heads a group of rows
+
+
 def latex_table(rows: list[dict], path, column_format: str | None = None,
                 columns: list | None = None) -> None:
     """A booktabs tabular from rows (dicts of header -> cell); cells and headers that are not
     Tex are escaped; a missing cell prints '--'. Rows, not a DataFrame: pandas stores strings
     as plain str, which would lose which cells are LaTeX already. `columns` (default: the
-    first row's keys) names the columns, so a table without rows keeps its header."""
+    first row's keys) names the columns, so a table without rows keeps its header. A row
+    {GROUP: title} is a heading across every column (a group of the rows below it)."""
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise TypeError(f"latex_table takes a list of row dicts, got {type(rows).__name__}")
-    cols = list(columns or (rows[0] if rows else []))
+    cols = list(columns or next((r for r in rows if GROUP not in r), {}))
     column_format = column_format or "l" + "r" * (len(cols) - 1)
     lines = [f"\\begin{{tabular}}{{{column_format}}}", "\\toprule",
              " & ".join(latex(c) for c in cols) + " \\\\", "\\midrule"]
-    for r in rows:
+    for i, r in enumerate(rows):
+        if GROUP in r:
+            lines += ["\\midrule"] if i else []
+            lines.append(f"\\multicolumn{{{len(cols)}}}{{l}}{{\\emph{{{latex(r[GROUP])}}}}} \\\\")
+            continue
         lines.append(" & ".join(latex(r.get(c, "--")) for c in cols) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     write_text(path, "\n".join(lines) + "\n")

@@ -75,19 +75,19 @@ def peak_section(report) -> dict:
     F.seed_lines(axes[1], curve, "step", "val_loss", V)
     axes[1].set(xlabel="step", ylabel="validation loss (nats)")
     fig.tight_layout()
-    report._figure(fig, "peak")
+    report.figure(fig, "peak")
     fin = report.fin
     verdict = disease_appeared(fin)
     ratio = verdict["values"]["first-position residual peak"]
     gap = verdict["values"]["W8A8 gap"]
     if verdict["appeared"]:
         met = [n for n, ok in verdict["signs"].items() if ok]
-        disease = (f"The disease criterion fixed before the runs was met ({' and '.join(met)}): "
+        disease = (f"The criterion for outliers fixed before the runs was met ({' and '.join(met)}): "
                    f"the softmax baseline's peak reached ${fmt(ratio)}$ times the median position "
                    f"(threshold ${fmt(PEAK_THRESHOLD)}$) and its W8A8 gap ${fmt(gap)}$ nats "
                    f"(threshold ${fmt(DISEASE_CRITERION[1].threshold)}$).")
     else:
-        disease = (f"The disease criterion fixed before the runs was not met: the softmax "
+        disease = (f"The criterion for outliers fixed before the runs was not met: the softmax "
                    f"baseline's peak reached ${fmt(ratio)}$ times the median position against "
                    f"a threshold of ${fmt(PEAK_THRESHOLD)}$, and its W8A8 gap ${fmt(gap)}$ nats "
                    f"against ${fmt(DISEASE_CRITERION[1].threshold)}$. Below the threshold, "

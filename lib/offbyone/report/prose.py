@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..metrics import SINK_T, SINK_THRESHOLD
 from .latex import Tex, fmt, latex_escape, num, pct
-from .stats import ALPHA, DISEASE_SIGNS, VARIANT_LABELS, Sign, baseline_means
+from .stats import ALPHA, DISEASE_SIGNS, NOTHING_TO_FIX, VARIANT_LABELS, Sign, baseline_means
 
 
 def p_value(p: float) -> Tex:
@@ -66,6 +66,11 @@ def primary_sentence(r: dict) -> Tex:
         small = (f"; the difference is also within the equivalence margin of {margin} "
                  f"(Holm-corrected TOST ${p_value(r['p_tost_holm'])}$)" if _within_margin(r) else "")
         return Tex(f"{other} had a {r['verdict']} {r['label']}: {eff}, {holm_p}{small}")
+    if r["verdict"] == NOTHING_TO_FIX:
+        unit = f" {r['unit']}" if r.get("unit") else ""
+        return Tex(f"the {r['label']} had nothing to fix: {base}'s own value "
+                   f"${fmt(r['base_mean'])}${unit} lies within the margin ({margin}) of zero, so "
+                   f"no equivalence is claimed ({eff}, {holm_p})")
     if r["verdict"] == "equivalent":
         return Tex(f"{other} and {base} are equivalent in {r['label']} within {margin}: {eff}, "
                    f"Holm-corrected TOST ${p_value(r['p_tost_holm'])}$")
@@ -106,18 +111,21 @@ def verdict_summary(tests: pd.DataFrame, other: str) -> Tex:
                + ("; within the equivalence margin" if _within_margin(r) else "") + ")"
                for r in rows if r["verdict"] in ("lower", "higher")]
     groups = {v: [r["label"] for r in rows if r["verdict"] == v]
-              for v in ("equivalent", "inconclusive")}
+              for v in ("equivalent", NOTHING_TO_FIX, "inconclusive")}
     parts = []
     if effects:
         parts.append(f"{name} had " + _and(effects))
     rest = []
     if groups["equivalent"]:
-        rest.append(f"equivalent to {base} within the stated margins in "
+        rest.append(f"was equivalent to {base} within the stated margins in "
                     + _and(groups["equivalent"]))
+    if groups[NOTHING_TO_FIX]:
+        rest.append(f"had nothing to fix in {_and(groups[NOTHING_TO_FIX])} ({base}'s own value "
+                    "within the margin of zero)")
     if groups["inconclusive"]:
-        rest.append("inconclusive in " + _and(groups["inconclusive"]))
+        rest.append("was inconclusive in " + _and(groups["inconclusive"]))
     if rest:
-        parts.append(("it was " if effects else f"{name} was ") + ", and ".join(rest))
+        parts.append(("it " if effects else f"{name} ") + ", and ".join(rest))
     return Tex("; ".join(parts))
 
 
@@ -127,7 +135,7 @@ def _and(items: list[str]) -> str:
 
 # each sign's criterion in words; thresholds come from stats.DISEASE_SIGNS
 CRITERIA = {
-    "kurtosis": "max kurtosis $\\ge {t}$ (the anchor's modules)",
+    "kurtosis": "max kurtosis $\\ge {t}$ (Bondarenko et al.'s modules)",
     "massive activations": "max inf-norm $\\ge {t}\\times$ the mean module's",
     "attention sink": "some head $> {head}$ on position 0 ($T = {T}$)",
     "outliers on delimiters": "share $\\ge {t}\\times$ the delimiter base rate",

@@ -89,13 +89,17 @@ class Endpoint:
     scale: str            # "linear": differences; "log": ratios (paired log differences)
     margin: float         # the equivalence margin, in the metric's unit or in log units
     unit: str = ""
+    # the value at which there is nothing to fix (a loss gap of 0): a baseline within the
+    # margin of it leaves the variant nothing to improve, and an equivalence there is
+    # guaranteed rather than found
+    floor: float | None = None
 
 
 ALPHA = 0.05
 RATIO_MARGIN = 1.25       # log-scale endpoints: equivalent when the ratio is within 1/1.25..1.25
 PRIMARY = (
-    Endpoint("gap_W8A8", "W8A8 loss gap", "linear", 0.01, "nats"),
-    Endpoint("gap_W16A6", "W16A6 (activations only) loss gap", "linear", 0.01, "nats"),
+    Endpoint("gap_W8A8", "W8A8 loss gap", "linear", 0.01, "nats", floor=0.0),
+    Endpoint("gap_W16A6", "W16A6 (activations only) loss gap", "linear", 0.01, "nats", floor=0.0),
     Endpoint("max_kurtosis", "maximum kurtosis", "log", math.log(RATIO_MARGIN)),
     Endpoint("max_inf_norm", "maximum inf-norm", "log", math.log(RATIO_MARGIN)),
     Endpoint("first_position", "attention on the first position", "linear", 0.01),
@@ -143,6 +147,7 @@ def endpoint_test(fin: pd.DataFrame, ep: Endpoint, other: str, base: str = "soft
     res = {"metric": ep.metric, "label": ep.label, "scale": ep.scale, "margin": ep.margin,
            "unit": ep.unit,
            "other": other, "base": base, "n": n, "confidence": confidence,
+           "perm_floor": permutation_floor(n),
            "base_mean": float(np.mean(a)) if n else math.nan,
            "other_mean": float(np.mean(b)) if n else math.nan,
            "diff": float(np.mean(d)) if n else math.nan}
@@ -172,13 +177,42 @@ def endpoint_test(fin: pd.DataFrame, ep: Endpoint, other: str, base: str = "soft
     return res
 
 
+NOTHING_TO_FIX = "nothing to fix"
+VERDICTS = ("lower", "higher", "equivalent", NOTHING_TO_FIX, "inconclusive")
+
+
+def nothing_to_fix(r: dict, ep: Endpoint) -> bool:
+    """Whether the baseline's own value (its mean over seeds) already lies within the margin of
+    the endpoint's floor: then no variant can be worse than equivalent by more than the margin
+    from below, and 'equivalent' would only restate that the baseline has nothing to fix."""
+    return (ep.floor is not None and ep.scale == "linear"
+            and abs(r["base_mean"] - ep.floor) < ep.margin)
+
+
+def verdict(r: dict, ep: Endpoint) -> str:
+    """What the numbers allow one to say of one endpoint: 'lower' or 'higher' (Holm p below
+    ALPHA), else 'nothing to fix' (the baseline within the margin of the floor), else
+    'equivalent' (Holm-corrected TOST p below ALPHA), else 'inconclusive'."""
+    if r["p_holm"] < ALPHA:
+        return "lower" if r["diff"] < 0 else "higher"
+    if nothing_to_fix(r, ep):
+        return NOTHING_TO_FIX
+    return "equivalent" if r["p_tost_holm"] < ALPHA else "inconclusive"
+
+
+def permutation_floor(n: int) -> float:
+    """The smallest p-value the exact two-sided sign-flip test can give with n paired seeds:
+    2 / 2^n (0.25 with 3 seeds, 0.0625 with 5), whatever the effect."""
+    return 2.0 / 2 ** n if n > 0 else 1.0
+
+
 def primary_tests(fin: pd.DataFrame, others, base: str = "softmax",
                   endpoints=PRIMARY) -> pd.DataFrame:
     """Every primary endpoint for each variant against the baseline. Holm's correction runs
     within each comparison's family (its endpoints), on the t-test p-values (`p_holm`) and on
-    the TOST p-values (`p_tost_holm`); `verdict` is what the numbers allow one to say:
-    'lower' or 'higher' (Holm p < ALPHA), 'equivalent' (Holm-corrected TOST p < ALPHA) or
-    'inconclusive'."""
+    the TOST p-values (`p_tost_holm`); `verdict` is what the numbers allow one to say
+    (`verdict()`): 'lower', 'higher', 'nothing to fix', 'equivalent' or 'inconclusive';
+    `perm_floor` is the smallest p the sign-flip test could give with these seeds."""
     rows = []
     for other in others:
         fam = [endpoint_test(fin, ep, other, base) for ep in endpoints
@@ -191,10 +225,9 @@ def primary_tests(fin: pd.DataFrame, others, base: str = "softmax",
                 adj[ok] = holm(ps[ok])
             for r, x in zip(fam, adj):
                 r[key + "_holm"] = float(x)
-        for r in fam:
-            r["verdict"] = ("lower" if r["p_holm"] < ALPHA and r["diff"] < 0 else
-                            "higher" if r["p_holm"] < ALPHA and r["diff"] > 0 else
-                            "equivalent" if r["p_tost_holm"] < ALPHA else "inconclusive")
+        for r, ep in zip(fam, [ep for ep in endpoints
+                               if ep.metric in fin and fin[ep.metric].notna().any()]):
+            r["verdict"] = verdict(r, ep)
         rows += fam
     return pd.DataFrame(rows)
 
@@ -261,3 +294,10 @@ def baseline_means(fin: pd.DataFrame, base: str = "softmax") -> dict | None:
         return None
     return {**sub.select_dtypes("number").mean().to_dict(),
             "outlier_share_delimiter": sub.outlier_share_delimiter.astype(float).mean()}
+
+
+def exploratory_metrics(endpoints=PRIMARY) -> list[str]:
+    """The metrics compared without correction: every METRICS entry that is not one of the
+    primary endpoints (those are reported once, with Holm's correction)."""
+    primary = {ep.metric for ep in endpoints}
+    return [m for m in METRICS if m not in primary]

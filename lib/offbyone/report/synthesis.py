@@ -1,0 +1,591 @@
+"""The paper's answer: the abstract, the forest plot beside it, one results paragraph per
+question (sinks, outliers, quantization, cost) and the limitations, all generated from the
+primary tests of every study the paper reports (the main one, the testbed, the committed
+longer testbed and the GPU study when its results exist).
+
+Every sentence is chosen by the numbers it states: a verdict is said as the statistics give it
+(`stats.verdict`), an inconclusive endpoint always says which way its estimate points, and an
+endpoint whose baseline had nothing to fix says that instead of "equivalent".
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import figures as F
+from .latex import Tex, fmt, macro_name
+from .prose import _and, _fixed, p_value
+from .stats import NOTHING_TO_FIX, PRIMARY, VARIANT_LABELS, permutation_floor
+
+ABSTRACT_MAX_WORDS = 200
+
+
+@dataclass
+class Study:
+    """One study the paper reports: its primary tests against softmax and its scale."""
+    key: str                 # macro prefix and identity: "text", "testbed", "long", "gpu"
+    label: str               # a row group of the tables and the forest plot
+    where: str               # "on text", "on the testbed", "at 3,000 steps"
+    tests: pd.DataFrame      # stats.primary_tests rows
+    fin: pd.DataFrame        # final checkpoints, one row per run
+    seeds: int
+    params: int
+    tokens: int              # training tokens per run
+    steps: int
+    data: str                # what it trains on, in words
+    table: str               # the label of its primary table
+    extra: dict = field(default_factory=dict)
+
+
+# the questions the paper answers, each with the primary endpoints that answer it
+QUESTIONS = (
+    ("sink", "Attention sinks", ("first_position",)),
+    ("outliers", "Outliers", ("max_kurtosis", "max_inf_norm", "bos_resid_ratio")),
+    ("quantization", "Quantization", ("gap_W8A8", "gap_W16A6")),
+    ("cost", "Cost", ("val_loss",)),
+)
+SHORT_LABELS = {"first_position": "attention on the first position",
+                "max_kurtosis": "maximum kurtosis", "max_inf_norm": "largest activation (inf-norm)",
+                "bos_resid_ratio": "first-position residual peak",
+                "gap_W8A8": "8-bit loss gap (W8A8)",
+                "gap_W16A6": "6-bit activation-only gap (W16A6)",
+                "val_loss": "full-precision loss"}
+
+
+def word_count(tex: str) -> int:
+    """Words as a reader counts them in LaTeX source: commands and math delimiters dropped, a
+    number (with its sign and exponent) one word."""
+    text = re.sub(r"\\(cref|ref|citet|citep)\{[^}]*\}", " x ", tex)
+    text = re.sub(r"\\times\s*10\^\{-?\d+\}", "", text)
+    text = re.sub(r"\\[a-zA-Z]+\*?", " ", text)
+    text = re.sub(r"[${}]", "", text)
+    return len([w for w in text.split() if re.search(r"[A-Za-z0-9]", w)])
+
+
+def _millions(n: float) -> str:
+    if n >= 1e6:
+        return f"{fmt(n / 1e6, 2)}M"
+    return f"{fmt(n / 1e3, 2)}k"
+
+
+def _decimals(lo: float, hi: float) -> int:
+    """The decimals that resolve an interval: two significant digits of its half-width."""
+    half = (hi - lo) / 2
+    return 4 if not half > 0 else max(0, 1 - math.floor(math.log10(half)))
+
+
+def _effect(r: dict, detail: bool) -> str:
+    """The effect in a few words: 'a to b nats' (the means, to the decimals that resolve the
+    difference), 'ratio r' (log scale); with detail, its 95% interval and Holm p."""
+    if r["scale"] == "log":
+        lo, hi = r["ratio_low"], r["ratio_high"]
+        s = f"ratio ${_fixed(r['ratio'], lo, hi)}$"
+        ci = f"95\\% CI ${_fixed(lo, lo, hi)}$ to ${_fixed(hi, lo, hi)}$"
+    else:
+        lo, hi = r["ci_low"], r["ci_high"]
+        unit = f" {r['unit']}" if r.get("unit") else ""
+        d = _decimals(lo, hi)
+        s = f"${r['base_mean']:.{d}f}$ to ${r['other_mean']:.{d}f}${unit}"
+        ci = (f"difference ${_fixed(r['diff'], lo, hi)}$, 95\\% CI ${_fixed(lo, lo, hi)}$ to "
+              f"${_fixed(hi, lo, hi)}$")
+    if detail:
+        s += f"; {ci}, Holm ${p_value(r['p_holm'])}$"
+    return s
+
+
+def direction(r: dict) -> str:
+    """Which way an estimate points, in words: 'higher' or 'lower' (or 'unchanged')."""
+    d = r["diff"]
+    return "higher" if d > 0 else "lower" if d < 0 else "unchanged"
+
+
+def clause(r: dict, where: str, detail: bool = False) -> str:
+    """One endpoint of one study as its verdict allows, e.g. 'lower on the testbed (ratio
+    0.50)', 'inconclusive at 3,000 steps (estimate higher: ratio 6.4, 95% CI 1.9 to 21)',
+    'nothing to fix on the testbed (softmax's gap 0.00027 nats)'."""
+    v = r["verdict"]
+    if r["n"] < 3 or r["p"] != r["p"]:
+        return f"untestable {where} ($n = {r['n']}$)"
+    if v in ("lower", "higher"):
+        return f"{v} {where} ({_effect(r, detail)})"
+    if v == NOTHING_TO_FIX:
+        unit = f" {r['unit']}" if r.get("unit") else ""
+        return f"nothing to fix {where} (softmax's own value ${fmt(r['base_mean'], 2)}${unit})"
+    if v == "equivalent":
+        return f"equivalent {where}" + (f" ({_effect(r, True)})" if detail else "")
+    # inconclusive: the direction is always given, with the interval that leaves it open
+    if r["scale"] == "log":
+        lo, hi = r["ratio_low"], r["ratio_high"]
+        est = f"ratio ${_fixed(r['ratio'], lo, hi)}$"
+    else:
+        lo, hi = r["ci_low"], r["ci_high"]
+        est = f"difference ${_fixed(r['diff'], lo, hi)}$"
+    ci = f"95\\% CI ${_fixed(lo, lo, hi)}$ to ${_fixed(hi, lo, hi)}$"
+    return f"inconclusive {where} (estimate {direction(r)}: {est}, {ci})"
+
+
+def _rows(studies, metric: str, variant: str = "softmax1"):
+    out = []
+    for s in studies:
+        t = s.tests[(s.tests.metric == metric) & (s.tests.other == variant)]
+        if len(t):
+            out.append((s, t.iloc[0].to_dict()))
+    return out
+
+
+def endpoint_sentence(studies, metric: str, variant: str = "softmax1", detail: bool = False,
+                      short: bool = True) -> str:
+    """One endpoint across studies: studies with the same verdict (and no number to give)
+    are named together ('equivalent on the testbed and at 3,000 steps')."""
+    rows = _rows(studies, metric, variant)
+    if not rows:
+        return ""
+    label = SHORT_LABELS[metric] if short else rows[0][1]["label"]
+    parts, same = [], {"equivalent": [], NOTHING_TO_FIX: []}
+    for s, r in rows:
+        if r["verdict"] == NOTHING_TO_FIX or (r["verdict"] == "equivalent" and not detail):
+            same[r["verdict"]].append((s, r))
+        else:
+            parts.append(clause(r, s.where, detail))
+    if same["equivalent"]:
+        parts.append("equivalent " + _and([s.where for s, _ in same["equivalent"]]))
+    if same[NOTHING_TO_FIX]:
+        rs = same[NOTHING_TO_FIX]
+        unit = f" {rs[0][1]['unit']}" if rs[0][1].get("unit") else ""
+        parts.append(f"nothing to fix {_and([s.where for s, _ in rs])} (softmax's own "
+                     f"value{'s' if len(rs) > 1 else ''} "
+                     f"{_and(['$' + fmt(r['base_mean'], 2) + '$' for _, r in rs])}{unit})")
+    return f"{label} {_and(parts)}"
+
+
+def question_sentence(studies, question: str, variant: str = "softmax1",
+                      detail: bool = False) -> str:
+    """A question's answer for one variant, its endpoints one after the other."""
+    _, _, metrics = next(q for q in QUESTIONS if q[0] == question)
+    parts = [endpoint_sentence(studies, m, variant, detail) for m in metrics]
+    return "; ".join(p for p in parts if p)
+
+
+def _any(studies, metric, verdict, variant="softmax1") -> list:
+    return [s for s, r in _rows(studies, metric, variant) if r["verdict"] == verdict]
+
+
+def _wheres(studies) -> str:
+    return _and(list(dict.fromkeys(s.where for s in studies)))
+
+
+def answer_sentence(studies, variant: str = "softmax1") -> str:
+    """The title's question answered from the verdicts: what the variant did to the sink, to
+    the magnitudes, to kurtosis and to the quantization gap, across the studies."""
+    name = VARIANT_LABELS[variant]
+    out = []
+    sink = _any(studies, "first_position", "lower", variant)
+    out.append(f"{name} shrinks the first-position sink {_wheres(sink)}" if sink else
+               f"{name} does not measurably shrink the first-position sink")
+    mag = {v: _any(studies, "max_inf_norm", v, variant) for v in ("lower", "higher", "equivalent")}
+    if mag["lower"]:
+        out.append(f"lowers the largest activations {_wheres(mag['lower'])}")
+    elif mag["higher"]:
+        out.append(f"raises the largest activations {_wheres(mag['higher'])}")
+    elif mag["equivalent"]:
+        out.append("leaves the largest activations within a factor 1.25 of softmax's")
+    else:
+        out.append("leaves the largest activations' change undetermined")
+    kurt = _rows(studies, "max_kurtosis", variant)
+    k_down = [s for s, r in kurt if r["ci_high"] < 0]
+    k_up = [s for s, r in kurt if r["ci_low"] > 0]
+    if k_down and k_up:
+        out.append("moves kurtosis both ways")
+    elif k_down:
+        out.append(f"lowers kurtosis {_wheres(k_down)}")
+    elif k_up:
+        out.append(f"raises kurtosis {_wheres(k_up)}")
+    gaps = [m for m in ("gap_W8A8", "gap_W16A6")]
+    lower = [s for m in gaps for s in _any(studies, m, "lower", variant)]
+    higher = [s for m in gaps for s in _any(studies, m, "higher", variant)]
+    nothing = {s.key for m in gaps for s in _any(studies, m, NOTHING_TO_FIX, variant)}
+    if lower:
+        q = f"narrows a quantization gap only {_wheres(lower)}"
+        if nothing and nothing | {s.key for s in lower} >= {s.key for s in studies}:
+            q += (", the only study whose softmax baseline had one to close" if len({s.key for s in lower}) == 1
+                  else ", the only studies whose softmax baseline had one to close")
+    elif higher:
+        q = f"widens a quantization gap {_wheres(higher)}"
+    else:
+        q = "narrows no quantization gap"
+        if nothing:
+            q += f" (the baseline had none to close {_wheres([s for s in studies if s.key in nothing])})"
+    out.append(q)
+    return _and(out)
+
+
+def _study_groups(studies) -> list[str]:
+    """The studies' scale in few words, studies of the same model and data merged: '0.80M
+    parameters on Shakespeare for 600 steps (3 seeds)', '0.41M on Bigram-Backcopy for 300 and
+    3,000 steps (10 and 5 seeds)'."""
+    groups: dict = {}
+    for s in studies:
+        groups.setdefault((s.params, s.data), []).append(s)
+    out = []
+    for i, ((params, data), ss) in enumerate(groups.items()):
+        steps = _and([fmt(s.steps) for s in ss])
+        seeds = _and([fmt(s.seeds) for s in ss])
+        plural = "s" if len(ss) > 1 or ss[0].seeds != 1 else ""
+        out.append(f"{_millions(params)}{' parameters' if i == 0 else ''} on {data} "
+                   f"({steps} steps; {seeds} seed{plural})")
+    return out
+
+
+def _abstract_effect(r: dict) -> str:
+    if r["scale"] == "log":
+        return f"ratio ${fmt(r['ratio'], 2)}$"
+    unit = f" {r['unit']}" if r.get("unit") else ""
+    return f"${fmt(r['base_mean'], 2)}$ to ${fmt(r['other_mean'], 2)}${unit}"
+
+
+ABSTRACT_LABELS = {"first_position": "attention on the first position",
+                   "max_kurtosis": "maximum kurtosis", "max_inf_norm": "inf-norm",
+                   "bos_resid_ratio": "BOS residual peak", "gap_W8A8": "W8A8 gap",
+                   "gap_W16A6": "W16A6 gap", "val_loss": "full-precision loss"}
+
+
+def _groups(studies, metric: str, numbers: bool, variant: str = "softmax1") -> list[tuple]:
+    """An endpoint's verdicts as (verdict, direction, wheres, effect) groups: studies with the
+    same verdict (and, when inconclusive, the same direction) together; with numbers, each
+    decided verdict on its own with its effect."""
+    groups: dict = {}
+    for s, r in _rows(studies, metric, variant):
+        v = r["verdict"]
+        if v in ("lower", "higher") and numbers:
+            groups[(v, None, s.where)] = ([s.where], _abstract_effect(r))
+            continue
+        key = (v, direction(r) if v == "inconclusive" else None)
+        groups.setdefault(key, ([], None))[0].append(s.where)
+    return [(k[0], k[1], wheres, eff) for k, (wheres, eff) in groups.items()]
+
+
+def _group_text(v, d, wheres, eff) -> str:
+    note = (f" ({eff})" if eff else
+            f" (estimate{'s' if len(wheres) > 1 else ''} {d})" if d else "")
+    return f"{v} {_and(wheres)}{note}"
+
+
+def abstract_question(studies, metrics, numbers: bool, variant: str = "softmax1") -> str:
+    """A question's endpoints for the abstract; a verdict shared by every endpoint in the same
+    studies is said once for all of them ('both nothing to fix on the testbed and ...')."""
+    per = {m: _groups(studies, m, numbers, variant) for m in metrics}
+    per = {m: g for m, g in per.items() if g}
+    if not per:
+        return ""
+    shared = set.intersection(*[{(v, d, tuple(w)) for v, d, w, e in g if e is None}
+                                for g in per.values()]) if len(per) > 1 else set()
+    parts = []
+    for m, g in per.items():
+        own = [_group_text(v, d, w, e) for v, d, w, e in g if (v, d, tuple(w)) not in shared]
+        if own:
+            parts.append(f"{ABSTRACT_LABELS[m]} {_and(own)}")
+    for v, d, w in sorted(shared):
+        parts.append(f"{'both' if len(per) == 2 else 'all'} {_group_text(v, d, list(w), None)}")
+    return "; ".join(parts)
+
+
+def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
+    """At most ABSTRACT_MAX_WORDS words, in the order question, method and scale, answer per
+    question, answer to the title: the richest form that fits (effects with their numbers,
+    else verdicts alone)."""
+    q = ("Softmax1 adds a zero logit to attention so that a head can abstain; Miller claimed it "
+         "removes the outliers that make transformers hard to quantize.")
+    others = {v: [s for s in studies if v in set(s.tests.other)]
+              for v in dict.fromkeys(v for s in studies for v in s.tests.other) if v != "softmax1"}
+    also = "".join(f" (and a {VARIANT_LABELS[v]} {_wheres(ss)})" for v, ss in others.items())
+    m = (f"We train nanoGPT-style decoders from scratch with softmax and softmax1{also}: "
+         + " and ".join(_study_groups(studies))
+         + f", testing {n_endpoints} pre-declared, Holm-corrected endpoints per study.")
+    text = ""
+    for numbers in (True, False):
+        answers = []
+        for key, title, metrics in QUESTIONS:
+            sentence = abstract_question(studies, metrics, numbers)
+            if key == "cost" and throughput is not None:
+                sentence += f"; training throughput ${fmt(throughput, 2)}\\times$ softmax's"
+            if sentence:
+                answers.append(f"{title}: {sentence}.")
+        text = " ".join([q, m] + answers + [title_answer(studies)])
+        if word_count(text) <= ABSTRACT_MAX_WORDS:
+            break
+    return Tex(text)
+
+
+def title_answer(studies, variant: str = "softmax1") -> str:
+    """'Is attention off by one?' in one sentence: the sink and the magnitudes, by verdict."""
+    sink = _any(studies, "first_position", "lower", variant)
+    mag_lower = _any(studies, "max_inf_norm", "lower", variant)
+    if sink and not mag_lower:
+        return ("Is attention off by one? Partly: at this scale softmax1 moves weight off the "
+                "first position but does not measurably shrink the largest activations.")
+    if sink and mag_lower:
+        return ("Is attention off by one? At this scale softmax1 both moves weight off the first "
+                "position and shrinks the largest activations.")
+    if mag_lower:
+        return ("Is attention off by one? At this scale softmax1 shrinks the largest activations "
+                "without measurably moving weight off the first position.")
+    return ("Is attention off by one? At this scale softmax1 neither measurably moves weight off "
+            "the first position nor shrinks the largest activations.")
+
+
+# --- the forest plot --------------------------------------------------------------------------
+def standardised(r: dict) -> tuple[float, float, float]:
+    """The effect and its 95% interval in units of the endpoint's equivalence margin (log
+    ratio over log margin on the log scale): -1..1 is the equivalence band on every row."""
+    k = r["margin"]
+    return r["diff"] / k, r["ci_low"] / k, r["ci_high"] / k
+
+
+VERDICT_STYLE = {"lower": ("o", True), "higher": ("o", True), "equivalent": ("s", True),
+                 NOTHING_TO_FIX: ("D", False), "inconclusive": ("o", False)}
+
+
+FOREST_LABELS = {"first_position": "attention on position 0", "max_kurtosis": "max. kurtosis",
+                 "max_inf_norm": "max. inf-norm", "bos_resid_ratio": "BOS residual peak",
+                 "gap_W8A8": "W8A8 gap", "gap_W16A6": "W16A6 gap",
+                 "val_loss": "full-precision loss"}
+
+
+def forest_figure(studies, path_saver, height: float = 3.25) -> None:
+    """Every study's primary endpoints, each variant against softmax, as effect / margin with
+    its 95% interval; the band is the equivalence margin. Filled: a verdict (lower, higher,
+    equivalent); open: inconclusive, or nothing to fix (diamond)."""
+    fig, ax = F.plt.subplots(figsize=(6.5, height))
+    y, yticks, ylabels, heads, colors, extent = 0.0, [], [], [], {}, [2.0]
+    for s in studies:
+        heads.append((y, s.label))
+        y -= 0.75
+        for metric in dict.fromkeys(s.tests.metric):
+            sub = s.tests[s.tests.metric == metric]
+            for j, (_, r) in enumerate(sub.iterrows()):
+                r = r.to_dict()
+                eff, lo, hi = standardised(r)
+                marker, filled = VERDICT_STYLE[r["verdict"]]
+                c = colors.setdefault(r["other"], F.COLORS[r["other"]])
+                yy = y - 0.3 * j
+                if lo == lo:
+                    ax.plot([lo, hi], [yy, yy], color=c, lw=1.0)
+                    extent += [abs(lo), abs(hi)]
+                ax.plot([eff], [yy], marker=marker, ms=4, color=c, mfc=c if filled else "white",
+                        mew=1.0, ls="none")
+            yticks.append(y - 0.15 * (len(sub) - 1))
+            ylabels.append(FOREST_LABELS.get(metric, metric))
+            y -= 0.3 * (len(sub) - 1) + 0.55
+        y -= 0.15
+    lim = next(t for t in (3, 10, 30, 100, 300, 1000, float("inf")) if t >= 1.1 * max(extent))
+    lim = lim if lim != float("inf") else 1.1 * max(extent)
+    ax.axvspan(-1, 1, color="0.88", zorder=0, lw=0)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xscale("symlog", linthresh=1, linscale=1.0)
+    ax.set_xlim(-lim, lim)
+    ticks = [t for t in (-300, -100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100, 300) if abs(t) <= lim]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(F.matplotlib.ticker.NullLocator())
+    ax.set_yticks(yticks, ylabels)
+    for yy, label in heads:
+        ax.text(-lim, yy - 0.1, label, fontsize=7.5, fontweight="bold", va="center")
+    ax.set_ylim(y + 0.35, 0.25)
+    ax.set_xlabel("effect of the variant against softmax, in units of the equivalence margin",
+                  fontsize=7.5)
+    ax.tick_params(labelsize=7)
+    ax.tick_params(axis="y", length=0)
+    ax.spines["left"].set_visible(False)
+    Line2D = F.matplotlib.lines.Line2D
+    handles = [Line2D([], [], color=c, marker="o", lw=1.0, ms=4, label=VARIANT_LABELS[v])
+               for v, c in colors.items()]
+    handles += [Line2D([], [], color="0.3", marker="o", ms=4, ls="none", label="lower/higher"),
+                Line2D([], [], color="0.3", marker="s", ms=4, ls="none", label="equivalent"),
+                Line2D([], [], color="0.3", marker="o", mfc="white", ms=4, ls="none",
+                       label="inconclusive"),
+                Line2D([], [], color="0.3", marker="D", mfc="white", ms=4, ls="none",
+                       label=NOTHING_TO_FIX)]
+    ax.legend(handles=handles, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=len(handles), frameon=False, handletextpad=0.3, columnspacing=1.0)
+    fig.tight_layout(pad=0.3)
+    path_saver(fig)
+
+
+def limitations(studies, published: pd.DataFrame, margins_text: str) -> Tex:
+    """The limits of what these studies can say, from their own numbers."""
+    biggest = max(s.params for s in studies)
+    theirs = published.params_m.astype(float) * 1e6
+    lo, hi = theirs.min() / biggest, theirs.max() / biggest
+    floors = sorted({(s.seeds, permutation_floor(s.seeds)) for s in studies})
+    floor_text = _and([f"${fmt(p, 2)}$ with {n} seeds" for n, p in floors])
+    out = [f"The largest model here has {_millions(biggest)} parameters, "
+           f"{fmt(round(lo))} to {fmt(round(hi))} times fewer than the models in which the "
+           "outliers were reported, and sees far fewer tokens; where the softmax baseline has "
+           "little to fix, softmax1 cannot show a cure."
+           ,
+           f"Few seeds bound what the tests can show: the smallest $p$ the exact sign-flip test "
+           f"can give is {floor_text}, so with 3 seeds only the $t$-test can reach significance, and "
+           "an endpoint that is neither different nor equivalent is inconclusive, not evidence "
+           "of no effect.",
+           f"The equivalence margins ({margins_text}) are our own choice of the smallest change "
+           "that would matter (1\\% perplexity for a loss, a quarter for a magnitude), fixed "
+           "with the endpoints, not derived from a power analysis.",
+           "The endpoints were declared after exploratory runs under an earlier, narrower "
+           "quantization setup and before any run under the present one.",
+           "Quantization is simulated, per tensor, with no retraining."]
+    return Tex(" ".join(out))
+
+
+def confound_sentence(studies) -> str:
+    """Abstention as a confound of kurtosis, from the study where sink-like variants abstain
+    most: their share of attention on the implicit zero, where their largest kurtosis sits,
+    and the inf-norm beside it."""
+    best = None
+    for s in studies:
+        f = s.fin
+        if "abstention" not in f:
+            continue
+        ab = f[f.variant == "softmax1"].abstention.mean()
+        if ab == ab and (best is None or ab > best[1]):
+            best = (s, ab)
+    if best is None:
+        return ""
+    s, ab = best
+    f = s.fin
+    module = f[f.variant == "softmax1"].max_kurtosis_module.mode()
+    where = _module_words(module.iloc[0]) if len(module) else "one module"
+    r = s.tests[(s.tests.metric == "max_inf_norm") & (s.tests.other == "softmax1")]
+    k = s.tests[(s.tests.metric == "max_kurtosis") & (s.tests.other == "softmax1")]
+    mag = (f"its inf-norm ${fmt(r.iloc[0]['ratio'], 3)}$ times" if len(r) else "")
+    kk = (f"its maximum kurtosis was ${fmt(k.iloc[0]['ratio'], 3)}$ times softmax's"
+          if len(k) else "")
+    return (f"Abstention confounds kurtosis: {s.where} softmax1 left "
+            f"${fmt(100 * ab, 2)}\\%$ of its attention on the implicit zero, its largest "
+            f"kurtosis sat in {where}, {_and([x for x in (kk, mag) if x])} (geometric means); "
+            "a mostly-zero "
+            "head output has a high kurtosis without any large value, so kurtosis is read here "
+            "only beside the inf-norm.")
+
+
+MODULE_WORDS = {"attn_proj": "the attention output projection", "resid": "the residual stream",
+                "ln_1": "the first LayerNorm", "ln_2": "the second LayerNorm",
+                "mlp_out": "the MLP output", "mlp_proj": "the MLP output", "ln_f": "the final LayerNorm",
+                "attn_out": "the attention output", "mlp_hidden": "the MLP hidden layer",
+                "embed": "the embedding"}
+
+
+def _module_words(name: str) -> str:
+    """'blocks.1.attn_proj' as 'the attention output projection of layer 1'."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(\w+)", str(name))
+    if m:
+        return f"{MODULE_WORDS.get(m.group(2), m.group(2).replace('_', ' '))} of layer {m.group(1)}"
+    return MODULE_WORDS.get(str(name), str(name).replace("_", " "))
+
+
+# --- the section: studies from the report, then every macro above ---------------------------
+def _params(profile: str, vocab: int | None) -> tuple[int, dict]:
+    """A profile's model size (parameters, nanoGPT's count without position embeddings) and
+    its run configuration."""
+    import torch
+
+    from ..gpu_check import vocab_guess
+    from ..model import GPT
+    from ..pipeline import load_profile, run_config
+    prof = load_profile(profile)
+    cfg = run_config(profile, prof["variants"][0], prof["seeds"][0])
+    with torch.device("meta"):
+        n = GPT(cfg.model_config(vocab or vocab_guess(cfg))).num_params()
+    return n, cfg.to_dict()
+
+
+def _study(key, label, where, tests, fin, profile, vocab, data, table) -> Study:
+    n, cfg = _params(profile, vocab)
+    return Study(key=key, label=label, where=where, tests=tests, fin=fin,
+                 seeds=int(fin.seed.nunique()), params=n,
+                 tokens=int(cfg["max_steps"]) * int(cfg["batch_size"]) * int(cfg["block_size"]),
+                 steps=int(cfg["max_steps"]), data=data, table=table,
+                 extra={"n_layer": cfg["n_layer"], "n_embd": cfg["n_embd"],
+                        "n_head": cfg["n_head"], "block_size": cfg["block_size"],
+                        "batch_size": cfg["batch_size"]})
+
+
+def studies_of(R) -> list[Study]:
+    """Every study the paper reports, in the order the paper reads them."""
+    synthetic = (R.corpus.get("source") or {}).get("kind") == "synthetic"
+    steps = int(R.cfg["max_steps"])
+    main_data = ("synthetic Bigram-Backcopy" if synthetic else
+                 f"{R.corpus_words}")
+    out = [_study("main", R.study_label, f"at {fmt(steps)} steps" if synthetic else "on text",
+                  R.primary_tests[R.study_label], R.fin, R.profile,
+                  int(R.corpus["vocab_size"]), main_data, "tab:primary")]
+    if R.testbed_fin is not None and "testbed" in R.primary_tests:
+        out.append(_study("testbed", "testbed", "on the testbed", R.primary_tests["testbed"],
+                          R.testbed_fin, R.prof["testbed"], None, "synthetic Bigram-Backcopy",
+                          "tab:primary"))
+    if getattr(R, "long_name", None):
+        fin = R.cited_fin[R.long_name]
+        steps = int(fin.max_steps.iloc[0])
+        label = next(k for k in R.primary_tests if k.startswith("testbed,"))
+        out.append(_study("long", label, f"at {fmt(steps)} steps", R.primary_tests[label], fin,
+                          R.long_name, None, "synthetic Bigram-Backcopy", "tab:long"))
+    return out
+
+
+def throughput_ratio(R, variant: str = "softmax1") -> float | None:
+    """The variant's training tokens per second over softmax's, from the profile's bench."""
+    path = R.resdir / "bench" / "training.csv"
+    if not path.exists():
+        return None
+    b = pd.read_csv(path)
+    if not {"softmax", variant} <= set(b.variant):
+        return None
+    return float(b[b.variant == variant].tokens_per_s.mean()
+                 / b[b.variant == "softmax"].tokens_per_s.mean())
+
+
+def studies_table(studies) -> list[dict]:
+    return [{"study": s.label, "data": s.data,
+             "model": Tex(f"{s.extra['n_layer']}$\\times${s.extra['n_embd']}, "
+                          f"{s.extra['n_head']}h, $T$ {s.extra['block_size']}"),
+             "params": _millions(s.params), "steps": fmt(s.steps),
+             "tokens/run": _millions(s.tokens), "seeds": fmt(s.seeds),
+             "variants": ", ".join(VARIANT_LABELS[v] for v in VARIANT_LABELS
+                                   if v in set(s.fin.variant))}
+            for s in studies]
+
+
+def synthesis(R) -> pd.Series:
+    """The abstract, the forest plot, the per-question paragraphs and the limitations."""
+    from .primary import margins
+    from .results import published_table
+    studies = studies_of(R)
+    n_ep = len(R.endpoints)
+    ratio = throughput_ratio(R)
+    text = abstract(studies, n_ep, ratio)
+    M = R.sections["synthesis"] = {
+        "Abstract": text, "AbstractWords": fmt(word_count(text)),
+        "Answer": Tex(answer_sentence(studies)),
+        "Limitations": limitations(studies, published_table(), margins(PRIMARY)),
+        "Confound": Tex(confound_sentence(studies)),
+        "NStudies": fmt(len(studies))}
+    if word_count(text) > ABSTRACT_MAX_WORDS:
+        print(f"warning: the abstract has {word_count(text)} words (at most "
+              f"{ABSTRACT_MAX_WORDS})")
+    for key, title, _ in QUESTIONS:
+        per_variant = []
+        variants = list(dict.fromkeys(v for s in studies for v in s.tests.other))
+        for v in variants:
+            s = question_sentence(studies, key, v, detail=True)
+            if s:
+                per_variant.append(f"{VARIANT_LABELS[v]}: {s}")
+        M[macro_name("Answer", key)] = Tex(". ".join(x[0].upper() + x[1:] for x in per_variant)
+                                           + ("." if per_variant else ""))
+    M["CostThroughput"] = Tex(
+        f"Training the main study's model, softmax1 ran at ${fmt(ratio, 3)}$ times softmax's "
+        "tokens per second (\\cref{sec:cost})." if ratio is not None else "")
+    R.table(studies_table(studies), "studies.tex", "l>{\\raggedright\\arraybackslash}p{2.5cm}lrrrr"
+            ">{\\raggedright\\arraybackslash}p{2.4cm}")
+    forest_figure(studies, lambda fig: R.figure(fig, "forest"))
+    return pd.Series(M)

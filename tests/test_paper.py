@@ -1,0 +1,177 @@
+"""The paper's framing and layout: verdicts that say when the baseline had nothing to fix, the
+permutation floor, an abstract of at most 200 words that covers every study and gives every
+inconclusive endpoint its direction, and the layout checks CI runs on the LaTeX log."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from offbyone.report.latex import GROUP, latex_table
+from offbyone.report.layout import abstract_words, overfull_boxes, source_problems
+from offbyone.report.primary import primary_rows, study_label
+from offbyone.report.stats import (NOTHING_TO_FIX, PRIMARY, exploratory_metrics,
+                                   permutation_floor, primary_tests)
+from offbyone.report.synthesis import (ABSTRACT_MAX_WORDS, Study, abstract, answer_sentence,
+                                       clause, standardised, word_count)
+from offbyone.pipeline import repo_root
+
+
+def _fin(n, base, other, metric="gap_W8A8"):
+    return pd.DataFrame([{"variant": v, "seed": s, metric: x[s]}
+                         for s in range(n) for v, x in (("softmax", base), ("softmax1", other))])
+
+
+def test_a_baseline_inside_the_margin_has_nothing_to_fix_not_equivalence():
+    rng = np.random.default_rng(0)
+    base = 0.0003 + rng.normal(0, 1e-4, 10)              # 30 times below the 0.01-nat margin
+    other = base + rng.normal(0, 1e-4, 10)
+    r = primary_tests(_fin(10, base, other), ["softmax1"]).iloc[0]
+    assert r.p_tost_holm < 0.05                           # a TOST would call it equivalent
+    assert r.verdict == NOTHING_TO_FIX
+    # a baseline with a gap to close keeps the equivalence verdict
+    r = primary_tests(_fin(10, base + 0.05, other + 0.05), ["softmax1"]).iloc[0]
+    assert r.verdict == "equivalent"
+    # and a variant that makes a small gap significantly worse is still 'higher'
+    r = primary_tests(_fin(10, base, base + 0.002 + rng.normal(0, 1e-4, 10)), ["softmax1"]).iloc[0]
+    assert r.verdict == "higher"
+    # no floor, no such verdict: kurtosis near its Gaussian value is not 'nothing to fix'
+    assert all(ep.floor is None for ep in PRIMARY if ep.scale == "log")
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6])
+def test_permutation_floor_is_the_smallest_p_scipy_gives(n):
+    d = np.arange(1.0, n + 1)                            # every difference positive
+    res = sps.permutation_test((d, np.zeros(n)), lambda x, y, axis=-1: np.mean(x - y, axis=axis),
+                               permutation_type="samples", vectorized=True, n_resamples=np.inf)
+    assert permutation_floor(n) == pytest.approx(res.pvalue)
+    assert permutation_floor(3) == 0.25
+
+
+def test_primary_tests_carry_the_floor_and_the_table_groups_them():
+    base = np.array([1.0, 1.1, 0.9])
+    tests = primary_tests(_fin(3, base, base - [0.1, 0.2, 0.15], "val_loss"), ["softmax1"])
+    assert tests.perm_floor.iloc[0] == 0.25 and tests.p_perm.iloc[0] >= 0.25
+    rows = primary_rows(tests, "natural text")
+    assert GROUP in rows[0] and "sign-flip floor $p = 0.25$" in rows[0][GROUP]
+    assert rows[1]["verdict"] == tests.verdict.iloc[0]
+
+
+def test_exploratory_never_repeats_a_primary_endpoint():
+    explore = exploratory_metrics(PRIMARY)
+    assert not {ep.metric for ep in PRIMARY} & set(explore)
+    assert "avg_kurtosis" in explore and "copy_loss" in explore
+
+
+def test_study_labels_name_the_testbed_as_such():
+    assert study_label("synthetic", 3000) == "testbed, 3,000 steps"
+    assert study_label("pypi") == "natural text"
+
+
+def test_group_rows_head_every_column(tmp_path):
+    latex_table([{GROUP: "a study"}, {"x": "1", "y": "2"}, {GROUP: "another"}, {"x": "3", "y": "4"}],
+                tmp_path / "t.tex")
+    text = (tmp_path / "t.tex").read_text()
+    assert "x & y \\\\" in text                            # the header from the first real row
+    assert text.count("\\multicolumn{2}{l}") == 2 and "\\emph{another}" in text
+
+
+# --- the abstract --------------------------------------------------------------------------
+def _row(metric, verdict, diff, lo, hi, scale="linear", base=0.5, n=5, unit=""):
+    r = {"metric": metric, "label": metric, "scale": scale, "margin": 0.01 if scale == "linear"
+         else math.log(1.25), "unit": unit, "other": "softmax1", "base": "softmax", "n": n,
+         "confidence": 0.95, "base_mean": base, "other_mean": base + diff, "diff": diff,
+         "ci_low": lo, "ci_high": hi, "p": 0.01, "p_holm": 0.03, "p_tost_holm": 0.2,
+         "verdict": verdict}
+    if scale == "log":
+        r.update(ratio=math.exp(diff), ratio_low=math.exp(lo), ratio_high=math.exp(hi))
+    return r
+
+
+def _studies():
+    text = pd.DataFrame([
+        _row("gap_W8A8", "lower", -0.005, -0.007, -0.003, base=0.012, unit="nats"),
+        _row("gap_W16A6", "inconclusive", -0.06, -0.12, 0.002, base=0.17, unit="nats"),
+        _row("max_kurtosis", "inconclusive", -0.05, -0.25, 0.14, "log"),
+        _row("max_inf_norm", "inconclusive", 0.07, -0.1, 0.23, "log"),
+        _row("first_position", "inconclusive", -0.01, -0.017, -0.005),
+        _row("val_loss", "inconclusive", 0.007, 0.002, 0.013, unit="nats")])
+    tb = pd.DataFrame([
+        _row("gap_W8A8", NOTHING_TO_FIX, 0.0001, -0.00003, 0.0003, base=0.0003, unit="nats"),
+        _row("gap_W16A6", NOTHING_TO_FIX, 0.0003, -0.0005, 0.001, base=0.005, unit="nats"),
+        _row("max_kurtosis", "inconclusive", 1.85, 0.64, 3.05, "log"),
+        _row("max_inf_norm", "equivalent", 0.05, -0.02, 0.12, "log"),
+        _row("first_position", "lower", -0.22, -0.24, -0.2, base=0.24),
+        _row("val_loss", "equivalent", 0.0002, -0.0002, 0.0007, unit="nats")])
+    fin = pd.DataFrame({"variant": ["softmax", "softmax1"], "seed": [0, 0]})
+    return [Study("main", "natural text", "on text", text, fin, 3, 800_000, 2_457_600, 600,
+                  "Shakespeare characters", "tab:primary"),
+            Study("long", "testbed, 3,000 steps", "at 3,000 steps", tb, fin, 5, 405_000,
+                  12_000_000, 3000, "synthetic Bigram-Backcopy", "tab:long")]
+
+
+def test_the_abstract_fits_covers_every_study_and_gives_directions():
+    studies = _studies()
+    text = abstract(studies, 6, 0.97)
+    assert word_count(text) <= ABSTRACT_MAX_WORDS
+    for s in studies:
+        assert s.where in text and s.data in text
+    # question, method and scale, the four answers, the title's question, in that order
+    order = [text.index(k) for k in ("Miller", "We train", "Attention sinks:", "Outliers:",
+                                     "Quantization:", "Cost:", "Is attention off by one?")]
+    assert order == sorted(order)
+    assert "estimate higher" in text                      # the kurtosis reversal has a direction
+    assert "nothing to fix at 3,000 steps" in text and "equivalent at 3,000 steps" in text
+    assert "0.97" in text
+
+
+def test_clauses_say_the_verdict_and_the_direction():
+    r = _row("max_kurtosis", "inconclusive", 1.85, 0.64, 3.05, "log")
+    assert clause(r, "at 3,000 steps").startswith("inconclusive at 3,000 steps (estimate higher")
+    r = _row("gap_W8A8", NOTHING_TO_FIX, 0.0001, -0.00003, 0.0003, base=0.0003, unit="nats")
+    assert clause(r, "on the testbed").startswith("nothing to fix on the testbed")
+    eff, lo, hi = standardised(_row("gap_W8A8", "lower", -0.005, -0.007, -0.003))
+    assert (eff, lo, hi) == pytest.approx((-0.5, -0.7, -0.3))
+
+
+def test_the_answer_is_chosen_by_the_verdicts():
+    studies = _studies()
+    a = answer_sentence(studies)
+    assert a.startswith("softmax1 shrinks the first-position sink at 3,000 steps")
+    assert "within a factor 1.25" in a and "narrows a quantization gap only on text" in a
+    for s in studies:                                     # no sink anywhere: said so
+        s.tests.loc[s.tests.metric == "first_position", "verdict"] = "inconclusive"
+    assert "does not measurably shrink the first-position sink" in answer_sentence(studies)
+
+
+def test_word_count_counts_numbers_and_not_commands():
+    # a, the number, b, the reference (one word), the number in scientific notation, c
+    assert word_count(r"a $-0.0056$ b \cref{tab:x} $2.8\times 10^{-6}$ c") == 6
+
+
+# --- layout ---------------------------------------------------------------------------------
+LOG = r"""(./generated/tables/primary.tex)
+Overfull \hbox (52.74304pt too wide) in paragraph at lines 1--192
+(./generated/tables/main.tex)
+Overfull \hbox (0.5pt too wide) in paragraph at lines 1--20
+"""
+
+
+def test_overfull_boxes_over_a_point_are_found_with_their_table():
+    found = overfull_boxes(LOG)
+    assert len(found) == 1 and "52.74304" in found[0] and "primary.tex" in found[0]
+
+
+def test_source_problems_catch_scaled_tables_and_floats_in_the_references():
+    bad = "\\resizebox{\\linewidth}{!}{x}\n\\bibliography{refs}"
+    problems = source_problems(bad)
+    assert any("resizebox" in p for p in problems) and any("FloatBarrier" in p for p in problems)
+    assert source_problems("% \\resizebox in a comment\n\\FloatBarrier\n\\bibliography{refs}") == []
+    # the paper itself
+    assert source_problems((repo_root() / "paper" / "main.tex").read_text()) == []
+
+
+def test_abstract_words_reads_the_macro():
+    assert abstract_words("\\newcommand{\\Abstract}{one two $3$}\n") == 3
+    assert abstract_words("\\newcommand{\\Other}{x}\n") is None
