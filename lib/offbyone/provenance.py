@@ -58,6 +58,11 @@ def changed_since(commit: str, paths=("lib", "configs"), exclude=()) -> list[str
     return [l for l in out.splitlines() if l.strip()]
 
 
+# code that never runs while a checkpoint is trained or measured: the report, the GPU check
+# and the offline bundle's builder; a change there does not make measured numbers stale
+NOT_MEASURING = ("lib/offbyone/report", "lib/offbyone/gpu_check.py", "lib/offbyone/bundle.py")
+
+
 def staleness_of(prov: dict) -> str:
     """staleness() of a results folder's provenance.json: of the commit that wrote it and of
     every commit that measured its checkpoints; '' when all of them had this checkout's code."""
@@ -65,7 +70,7 @@ def staleness_of(prov: dict) -> str:
     # that made the numbers, not the report's, so changes under lib/offbyone/report/ since
     # them do not make the numbers stale
     notes = [staleness(prov["commit"])]
-    notes += [staleness(c, exclude=("lib/offbyone/report",))
+    notes += [staleness(c, exclude=NOT_MEASURING)
               for c in dict.fromkeys(prov.get("measured_by", [])) if c != prov["commit"]]
     return next((n for n in notes if n), "")
 
