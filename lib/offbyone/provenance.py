@@ -58,7 +58,7 @@ def changed_since(commit: str, paths=("lib", "configs"), exclude=()) -> list[str
     return [l for l in out.splitlines() if l.strip()]
 
 
-# code that never runs while a checkpoint is trained or measured: the report, the GPU check
+# code that never runs while a checkpoint is trained or measured: the report, the GPU check,
 # the offline bundle's builder and this file (it records, it computes nothing); a change there
 # does not make measured numbers stale
 NOT_MEASURING = ("lib/offbyone/report", "lib/offbyone/gpu_check.py", "lib/offbyone/bundle.py",
