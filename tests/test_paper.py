@@ -175,3 +175,16 @@ def test_source_problems_catch_scaled_tables_and_floats_in_the_references():
 def test_abstract_words_reads_the_macro():
     assert abstract_words("\\newcommand{\\Abstract}{one two $3$}\n") == 3
     assert abstract_words("\\newcommand{\\Other}{x}\n") is None
+
+
+def test_limitations_state_the_scale_and_the_permutation_floor_from_the_numbers():
+    from offbyone.report.results import published_table
+    from offbyone.report.synthesis import limitations
+    studies = _studies()
+    text = limitations(studies, published_table())
+    assert "$0.25$ with 3 seeds" in text and "with 3 and 5 seeds only the $t$-test" in text
+    theirs = published_table().params_m.min() * 1e6
+    assert f"{round(theirs / 800_000):,}".replace(",", "{,}") in text
+    for s in studies:
+        s.seeds = 10
+    assert "only the $t$-test" not in limitations(studies, published_table())

@@ -18,7 +18,8 @@ import pandas as pd
 from . import figures as F
 from .latex import Tex, fmt, macro_name
 from .prose import _and, _fixed, p_value
-from .stats import NOTHING_TO_FIX, PRIMARY, VARIANT_LABELS, permutation_floor
+from .stats import (ALPHA, NOTHING_TO_FIX, PRIMARY, RATIO_MARGIN, VARIANT_LABELS,
+                    permutation_floor)
 
 ABSTRACT_MAX_WORDS = 200
 
@@ -413,27 +414,35 @@ def forest_figure(studies, path_saver, height: float = 3.25) -> None:
     path_saver(fig)
 
 
-def limitations(studies, published: pd.DataFrame, margins_text: str) -> Tex:
+def limitations(studies, published: pd.DataFrame) -> Tex:
     """The limits of what these studies can say, from their own numbers."""
     biggest = max(s.params for s in studies)
     theirs = published.params_m.astype(float) * 1e6
     lo, hi = theirs.min() / biggest, theirs.max() / biggest
     floors = sorted({(s.seeds, permutation_floor(s.seeds)) for s in studies})
     floor_text = _and([f"${fmt(p, 2)}$ with {n} seeds" for n, p in floors])
+    few = [n for n, p in floors if p >= ALPHA]
+    gap = next(ep for ep in PRIMARY if ep.metric == "gap_W8A8")
     out = [f"The largest model here has {_millions(biggest)} parameters, "
            f"{fmt(round(lo))} to {fmt(round(hi))} times fewer than the models in which the "
            "outliers were reported, and sees far fewer tokens; where the softmax baseline has "
            "little to fix, softmax1 cannot show a cure."
            ,
            f"Few seeds bound what the tests can show: the smallest $p$ the exact sign-flip test "
-           f"can give is {floor_text}, so with 3 seeds only the $t$-test can reach significance, and "
-           "an endpoint that is neither different nor equivalent is inconclusive, not evidence "
-           "of no effect.",
-           f"The equivalence margins ({margins_text}) are our own choice of the smallest change "
-           "that would matter (1\\% perplexity for a loss, a quarter for a magnitude), fixed "
-           "with the endpoints, not derived from a power analysis.",
+           f"can give is {floor_text}"
+           + (f", so with {_and([str(n) for n in few])} seeds only the $t$-test can reach "
+              "significance" if few else "")
+           + "; an endpoint that is neither different nor equivalent is inconclusive, not "
+             "evidence of no effect.",
+           f"The equivalence margins (\\cref{{sec:method}}) are our own choice of the smallest "
+           f"change that would matter (${fmt(gap.margin)}$ nats, {fmt(100 * (math.exp(gap.margin) - 1), 2)}\\% "
+           f"perplexity, for a loss or a gap; a factor ${fmt(RATIO_MARGIN)}$ for a magnitude), "
+           "fixed with the endpoints, not derived from a power analysis.",
            "The endpoints were declared after exploratory runs under an earlier, narrower "
            "quantization setup and before any run under the present one.",
+           "Variants that abstain leave mostly-zero head outputs, whose kurtosis is high without "
+           "any large value: kurtosis alone would mistake abstention for outliers, so it is read "
+           "beside the inf-norm.",
            "Quantization is simulated, per tensor, with no retraining."]
     return Tex(" ".join(out))
 
@@ -558,7 +567,6 @@ def studies_table(studies) -> list[dict]:
 
 def synthesis(R) -> pd.Series:
     """The abstract, the forest plot, the per-question paragraphs and the limitations."""
-    from .primary import margins
     from .results import published_table
     studies = studies_of(R)
     n_ep = len(R.endpoints)
@@ -567,7 +575,7 @@ def synthesis(R) -> pd.Series:
     M = R.sections["synthesis"] = {
         "Abstract": text, "AbstractWords": fmt(word_count(text)),
         "Answer": Tex(answer_sentence(studies)),
-        "Limitations": limitations(studies, published_table(), margins(PRIMARY)),
+        "Limitations": limitations(studies, published_table()),
         "Confound": Tex(confound_sentence(studies)),
         "NStudies": fmt(len(studies))}
     if word_count(text) > ABSTRACT_MAX_WORDS:
