@@ -95,3 +95,29 @@ def test_bad_measure_options():
         MeasureConfig.from_dict({"setup": "opt"})
     with pytest.raises(ConfigError, match="compare_legacy must be true or false"):
         MeasureConfig.from_dict({"compare_legacy": "yes"})
+
+
+def test_measure_groups_matches_the_sweep_and_is_skipped_unless_forced(checkpoints):
+    from offbyone.measure import groups_path, measure_groups
+    ckpt = checkpoints["sink"]
+    sweep_gap = {q["config"]: q["gap"] for q in measure(ckpt, SMALL, verbose=False)["quant"]}
+    r = measure_groups(ckpt, SMALL, settings=((8, 8),), verbose=False)
+    assert json.loads(groups_path(ckpt).read_text()) == r
+    whole = [x["gap"] for x in r["rows"] if x["mode"] == "all"]
+    # the same windows and calibration as measure: every group on is the sweep's own W8A8 gap
+    assert whole == pytest.approx([sweep_gap["W8A8"]], abs=1e-6)
+    modes = {x["mode"] for x in r["rows"]}
+    assert modes == {"only", "all but", "all", "none"}
+    mtime = groups_path(ckpt).stat().st_mtime_ns
+    measure_groups(ckpt, SMALL, settings=((8, 8),), verbose=False)
+    assert groups_path(ckpt).stat().st_mtime_ns == mtime
+    measure_groups(ckpt, SMALL, settings=((8, 8),), force=True, verbose=False)
+    assert groups_path(ckpt).stat().st_mtime_ns != mtime
+
+
+def test_groups_of_a_profile_need_its_checkpoints(tmp_path):
+    from offbyone.measure import main, profile_final_checkpoints
+    with pytest.raises(ConfigError, match="is missing: train the profile first"):
+        profile_final_checkpoints("smoke", runs_root=str(tmp_path))
+    with pytest.raises(SystemExit, match="--profile goes with --groups"):
+        main(["--profile", "smoke"])

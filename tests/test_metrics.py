@@ -141,3 +141,48 @@ def test_softmax1_abstention_with_zero_scores():
     # query t sees t + 1 keys with logit 0 and the sink's 0: abstains 1 / (t + 2)
     expected = sum(1 / (t + 2) for t in range(T)) / T
     assert st["mean_abstention"] == pytest.approx(expected, rel=1e-9)
+
+
+# --- magnitude beside kurtosis: measures that abstention cannot fool ---------------------------
+def test_active_kurtosis_is_pearsons_where_every_position_is_active():
+    from scipy import stats as sps
+    from offbyone.metrics import active_kurtosis
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 16, 8, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2, 8)
+    k, share = active_kurtosis(x)
+    for b in range(3):
+        assert k[b].item() == pytest.approx(sps.kurtosis(x[b].flatten().numpy(), fisher=False))
+    assert torch.all(share == 1)
+
+
+def test_abstaining_positions_raise_kurtosis_but_not_the_active_kurtosis_or_the_magnitude():
+    from offbyone.metrics import MAGNITUDE_QUANTILE, active_kurtosis
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 64, 16, generator=g, dtype=torch.float64)
+    k_before, _ = active_kurtosis(x)
+    sparse = x.clone()
+    sparse[:, ::4] = x[:, ::4]          # keep every 4th position, zero the rest (abstention)
+    sparse[:, [i for i in range(64) if i % 4]] = 0.0
+    flat = sparse.reshape(2, -1)
+    plain = ((flat - flat.mean(1, keepdim=True)) ** 4).mean(1) / flat.var(1, unbiased=False) ** 2
+    k_after, share = active_kurtosis(sparse)
+    assert torch.all(plain > 2.5 * k_before)                    # kurtosis counts the zeros
+    assert torch.allclose(share, torch.full((2,), 0.25, dtype=torch.float64))
+    # the active kurtosis is that of the kept positions alone
+    kept = x[:, ::4].reshape(2, -1)
+    ref = ((kept - kept.mean(1, keepdim=True)) ** 4).mean(1) / kept.var(1, unbiased=False) ** 2
+    assert torch.allclose(k_after, ref)
+    assert MAGNITUDE_QUANTILE == 0.9999
+
+
+def test_module_statistics_report_the_magnitude_quantile():
+    import numpy as np
+    from offbyone.metrics import _ActivationStats
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 32, 16, generator=g)
+    st = _ActivationStats()
+    st.update(x, {})
+    r = st.result()
+    ref = np.mean([np.quantile(np.abs(x[b].double().numpy()).ravel(), 0.9999) for b in range(4)])
+    assert r["p9999"] == pytest.approx(ref)
+    assert r["p9999"] <= r["inf_norm"] and r["active_share"] == pytest.approx(1.0)

@@ -188,3 +188,61 @@ def test_limitations_state_the_scale_and_the_permutation_floor_from_the_numbers(
     for s in studies:
         s.seeds = 10
     assert "only the $t$-test" not in limitations(studies, published_table())
+
+
+# --- which quantized tensor costs what (report/attribution.py) --------------------------------
+def _groups_frame():
+    rows = []
+    rng = np.random.default_rng(0)
+    for v, scores in (("softmax", 0.006), ("softmax1", 0.002)):
+        for seed in range(4):
+            w = 0.001
+            rows += [{"variant": v, "seed": seed, "setting": "W8A8", "group": "", "mode": m,
+                      "gap": g} for m, g in (("none", w), ("all", w + scores + 0.003))]
+            for g, cost in (("scores", scores), ("LayerNorm outputs", 0.003), ("q, k, v", 0.0002)):
+                c = cost + rng.normal(0, 1e-4)
+                rows += [{"variant": v, "seed": seed, "setting": "W8A8", "group": g,
+                          "mode": "only", "gap": w + c},
+                         {"variant": v, "seed": seed, "setting": "W8A8", "group": g,
+                          "mode": "all but", "gap": w + scores + 0.003 - c}]
+    return pd.DataFrame(rows)
+
+
+def test_attribution_names_the_groups_that_carry_each_gap():
+    from offbyone.report.attribution import carry_sentence, contributions, largest_difference, top_groups
+    c = contributions(_groups_frame())
+    assert c[c.group == "scores"].own.mean() == pytest.approx(0.004, abs=2e-4)
+    assert [g for g, _ in top_groups(c, "softmax", "W8A8")] == ["scores", "LayerNorm outputs"]
+    assert [g for g, _ in top_groups(c, "softmax1", "W8A8")] == ["LayerNorm outputs", "scores"]
+    text = carry_sentence(c, "On text")
+    assert text.startswith("On text at W8A8, softmax's gap") and "the scores" in text
+    best = largest_difference(c, "W8A8")
+    assert best["group"] == "scores" and best["diff"] == pytest.approx(-0.004, abs=3e-4)
+
+
+# --- kurtosis read with magnitude (report/magnitude.py) ----------------------------------------
+def test_kurtosis_and_magnitude_disagree_when_only_kurtosis_moves():
+    from offbyone.report.magnitude import agreement, log_ratio, sentence
+    rng = np.random.default_rng(4)
+    rows = []
+    for seed in range(5):
+        for v, kurt in (("softmax", 10.0), ("softmax1", 40.0)):
+            rows.append({"variant": v, "seed": seed,
+                         "max_kurtosis": kurt * np.exp(rng.normal(0, 0.05)),
+                         "max_active_kurtosis": kurt * np.exp(rng.normal(0, 0.05)),
+                         "max_p9999": 5 * np.exp(rng.normal(0, 0.05)),
+                         "max_inf_norm": 8 * np.exp(rng.normal(0, 0.05))})
+    fin = pd.DataFrame(rows)
+    ratios = {m: log_ratio(fin, m, "softmax1") for m in
+              ("max_kurtosis", "max_active_kurtosis", "max_p9999", "max_inf_norm")}
+    assert ratios["max_kurtosis"]["ratio"] == pytest.approx(4, rel=0.1)
+    # the geometric means and their ratio, as scipy's paired t-test on the logs gives them
+    a = np.log(fin[fin.variant == "softmax"].max_p9999.to_numpy())
+    b = np.log(fin[fin.variant == "softmax1"].max_p9999.to_numpy())
+    ci = sps.ttest_rel(b, a).confidence_interval()
+    assert ratios["max_p9999"]["ratio_low"] == pytest.approx(np.exp(ci.low))
+    assert agreement(ratios) == "disagree"
+    assert sentence(ratios, "On text").endswith("kurtosis and magnitude disagree.")
+    same = {m: ratios[m] for m in ("max_kurtosis", "max_active_kurtosis")}
+    same.update({m: ratios["max_kurtosis"] for m in ("max_p9999", "max_inf_norm")})
+    assert agreement(same) == "agree"

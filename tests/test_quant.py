@@ -238,3 +238,49 @@ def test_quantizer_before_calibration_says_how_to_calibrate(trained):
         quantize_model(model, QuantConfig())
     with pytest.raises(ValueError, match="calibrate with setup='fp32_head'"):
         quantize_model(model, QuantConfig(), ranges=calibrate_ranges(model, [x], setup="linear_inputs"))
+
+
+# --- which quantized tensor costs what (quant.group_gaps) -------------------------------------
+@pytest.mark.parametrize("attention,gate", [("softmax1", "none"), ("softmax", "gated")])
+def test_groups_cover_every_quantizer_exactly_once(attention, gate):
+    from offbyone.quant import GROUPS, POINTS, quantizer_groups
+    model = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                          attention=attention, gate=gate))
+    for setup in SETUPS:
+        groups = quantizer_groups(model, setup)
+        flat = [n for names in groups.values() for n in names]
+        assert sorted(flat) == sorted(quantizer_names(model, setup))
+        assert len(flat) == len(set(flat))
+    # every quantization point has one group
+    points = [p for ps in GROUPS.values() for p in ps]
+    assert sorted(points) == sorted(POINTS) and len(points) == len(set(points))
+
+
+def test_group_gaps_all_is_the_setting_and_none_is_the_weights(trained):
+    from offbyone.quant import group_cases, group_gaps, quantizer_groups
+    model, x, y = trained
+    calib = [x[:8], x[8:]]
+    rows = group_gaps(model, calib, x, y, settings=((8, 8), (16, 4)))
+    assert len(rows) == group_cases(model, ((8, 8), (16, 4)))
+    by = {(r["setting"], r["mode"], r["group"]): r["gap"] for r in rows}
+    full = {r["config"]: r["gap"] for r in sweep(model, calib, x, y, ((8, 8), (16, 4)))}
+    assert by[("W8A8", "all", "")] == pytest.approx(full["W8A8"], abs=1e-6)
+    assert by[("W16A4", "all", "")] == pytest.approx(full["W16A4"], abs=1e-6)
+    assert abs(by[("W16A4", "none", "")]) < 1e-4           # 16-bit weights: no error of their own
+    # 4-bit activations cost something, and some group carries most of it
+    groups = quantizer_groups(model)
+    only = {g: by[("W16A4", "only", g)] for g in groups}
+    assert by[("W16A4", "all", "")] > 0.05 and max(only.values()) > 0.01
+    # 'all but' the one group that costs most leaves less than everything
+    worst = max(only, key=only.get)
+    assert by[("W16A4", "all but", worst)] < by[("W16A4", "all", "")]
+
+
+def test_a_quantizer_switched_off_passes_its_input_through():
+    m = ActQuant(4)
+    m(torch.linspace(-1, 1, 100))
+    m.calibrating = False
+    x = torch.linspace(-1, 1, 7) * 0.37
+    assert not torch.equal(m(x), x)
+    m.enabled = False
+    assert torch.equal(m(x), x)

@@ -30,13 +30,14 @@ from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_
                       loss_by_class, loss_on, residual_peak, summarize_activations, token_classes,
                       weight_kurtosis, windowed_losses)
 from .provenance import provenance
-from .quant import DEFAULT_SWEEP, QuantConfig, sweep
+from .quant import DEFAULT_SWEEP, GROUP_SETTINGS, QuantConfig, group_cases, group_gaps, sweep
 from .tokens import TokenData
 
 RESULTS_FORMAT = "offbyone-metrics"
-RESULTS_VERSION = 6   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data;
+RESULTS_VERSION = 7   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data;
 #                       5: the anchor's quantization setup and module set, first position t >= 1;
 #                       6: the first-position residual peak, inf-norm without the last residual
+#                       7: the 99.99th percentile of |x| and kurtosis over active positions
 
 
 @dataclass
@@ -56,6 +57,8 @@ class MeasureConfig:
     windows: tuple = (16, 32, 64)  # sliding-window evaluation (final checkpoint): window sizes
     keeps: tuple = (0, 1, 2, 4)    # ... and initial positions kept visible
     seed: int = 0                # the fixed evaluation windows: the same for every checkpoint
+    groups: bool = False         # at the final checkpoint, also which quantized tensor costs
+                                 # what (measure_groups: <checkpoint>.groups.json)
     threads: int = 0
     device: str = "auto"         # auto (cuda, mps, cpu), or one of them
 
@@ -252,6 +255,91 @@ def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device,
     return rows
 
 
+GROUPS_VERSION = 1
+
+
+def groups_path(checkpoint) -> Path:
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".groups.json")
+
+
+def measure_groups(checkpoint, config: MeasureConfig | dict | None = None, force: bool = False,
+                   settings=GROUP_SETTINGS, verbose: bool = True) -> dict:
+    """Which quantized tensor costs what (`quant.group_gaps`) at one checkpoint, on the same
+    validation windows and calibration batches as `measure`; written to
+    `<checkpoint>.groups.json` (skipped when it is there, of this version and config)."""
+    mc = MeasureConfig.from_dict(config) if isinstance(config, dict) else (config or MeasureConfig())
+    out = groups_path(checkpoint)
+    key = {"version": GROUPS_VERSION, "measure_config": _jsonable(asdict(mc)),
+           "settings": [list(x) for x in settings]}
+    if not force:
+        try:
+            old = json.loads(out.read_text())
+            if (old.get("version") == key["version"] and old.get("settings") == key["settings"]
+                    and _groups_options(old.get("measure_config")) ==
+                    _groups_options(key["measure_config"])):
+                if verbose:
+                    print(f"{out} exists; skipping (force to measure again)")
+                return old
+        except (OSError, json.JSONDecodeError):
+            pass
+    t0 = time.perf_counter()
+    if mc.threads:
+        torch.set_num_threads(mc.threads)
+    device = pick_device(mc.device)
+    model, state = load_model(checkpoint)
+    model = model.float().eval().to(device)
+    cfg, data = state["config"], _data_for(state)
+    T, bos = model.config.block_size, cfg["bos"]
+    val = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
+    g = torch.Generator().manual_seed(mc.seed + 2)            # measure's calibration batches
+    calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
+             for _ in range(mc.calib_batches)]
+    from tqdm.auto import tqdm
+    with tqdm(total=group_cases(model, settings, mc.setup), desc=f"groups {Path(checkpoint).parent.name}",
+              disable=not verbose, leave=False) as bar:
+        rows = group_gaps(model, calib, *val, settings=settings, progress=bar, setup=mc.setup,
+                          weight_granularity=mc.weight_granularity,
+                          weight_method=mc.weight_method, act_method=mc.act_method)
+    wall = time.perf_counter() - t0
+    results = {**key, "format": RESULTS_FORMAT, "checkpoint": str(checkpoint),
+               "variant": cfg["attention"], "seed": cfg["seed"], "step": state["step"],
+               "max_steps": cfg["max_steps"], "rows": rows,
+               "provenance": {**provenance(device), "wall_s": wall}}
+    write_json(out, results)
+    if verbose:
+        print(f"wrote {out} in {wall:.1f}s")
+    return results
+
+
+def _groups_options(d: dict | None) -> dict | None:
+    """The measurement options that change group_gaps' numbers (not the threads, not the
+    switch that asks for it, not the sweep's own bit widths or windows)."""
+    if d is None:
+        return None
+    same = ("loss_seqs", "calib_batches", "calib_batch_size", "setup", "weight_granularity",
+            "weight_method", "act_method", "seed", "device")
+    return {k: d.get(k, getattr(MeasureConfig, k, None)) for k in same}
+
+
+def profile_final_checkpoints(profile: str, runs_root: str = "runs") -> list[tuple[Path, dict]]:
+    """(final checkpoint, the profile's measure options) of every run of `profile` and of its
+    testbed; a missing one is refused by name."""
+    from .pipeline import load_profile, run_config, run_dir, runs
+    prof = load_profile(profile)
+    out = []
+    for name in [profile] + ([prof["testbed"]] if prof.get("testbed") else []):
+        p = load_profile(name)
+        for v, seed in runs(name):
+            steps = run_config(name, v, seed).max_steps
+            ckpt = run_dir(name, v, seed, runs_root) / f"ckpt_{steps:06d}.pt"
+            if not ckpt.exists():
+                raise ConfigError(f"{ckpt} is missing: train the profile first "
+                                  f"(make reproduce PROFILE={profile})")
+            out.append((ckpt, p.get("measure") or {}))
+    return out
+
+
 def _data_summary(data: TokenData, cfg: dict) -> dict:
     """The prepared corpus the checkpoint was measured on, and whether it was a fallback."""
     return {"dir": str(data.dir), "tokenizer": data.meta.get("tokenizer"),
@@ -270,8 +358,14 @@ def _jsonable(d):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Measure outliers, sinks and quantization of checkpoints.")
-    ap.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt)")
+    ap.add_argument("checkpoints", nargs="*", help="checkpoint files (.pt)")
+    ap.add_argument("--profile", help="with --groups: the final checkpoint of every run of this "
+                                      "profile and of its testbed, with the profile's measure "
+                                      "options")
     ap.add_argument("--force", action="store_true", help="measure again even if done")
+    ap.add_argument("--groups", action="store_true",
+                    help="which quantized tensor costs what (quant.group_gaps) instead of the "
+                         "measurements: <checkpoint>.groups.json")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help=f"measurement options: {', '.join(f.name for f in fields(MeasureConfig))}")
     args = ap.parse_args(argv)
@@ -279,8 +373,18 @@ def main(argv=None):
         overrides = parse_overrides(args.set, MeasureConfig.keys(), "measurement",
                                     list_keys=("windows", "keeps"))
         mc = MeasureConfig.from_dict(overrides)
+        if args.profile:
+            if not args.groups:
+                raise ConfigError("--profile goes with --groups (measure a profile's runs with "
+                                  "make reproduce)")
+            jobs = profile_final_checkpoints(args.profile)
+            for ckpt, prof_mc in jobs:
+                measure_groups(ckpt, {**prof_mc, **overrides}, force=args.force)
+            return
+        if not args.checkpoints:
+            raise ConfigError("name checkpoints, or --groups --profile NAME")
         for ckpt in args.checkpoints:
-            measure(ckpt, mc, force=args.force)
+            (measure_groups if args.groups else measure)(ckpt, mc, force=args.force)
     except (ConfigError, CheckpointError, CorpusError, DeviceError) as e:
         sys.exit(f"error: {e}")
 

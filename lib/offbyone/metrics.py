@@ -35,6 +35,14 @@ SINK_T = 64
 DELIMITERS = set(string.whitespace) | set(string.punctuation)
 # Bondarenko et al.'s ACT_KEYS, in this model's names: per layer and the final LayerNorm
 ANCHOR_KINDS = ("ln_1", "attn_proj", "ln_2", "mlp_out", "resid", "ln_f")
+# Magnitude beside kurtosis: the 99.99th percentile of |x| per sequence (what a quantization
+# range sees, without the single largest value), and kurtosis over the active positions only:
+# those whose output vector's L2 norm is at least ACTIVE_FRACTION of the sequence's
+# root-mean-square position norm. A head that abstains writes (near) zero at whole positions; those positions
+# pile up at 0 and raise kurtosis without any large value, so the active kurtosis leaves them
+# out (positions, not single values: dropping small values would itself fatten the tails).
+MAGNITUDE_QUANTILE = 0.9999
+ACTIVE_FRACTION = 0.05
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +107,24 @@ def module_kind(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def active_kurtosis(x: torch.Tensor, fraction: float = ACTIVE_FRACTION):
+    """Per sequence of x (B, T, d): Pearson's kurtosis over the values at the active positions
+    (L2 norm at least `fraction` of the sequence's root-mean-square position norm: a median
+    would be 0 once most positions abstain), and the share of positions that are active.
+    Float64 throughout."""
+    x = _wide(x)
+    norms = x.norm(dim=-1)                                          # (B, T)
+    rms = norms.pow(2).mean(dim=1, keepdim=True).sqrt()
+    active = norms >= fraction * rms
+    w = active.unsqueeze(-1).expand_as(x).to(x.dtype)               # (B, T, d)
+    n = w.sum((1, 2)).clamp(min=1)
+    mean = (x * w).sum((1, 2)) / n
+    c = (x - mean[:, None, None]) * w
+    var = c.pow(2).sum((1, 2)) / n
+    k = (c.pow(4).sum((1, 2)) / n) / (var.pow(2) + KURTOSIS_EPS)
+    return k, active.to(x.dtype).mean(1)
+
+
 class _ActivationStats:
     """Streaming per-module statistics of (B, T, d) outputs."""
 
@@ -107,6 +133,9 @@ class _ActivationStats:
         self.kurt_sum = 0.0
         self.inf_sum = 0.0
         self.max_abs = 0.0
+        self.q_sum = 0.0                     # the per-sequence 99.99th percentile of |x|
+        self.active_kurt_sum = 0.0           # kurtosis over the active positions
+        self.active_share_sum = 0.0
         self.n_values = 0
         self.n_outliers = 0
         self.out_class = defaultdict(int)
@@ -124,6 +153,10 @@ class _ActivationStats:
         self.kurt_sum += (c.pow(4).mean(1) / (var.pow(2) + KURTOSIS_EPS)).sum().item()
         self.inf_sum += flat.abs().amax(1).sum().item()
         self.max_abs = max(self.max_abs, flat.abs().max().item())
+        self.q_sum += torch.quantile(flat.abs(), MAGNITUDE_QUANTILE, dim=1).sum().item()
+        k, share = active_kurtosis(x)
+        self.active_kurt_sum += k.sum().item()
+        self.active_share_sum += share.sum().item()
         self.n_seq += B
         self.n_values += flat.numel()
         out = (c.abs() > OUTLIER_SIGMAS * var.sqrt().unsqueeze(1)).reshape(B, T, d)
@@ -142,6 +175,9 @@ class _ActivationStats:
             counts, idx = self.dim_counts.topk(min(top_dims, len(self.dim_counts)))
             top = [[int(i), int(c)] for i, c in zip(idx, counts) if c > 0]
         return {"kurtosis": self.kurt_sum / self.n_seq, "inf_norm": self.inf_sum / self.n_seq,
+                "p9999": self.q_sum / self.n_seq,
+                "active_kurtosis": self.active_kurt_sum / self.n_seq,
+                "active_share": self.active_share_sum / self.n_seq,
                 "max_abs": self.max_abs, "n_outliers": self.n_outliers,
                 "outlier_rate": self.n_outliers / max(self.n_values, 1),
                 "outlier_share_pos0": self.out_pos0 / n if self.n_outliers else None,
@@ -192,7 +228,11 @@ def summarize_activations(modules: dict) -> dict:
             return sum((modules[n][key] or 0) * modules[n]["n_outliers"] for n in names) / n_out
         imax = max(range(len(names)), key=lambda i: k[i])
         jmax = max(range(len(names)), key=lambda i: inf[i])
+        q = [modules[n].get("p9999", float("nan")) for n in names]
+        ak = [modules[n].get("active_kurtosis", float("nan")) for n in names]
         return {"avg_kurtosis": sum(k) / len(k), "max_kurtosis": k[imax],
+                "max_p9999": max(q), "max_active_kurtosis": max(ak),
+                "avg_active_kurtosis": sum(ak) / len(ak),
                 "max_kurtosis_module": names[imax], "max_inf_norm": inf[jmax],
                 "max_inf_norm_module": names[jmax],
                 "avg_inf_norm": sum(inf) / len(inf), "n_outliers": n_out,

@@ -145,6 +145,7 @@ class ActQuant(nn.Module):
         _check_choice("activation range method", method, ("minmax", "percentile"))
         self.bits, self.method, self.percentile = bits, method, percentile
         self.calibrating = True
+        self.enabled = True          # False: a frozen quantizer passes its input through (groups)
         self.register_buffer("lo", torch.tensor(float("nan")))
         self.register_buffer("hi", torch.tensor(float("nan")))
 
@@ -176,6 +177,8 @@ class ActQuant(nn.Module):
             else:
                 self.lo.mul_(MOMENTUM).add_((1 - MOMENTUM) * lo)
                 self.hi.mul_(MOMENTUM).add_((1 - MOMENTUM) * hi)
+            return x
+        if not self.enabled:
             return x
         scale, zero, qmin, qmax = self.qparams()
         return quantize(x, scale.to(x.dtype), zero.to(x.dtype), qmin, qmax)
@@ -336,3 +339,85 @@ def sweep(model, calib_batches: list, eval_x: torch.Tensor, eval_y: torch.Tensor
                      "loss": loss, "ppl": float(torch.tensor(loss).exp()), "fp_loss": fp_loss,
                      "gap": loss - fp_loss})
     return rows
+
+
+# --- which quantized tensor costs what --------------------------------------------------------
+# The activation quantizers grouped by the kind of tensor they sit on; every point of every setup
+# belongs to exactly one group (tests check that the groups cover each quantizer once).
+GROUPS = {
+    "embeddings": ("embed",),
+    "LayerNorm outputs": ("ln_1", "ln_2", "ln_f"),
+    "q, k, v": ("q", "k", "v"),
+    "scores": ("scores",),
+    "attention probabilities": ("probs",),
+    "context": ("context", "attn_out"),
+    "output projection": ("attn_proj",),
+    "residual sums": ("mid", "resid"),
+    "MLP hidden": ("mlp_hidden",),
+    "MLP output": ("mlp_out",),
+}
+# (wbits, abits) of the attribution: the paper's W8A8, the activation-only W16A6 and W16A4
+GROUP_SETTINGS = ((8, 8), (16, 6), (16, 4))
+GROUP_MODES = ("only", "all but", "all", "none")
+
+
+def quantizer_point(name: str) -> str:
+    """The quantization point ('q', 'ln_f', ...) of a quantizer named by its module path."""
+    for point, (where, path) in POINTS.items():
+        if name == path if where == "model" else (
+                name.startswith("blocks.") and name.split(".", 2)[2] == path):
+            return point
+    raise ValueError(f"{name!r} is no quantization point (valid: {', '.join(POINTS)})")
+
+
+def quantizer_groups(model, setup: str = DEFAULT_SETUP) -> dict[str, list[str]]:
+    """{group: the names of its quantizers} for `model` under `setup` (empty groups left out)."""
+    point_group = {p: g for g, points in GROUPS.items() for p in points}
+    out: dict[str, list[str]] = {}
+    for name in quantizer_names(model, setup):
+        out.setdefault(point_group[quantizer_point(name)], []).append(name)
+    return out
+
+
+def set_enabled(q: nn.Module, enabled, setup: str = DEFAULT_SETUP) -> None:
+    """Switch the activation quantizers of a quantized model on or off: `enabled` is a set of
+    quantizer names (on), the rest pass their input through; the weights stay quantized."""
+    for name, m in _quantizers(q, setup).items():
+        m.enabled = name in enabled
+
+
+def group_gaps(model, calib_batches: list, eval_x: torch.Tensor, eval_y: torch.Tensor,
+               settings=GROUP_SETTINGS, fp_loss: float | None = None, progress=None,
+               **qkw) -> list[dict]:
+    """For each setting and each group of activation quantizers: the gap to full precision
+    with only that group's activations quantized ('only') and with every group's but that one
+    ('all but'); and per setting the gap with every group ('all', the setting's own gap) and
+    with none ('none': the weights' own gap, 0 when they keep 16 bits). Weights are quantized
+    at the setting's width in every mode. One calibration serves every setting."""
+    if fp_loss is None:
+        fp_loss = loss_on(model, eval_x, eval_y)
+    base = QuantConfig(**qkw)
+    ranges = calibrate_ranges(model, calib_batches, base.act_method, base.setup)
+    rows = []
+    for wb, ab in settings:
+        qc = QuantConfig(wbits=wb, abits=ab, **qkw)
+        q = quantize_model(model, qc, ranges=ranges)
+        groups = quantizer_groups(q, qc.setup)
+        every = [n for names in groups.values() for n in names]
+        cases = [("all", None, every), ("none", None, [])]
+        cases += [(mode, g, names if mode == "only" else [n for n in every if n not in names])
+                  for g, names in groups.items() for mode in ("only", "all but")]
+        for mode, group, on in cases:
+            set_enabled(q, set(on), qc.setup)
+            loss = loss_on(q, eval_x, eval_y)
+            rows.append({"setting": qc.name, "wbits": wb, "abits": ab, "group": group or "",
+                         "mode": mode, "quantizers": len(on), "loss": loss,
+                         "fp_loss": fp_loss, "gap": loss - fp_loss})
+            if progress is not None:
+                progress.update(1)
+    return rows
+
+
+def group_cases(model, settings=GROUP_SETTINGS, setup: str = DEFAULT_SETUP) -> int:
+    """How many quantized evaluations group_gaps runs (for a progress bar)."""
+    return len(settings) * (2 + 2 * len(quantizer_groups(model, setup)))

@@ -71,8 +71,14 @@ def _row(r: dict, profile: str) -> dict:
     for q in r["quant"]:
         row[f"gap_{q['config']}"] = q["gap"]
         row[f"loss_{q['config']}"] = q["loss"]
+    # magnitude beside kurtosis (results version 7): the 99.99th percentile of |x| and the
+    # kurtosis over active positions, over the anchor's modules and per module kind
+    row.update(max_p9999=a.get("max_p9999"), max_active_kurtosis=a.get("max_active_kurtosis"),
+               avg_active_kurtosis=a.get("avg_active_kurtosis"))
     for kind, agg in by.items():
         row[f"inf_norm_{kind}"] = agg["max_inf_norm"]
+        row[f"p9999_{kind}"] = agg.get("max_p9999")
+        row[f"active_kurtosis_{kind}"] = agg.get("max_active_kurtosis")
         row[f"kurtosis_{kind}"] = agg["max_kurtosis"]
     return row
 
@@ -121,6 +127,26 @@ def collect(profile: str, runs_root: str = "runs") -> pd.DataFrame:
     rows = [_row(read_results(f), profile)
             for _, _, files in measured_files(profile, runs_root) for f in files]
     return pd.DataFrame(rows).sort_values(["variant", "seed", "step"]).reset_index(drop=True)
+
+
+def quant_groups(profile: str, runs_root: str = "runs") -> pd.DataFrame:
+    """Which quantized tensor costs what (measure.measure_groups) at the final checkpoint of
+    every run that has it: one row per (variant, seed, setting, group, mode). Empty when no run
+    was measured so (the profile's measure options leave `groups` off)."""
+    rows = []
+    for v, s, files in measured_files(profile, runs_root):
+        if not files:
+            continue
+        final_file = max(files, key=lambda f: f.name)          # ckpt_<step>, zero-padded
+        path = final_file.with_name(final_file.name.replace(".metrics.json", ".groups.json"))
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        rows += [{"profile": profile, "variant": v, "seed": s, "step": r["step"],
+                  **{k: row[k] for k in ("setting", "wbits", "abits", "group", "mode",
+                                         "quantizers", "loss", "fp_loss", "gap")},
+                  "git_sha": r["provenance"].get("git_sha")} for row in r["rows"]]
+    return pd.DataFrame(rows)
 
 
 def bos_curve(profile: str, runs_root: str = "runs") -> pd.DataFrame:

@@ -13,6 +13,8 @@ sentences together) and is called through a method here:
     ablation   one recipe change
     testbed    the synthetic testbed
     peak       Guo et al.'s first-position residual peak
+    attribution  which quantized tensor costs what
+    magnitude  kurtosis read with magnitude; the weight on the implicit zero per head
     baseline   the signs the softmax baseline shows
     synthesis  the abstract, the forest plot, one paragraph per question, the limitations
 
@@ -29,7 +31,7 @@ from ..measure import MeasureConfig
 from ..metrics import uniform_first_position_mass
 from ..pipeline import load_profile, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
-from . import ablation, baseline, overview, window
+from . import ablation, attribution, baseline, magnitude, overview, window
 from . import figures as F
 from . import long as long_section
 from . import primary as primary_section
@@ -225,6 +227,16 @@ class Report:
         M = self.sections["peak"] = peak_section(self)
         return pd.Series(M, dtype=object)
 
+    def magnitude(self) -> pd.Series:
+        """Kurtosis read with magnitude, and the weight on the implicit zero per head
+        (report/magnitude.py)."""
+        return magnitude.magnitude(self)
+
+    def attribution(self) -> pd.Series:
+        """Which quantized tensor costs what, where the final checkpoints were measured so
+        (report/attribution.py)."""
+        return attribution.attribution(self)
+
     def disease(self) -> pd.DataFrame:
         """Does the softmax baseline show what softmax1 is meant to cure? (report/baseline.py)"""
         return baseline.baseline(self)
@@ -239,8 +251,10 @@ class Report:
         means and effects, provenance and timings, then each section's macros."""
         M = {**self._profile_macros(), **self._result_macros(), **self._provenance_macros()}
         M["HasPeak"] = "0"                       # unless the peak section ran and found one
+        M["HasGroups"] = "0"                     # unless some final checkpoint was measured so
+        M["HasMagnitude"] = M["HasAbstentionTable"] = "0"    # unless measured (version 7 on)
         for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak",
-                     "synthesis"):
+                     "attribution", "magnitude", "synthesis"):
             M.update(self.sections.get(name, {}))
         self._derived("macros.json", write_json, M)
         write_macros(M, self.gen / "macros.tex")     # written last: the Makefile's target

@@ -1,0 +1,156 @@
+"""Which quantized tensor costs what: the activation quantizers grouped by tensor kind
+(`quant.GROUPS`), each group quantized alone and all groups but it, at the final checkpoints
+(`measure.measure_groups`, written to results/<profile>/quant_groups.csv and, for the testbed,
+testbed_quant_groups.csv). A group's own cost is its 'only' gap minus the weights' own gap
+('none'). Exploratory throughout: paired by seed, uncorrected.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..io import write_csv
+from . import figures as F
+from .latex import Tex, fmt
+from .prose import _and, effect_sentence
+from .results import quant_groups, read_csv
+from .stats import VARIANT_LABELS, paired_difference
+
+SETTINGS = ("W8A8", "W16A6", "W16A4")
+HEADLINE = ("W8A8", "W16A4")        # the settings the prose names
+
+
+def load(R, name: str, profile: str | None) -> pd.DataFrame:
+    """results/<profile>/<name>.csv from the runs (written when they have any) or read back;
+    empty when neither exists."""
+    path = R.resdir / f"{name}.csv"
+    if profile and R.from_runs:
+        df = quant_groups(profile, R.runs_root)
+        if len(df):
+            write_csv(path, df)
+            return df
+    return read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def contributions(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, seed, setting, group): the gap with the group alone minus the weights' own
+    gap ('own'), the gap with every group but it ('all_but'), and the setting's whole gap."""
+    key = ["variant", "seed", "setting"]
+    none = df[df["mode"] == "none"].set_index(key).gap.rename("weights")
+    whole = df[df["mode"] == "all"].set_index(key).gap.rename("whole")
+    only = df[df["mode"] == "only"].set_index(key + ["group"]).gap.rename("only")
+    but = df[df["mode"] == "all but"].set_index(key + ["group"]).gap.rename("all_but")
+    out = pd.concat([only, but], axis=1).reset_index()
+    out = out.join(none, on=key).join(whole, on=key)
+    out["own"] = out["only"] - out["weights"]
+    return out
+
+
+def top_groups(c: pd.DataFrame, variant: str, setting: str, k: int = 2) -> list[tuple]:
+    """The k groups whose own cost (mean over seeds) is largest: (group, mean own cost)."""
+    sub = c[(c.variant == variant) & (c.setting == setting)]
+    means = sub.groupby("group").own.mean().sort_values(ascending=False)
+    return list(means.head(k).items())
+
+
+def carry_sentence(c: pd.DataFrame, where: str) -> str:
+    """'On text at W8A8, softmax's gap (0.012 nats, of which the weights 0.002) comes mostly
+    from the scores (0.0047 alone) and the LayerNorm outputs (0.0010); softmax1's ...'."""
+    out = []
+    for setting in [s for s in HEADLINE if s in set(c.setting)]:
+        parts = []
+        for v in [v for v in VARIANT_LABELS if v in set(c.variant)]:
+            sub = c[(c.variant == v) & (c.setting == setting)]
+            whole = sub.groupby("seed").whole.first().mean()
+            weights = sub.groupby("seed").weights.first().mean()
+            tops = top_groups(c, v, setting)
+            parts.append(f"{VARIANT_LABELS[v]}'s gap (${fmt(whole, 2)}$ nats, the weights alone "
+                         f"${fmt(weights, 2)}$) comes mostly from "
+                         + _and([f"the {g} (${fmt(x, 2)}$ alone)" for g, x in tops]))
+        out.append(f"{where} at {setting}, " + "; ".join(parts) + ".")
+    return " ".join(out)
+
+
+def largest_difference(c: pd.DataFrame, setting: str, other: str = "softmax1") -> dict | None:
+    """Of every group, the paired difference (other minus softmax, own cost) with the smallest
+    uncorrected p; exploratory."""
+    best = None
+    sub = c[c.setting == setting]
+    for g in dict.fromkeys(sub.group):
+        r = paired_difference(sub[sub.group == g], "own", other)
+        if r["n"] > 1 and r["p"] == r["p"] and (best is None or r["p"] < best[1]["p"]):
+            best = (g, r)
+    if best is None:
+        return None
+    return {"group": best[0], **best[1]}
+
+
+def differences(c: pd.DataFrame) -> pd.DataFrame:
+    """Every group's paired difference of own cost against softmax, per setting (exploratory)."""
+    rows = []
+    for setting in dict.fromkeys(c.setting):
+        sub = c[c.setting == setting]
+        for other in [v for v in dict.fromkeys(sub.variant) if v != "softmax"]:
+            for g in dict.fromkeys(sub.group):
+                rows.append({"setting": setting, "group": g,
+                             **paired_difference(sub[sub.group == g], "own", other)})
+    return pd.DataFrame(rows)
+
+
+def figure(R, studies: list[tuple[str, pd.DataFrame]]) -> None:
+    settings = [s for s in SETTINGS if any(s in set(c.setting) for _, c in studies)]
+    fig, axes = F.plt.subplots(len(studies), len(settings), squeeze=False, sharey=True,
+                               figsize=(7.2, 2.6 * len(studies) + 0.4))
+    for (label, c), row in zip(studies, axes):
+        V = [v for v in VARIANT_LABELS if v in set(c.variant)]
+        groups = list(dict.fromkeys(c.group))
+        for ax, setting in zip(row, settings):
+            sub = c[c.setting == setting]
+            h = 0.8 / len(V)
+            for i, v in enumerate(V):
+                m = sub[sub.variant == v].groupby("group").own
+                y = [j + (i - (len(V) - 1) / 2) * h for j in range(len(groups))]
+                ax.barh(y, [m.mean().get(g, 0) for g in groups], h,
+                        xerr=[m.std().fillna(0).get(g, 0) for g in groups], capsize=1.5,
+                        color=F.COLORS[v], label=VARIANT_LABELS[v], error_kw={"lw": 0.6})
+            ax.set_yticks(range(len(groups)), groups)
+            ax.invert_yaxis()
+            ax.set_xscale("symlog", linthresh=0.001)
+            ax.xaxis.set_major_formatter(F.matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.axvline(0, color="k", lw=0.5)
+            ax.tick_params(labelsize=7)
+            ax.set_title(f"{label}: {setting}", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("own cost (nats)", fontsize=7.5)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    R.figure(fig, "attribution")
+
+
+def attribution(R) -> pd.Series:
+    main = load(R, "quant_groups", R.profile)
+    tb = load(R, "testbed_quant_groups", R.prof.get("testbed"))
+    studies = [(lab, contributions(df)) for lab, df in ((R.study_label, main), ("testbed", tb))
+               if len(df)]
+    M = R.sections["attribution"] = {"HasGroups": "1" if studies else "0"}
+    if not studies:
+        return pd.Series(M)
+    wheres = {R.study_label: "On text" if R.study_label == "natural text" else
+              f"On the {R.study_label}", "testbed": "On the testbed"}
+    text, diffs = [], []
+    for label, c in studies:
+        text.append(carry_sentence(c, wheres[label]))
+        d = differences(c).assign(study=label)
+        diffs.append(d)
+        for setting in [s for s in HEADLINE if s in set(c.setting)]:
+            best = largest_difference(c, setting)
+            if best:
+                text.append(f"{wheres[label]} at {setting}, the group where softmax1's own cost "
+                            f"differs most from softmax's is the {best['group']}: "
+                            + effect_sentence(best, f"own cost of the {best['group']} (nats)")
+                            + ".")
+    R.derived("quant_groups_differences.csv", pd.concat(diffs, ignore_index=True))
+    figure(R, studies)
+    M["AttributionText"] = Tex(" ".join(text))
+    M["GroupSettings"] = ", ".join(s for s in SETTINGS if any(s in set(c.setting)
+                                                                for _, c in studies))
+    return pd.Series(M)
