@@ -144,8 +144,8 @@ def attribution(R) -> pd.Series:
         for setting in [s for s in HEADLINE if s in set(c.setting)]:
             best = largest_difference(c, setting)
             if best:
-                text.append(f"{wheres[label]} at {setting}, the group where softmax1's own cost "
-                            f"differs most from softmax's is the {best['group']}: "
+                text.append(f"{wheres[label]} at {setting}, the group whose paired difference "
+                            f"from softmax has the smallest uncorrected $p$ is the {best['group']}: "
                             + effect_sentence(best, f"own cost of the {best['group']} (nats)")
                             + ".")
     R.derived("quant_groups_differences.csv", pd.concat(diffs, ignore_index=True))
