@@ -19,10 +19,11 @@ def git_sha(short: bool = False) -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
-        # results/ holds data the pipeline itself rewrites (committed results being refreshed):
-        # only changes to anything else make the code that produces numbers "dirty"
+        # results/ holds data the pipeline itself rewrites (committed results being refreshed),
+        # and Markdown files (README, LOG) are prose: only changes to anything else make the
+        # code that produces numbers "dirty"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":(exclude)results"],
+                                ".", ":(exclude)results", ":(exclude)*.md"],
                                cwd=root, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
