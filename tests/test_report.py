@@ -208,6 +208,10 @@ def test_elapsed_time_spans_the_notebooks_that_ran_at_once():
                            {"stage": "measure", "target": "c", "seconds": 3.0, "end": 115.0},
                            {"stage": "report", "target": "d", "seconds": 9.0, "end": 5000.0}])
     assert _elapsed(stages) == pytest.approx(15.0)
+    # a measurement rerun an hour later: its 3 s count, the idle hour between does not
+    later = pd.concat([stages, pd.DataFrame([{"stage": "measure", "target": "e", "seconds": 3.0,
+                                              "end": 3715.0}])])
+    assert _elapsed(later) == pytest.approx(18.0)
     assert _elapsed(stages.drop(columns="end")) is None       # timings from before the field
     assert _elapsed(stages.assign(end=float("nan"))) is None
 

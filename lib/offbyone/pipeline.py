@@ -356,8 +356,8 @@ def results_provenance(profile: str, results_dir: str = "results") -> str:
             f"{p['commit'][:10]} on {p['machine'].get('device_name', '?')} (torch {p['torch']}"
             + (f", softmax training at {speed:,.0f} tokens/s there" if speed else "")
             + f"; its notebooks took {p['pipeline_wall_s'] / 60:.0f} min summed"
-            + (f", {p['pipeline_elapsed_s'] / 60:.0f} min from the first one's start to the last "
-               f"measurement's end" if p.get("pipeline_elapsed_s") else "") + ")\n"
+            + (f", {p['pipeline_elapsed_s'] / 60:.0f} min of wall time while at least one ran"
+               if p.get("pipeline_elapsed_s") else "") + ")\n"
             + (f"WARNING: {note}" if note else "lib/ and configs/ are unchanged since that commit"))
 
 

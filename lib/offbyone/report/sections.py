@@ -349,17 +349,27 @@ class Report:
 
 
 def _elapsed(stages: pd.DataFrame) -> float | None:
-    """Seconds from the first notebook's start to the last measurement's end (the data, train
-    and measure notebooks' latest executions, from timings that record when they ended; the
-    report and bench notebooks run again whenever the paper is rebuilt); None when none does.
-    With runs executing at once this is less than the sum of the notebooks' times."""
+    """Wall seconds during which at least one of the data, train and measure notebooks ran
+    (their latest executions, from timings that record when they ended; the report and bench
+    notebooks run again whenever the paper is rebuilt): the union of their intervals. For one
+    uninterrupted `make reproduce` this is the time from the first start to the last end; when
+    a stage was rerun later (a re-measurement), the idle time between is not counted. None when
+    no timing records its end. With runs executing at once this is less than the sum of the
+    notebooks' times."""
     if "end" not in stages:
         return None
     # "train and measure": offbyone.study's one stage for both
     t = stages[stages.stage.isin(("data", "train", "measure", "train and measure"))].dropna(subset=["end"])
     if t.empty:
         return None
-    return float(t["end"].max() - (t["end"] - t["seconds"]).min())
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in sorted(zip(t["end"] - t["seconds"], t["end"])):
+        if cur_end is None or start > cur_end:
+            total += (cur_end - cur_start) if cur_end is not None else 0.0
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    return float(total + (cur_end - cur_start))
 
 
 def _measured(profile: str, runs_root: str) -> bool:
