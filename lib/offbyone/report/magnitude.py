@@ -13,13 +13,14 @@ import pandas as pd
 
 from .latex import GROUP, Tex, fmt, num
 from .prose import _and
-from .stats import VARIANT_LABELS, paired_difference
+from .stats import PRIMARY, VARIANT_LABELS, paired_difference
 
 MEASURES = {"max_kurtosis": "maximum kurtosis",
             "max_active_kurtosis": "maximum kurtosis over active positions",
             "max_p9999": "maximum 99.99th percentile of |x|",
             "max_inf_norm": "maximum inf-norm"}
 KURTOSIS, MAGNITUDE = ("max_kurtosis", "max_active_kurtosis"), ("max_p9999", "max_inf_norm")
+PRIMARY_METRICS = {ep.metric for ep in PRIMARY}
 
 
 def log_ratio(fin: pd.DataFrame, metric: str, other: str) -> dict:
@@ -78,7 +79,8 @@ def magnitude(R) -> pd.Series:
                              "variant (geom.)": num(r["other_gmean"]),
                              Tex("ratio (95\\% CI)"): Tex(f"${fmt(r['ratio'])}$ (${fmt(r['ratio_low'])}$, "
                                                           f"${fmt(r['ratio_high'])}$)"),
-                             Tex("$p$"): num(r["p"], 2)})
+                             # a primary endpoint is tested once, in the primary table
+                             Tex("$p$"): ("primary" if m in PRIMARY_METRICS else num(r["p"], 2))})
                 csv.append({"study": label, "other": other, "measure": m, **r})
     R.table(rows, "magnitude.tex", "lrrrr")
     R.derived("magnitude.csv", pd.DataFrame(csv))
