@@ -113,24 +113,6 @@ def _windows(data: TokenData, split: str, n: int, T: int, bos: bool, seed: int, 
     return tuple(t.to(device) for t in data.get_batch(split, n, T, g, bos))
 
 
-def _load(checkpoint, mc: "MeasureConfig"):
-    """(model in float32 eval mode on the measuring device, its checkpoint state, the prepared
-    data it was trained on, the device), with the measurement's thread count set."""
-    if mc.threads:
-        torch.set_num_threads(mc.threads)
-    device = pick_device(mc.device)
-    model, state = load_model(checkpoint)
-    return model.float().eval().to(device), state, _data_for(state), device
-
-
-def _calibration(data: TokenData, mc: "MeasureConfig", T: int, bos: bool, device) -> list:
-    """The quantization's calibration batches from the training split: fixed by the
-    measurement seed, the same for the sweep and for the group attribution."""
-    g = torch.Generator().manual_seed(mc.seed + 2)
-    return [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
-            for _ in range(mc.calib_batches)]
-
-
 def _data_for(state: dict) -> TokenData:
     cfg = state["config"]
     data_dir = Path(state.get("extra", {}).get("data_dir", ""))
@@ -155,8 +137,12 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         if verbose:
             print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
-    model, state, data, device = _load(checkpoint, mc)
-    cfg = state["config"]
+    if mc.threads:
+        torch.set_num_threads(mc.threads)
+    device = pick_device(mc.device)
+    model, state = load_model(checkpoint)
+    model = model.float().eval().to(device)
+    cfg, data = state["config"], _data_for(state)
     T, bos = model.config.block_size, cfg["bos"]
     classes = _classes(data, bos, device)
     val = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
@@ -256,7 +242,9 @@ def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device,
                   last: bool) -> list[dict]:
     """The sweep (`bit_widths`, and the earlier setup's W8A8) at the final checkpoint;
     `dose_bit_widths` alone at the earlier ones."""
-    calib = _calibration(data, mc, T, bos, device)
+    g = torch.Generator().manual_seed(mc.seed + 2)
+    calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
+             for _ in range(mc.calib_batches)]
     rows = sweep(model, calib, *val, mc.bit_widths if last else mc.dose_bit_widths,
                  fp_loss=fp_loss, setup=mc.setup, weight_granularity=mc.weight_granularity,
                  weight_method=mc.weight_method, act_method=mc.act_method)
@@ -296,11 +284,17 @@ def measure_groups(checkpoint, config: MeasureConfig | dict | None = None, force
         except (OSError, json.JSONDecodeError):
             pass
     t0 = time.perf_counter()
-    model, state, data, device = _load(checkpoint, mc)
-    cfg = state["config"]
+    if mc.threads:
+        torch.set_num_threads(mc.threads)
+    device = pick_device(mc.device)
+    model, state = load_model(checkpoint)
+    model = model.float().eval().to(device)
+    cfg, data = state["config"], _data_for(state)
     T, bos = model.config.block_size, cfg["bos"]
     val = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
-    calib = _calibration(data, mc, T, bos, device)
+    g = torch.Generator().manual_seed(mc.seed + 2)            # measure's calibration batches
+    calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
+             for _ in range(mc.calib_batches)]
     from tqdm.auto import tqdm
     with tqdm(total=group_cases(model, settings, mc.setup), desc=f"groups {Path(checkpoint).parent.name}",
               disable=not verbose, leave=False) as bar:
