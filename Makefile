@@ -161,6 +161,10 @@ $(error could not read the runs of profile '$(PROFILE)' (see the message above))
 endif
 TESTBED      := $(shell $(PY) -m offbyone.pipeline testbed $(PROFILE))
 ABLATIONS    := $(shell $(PY) -m offbyone.pipeline ablations $(PROFILE))
+# a retrofit (profile key `retrofit:`) starts from another profile's runs, trained first
+SOURCES      := $(shell $(PY) -m offbyone.pipeline sources $(PROFILE))
+SOURCE_PROFILE := $(firstword $(SOURCES))
+SOURCE_TRAINS  := $(foreach r,$(wordlist 2,$(words $(SOURCES)),$(SOURCES)),build/$(SOURCE_PROFILE)/notebooks/02_train-$(r).ipynb)
 COMPANION_MEASURES := $(foreach p,$(TESTBED) $(ABLATIONS),\
   $(foreach r,$(shell $(PY) -m offbyone.pipeline runs $(p)),build/$(p)/notebooks/03_measure-$(r).ipynb))
 NB      := build/$(PROFILE)/notebooks
@@ -201,7 +205,10 @@ build/$(1)/notebooks/02_train-%.ipynb: notebooks/02_train.ipynb build/$(1)/noteb
 build/$(1)/notebooks/03_measure-%.ipynb: notebooks/03_measure.ipynb build/$(1)/notebooks/02_train-%.ipynb $(MEASURE_CODE)
 	$$(call RUN_NB,measure,03_measure) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)
 endef
-$(foreach p,$(PROFILE) $(TESTBED) $(ABLATIONS),$(eval $(call STUDY_RULES,$(p))))
+$(foreach p,$(PROFILE) $(TESTBED) $(ABLATIONS) $(SOURCE_PROFILE),$(eval $(call STUDY_RULES,$(p))))
+ifneq ($(SOURCE_TRAINS),)
+$(foreach r,$(RUNS),$(NB)/02_train-$(r).ipynb): $(SOURCE_TRAINS)
+endif
 
 # the benchmarks run before the report, which records their time and speed in provenance.json
 BENCH := results/$(PROFILE)/bench/bench.json

@@ -121,3 +121,35 @@ def test_groups_of_a_profile_need_its_checkpoints(tmp_path):
         profile_final_checkpoints("smoke", runs_root=str(tmp_path))
     with pytest.raises(SystemExit, match="--profile goes with --groups"):
         main(["--profile", "smoke"])
+
+
+def test_groups_on_fewer_windows_are_the_sweep_on_those_windows(checkpoints):
+    """groups_seqs: the attribution on the first n loss windows, calibrated as measure does."""
+    from offbyone.checkpoint import load_model
+    from offbyone.measure import _calibration, _data_for, _windows, measure_groups
+    from offbyone.quant import sweep
+    ckpt = checkpoints["softmax"]
+    mc = MeasureConfig.from_dict({**SMALL, "groups_seqs": 3})
+    r = measure_groups(ckpt, mc, settings=((8, 8),), force=True, verbose=False)
+    model, state = load_model(ckpt)
+    data, T = _data_for(state), model.config.block_size
+    x, y = _windows(data, "val", mc.loss_seqs, T, True, mc.seed, "cpu")
+    calib = _calibration(data, mc, T, True, "cpu")
+    (ref,) = sweep(model, calib, x[:3], y[:3], [(8, 8)], setup=mc.setup,
+                   weight_granularity=mc.weight_granularity, weight_method=mc.weight_method,
+                   act_method=mc.act_method)
+    (whole,) = [row["gap"] for row in r["rows"] if row["mode"] == "all"]
+    assert whole == pytest.approx(ref["gap"], abs=1e-6)
+    full = measure_groups(ckpt, SMALL, settings=((8, 8),), force=True, verbose=False)
+    assert [row["gap"] for row in full["rows"] if row["mode"] == "all"] != [whole]
+    with pytest.raises(ConfigError, match="groups_seqs must be a non-negative integer"):
+        MeasureConfig.from_dict({"groups_seqs": -1})
+
+
+def test_measuring_a_checkpoint_as_another_variant_is_refused(checkpoints):
+    from offbyone.checkpoint import CheckpointError
+    from offbyone.measure import measure_groups
+    with pytest.raises(CheckpointError, match="is a sink model; it cannot be loaded as softmax"):
+        measure(checkpoints["sink"], SMALL, force=True, verbose=False, attention="softmax")
+    with pytest.raises(CheckpointError, match="is a softmax model; it cannot be loaded as sink"):
+        measure_groups(checkpoints["softmax"], SMALL, force=True, verbose=False, attention="sink")

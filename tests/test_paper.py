@@ -246,3 +246,51 @@ def test_kurtosis_and_magnitude_disagree_when_only_kurtosis_moves():
     same = {m: ratios[m] for m in ("max_kurtosis", "max_active_kurtosis")}
     same.update({m: ratios["max_kurtosis"] for m in ("max_p9999", "max_inf_norm")})
     assert agreement(same) == "agree"
+
+
+# --- retrofitting a trained model (report/retrofit.py) ----------------------------------------
+def _retrofit_runs():
+    """Five seeds: the source puts 0.3 on position 0; the softmax control keeps it, softmax1
+    and the sink drop it to about 0.05; the loss moves by little."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in range(5):
+        src = {"val_loss": 2.30 + rng.normal(0, 0.01), "first_position": 0.30 + rng.normal(0, 0.01)}
+        for v in ("softmax", "softmax1", "sink"):
+            for step in (0, 300):
+                if step == 0:
+                    r = dict(src) if v == "softmax" else {
+                        "val_loss": src["val_loss"] + 0.2, "first_position": src["first_position"]}
+                else:
+                    r = {"val_loss": src["val_loss"] - 0.01 + rng.normal(0, 0.002),
+                         "first_position": (0.30 if v == "softmax" else 0.05) + rng.normal(0, 0.01)}
+                rows.append({"variant": v, "seed": seed, "step": step, "max_steps": 300, **r,
+                             "abstention": 0.0 if v == "softmax" else 0.4,
+                             "max_kurtosis": 10 * np.exp(rng.normal(0, 0.1)),
+                             "max_inf_norm": 5 * np.exp(rng.normal(0, 0.1)),
+                             "gap_W8A8": 0.001 + rng.normal(0, 1e-4),
+                             "gap_W16A6": 0.002 + rng.normal(0, 1e-4)})
+    return pd.DataFrame(rows)
+
+
+def test_retrofit_compares_each_arm_with_the_control_and_with_its_source():
+    from offbyone.report.retrofit import CONVERTED, SOURCE, frames, text
+    from offbyone.report.stats import paired_difference, primary_tests
+    F = frames(_retrofit_runs())
+    # the source is the softmax run's step 0, the converted weights the softmax1 run's step 0
+    assert sorted(set(F.variant)) == sorted({"softmax", "softmax1", "sink", SOURCE, CONVERTED})
+    assert (F.groupby("variant").seed.nunique() == 5).all()
+    tests = primary_tests(F[F.variant.isin(["softmax", "softmax1", "sink"])], ["softmax1", "sink"])
+    fp = tests[(tests.metric == "first_position") & (tests.other == "softmax1")].iloc[0]
+    assert fp["verdict"] == "lower" and fp["diff"] == pytest.approx(-0.25, abs=0.02)
+    changes = [paired_difference(F, m, v, base=SOURCE) for v in ("softmax", "softmax1", "sink", CONVERTED)
+               for m in ("first_position", "val_loss")]
+    by = {(c["other"], c["metric"]): c for c in changes}
+    assert by[(CONVERTED, "val_loss")]["diff"] == pytest.approx(0.2, abs=1e-9)
+    assert by[("softmax", "first_position")]["ci_low"] < 0 < by[("softmax", "first_position")]["ci_high"]
+    words = text(tests, by, ["softmax", "softmax1", "sink"], 300)
+    assert "300 more steps changed the attention on the first position by" in words
+    assert "without any fine-tune changed the loss by $0.200$" in words
+    assert "softmax1 lowered the attention on the first position ($-0.248$)" in words
+    assert "lay within the margin of 0: there was nothing to fix" in words
+    assert "under the learned sink" in words

@@ -79,7 +79,7 @@ def test_profiles_are_valid_and_runs_are_paired():
         diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
         assert diff == {"attention", "out_dir"}     # same seed, data order and recipe
     assert len(load_profile("cpu")["seeds"]) >= 3
-    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_fineweb, gpu_sgd, gpu_wd01, pilot_guo, rivals, smoke, smoke_wd, testbed, "):
+    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_fineweb, gpu_sgd, gpu_wd01, pilot_guo, retrofit, rivals, smoke, smoke_wd, testbed, "):
         load_profile("laptop")
 
 
@@ -248,7 +248,7 @@ def test_macro_names_spell_every_digit_and_never_collide():
 
 def test_cited_profiles_are_read_not_run():
     from offbyone.pipeline import load_profile
-    assert load_profile("cpu")["cited"] == ["testbed_long"]
+    assert load_profile("cpu")["cited"] == ["testbed_long", "retrofit"]
     assert "cited" not in load_profile("cpu-rehearsal")         # a rehearsal cites nothing real
     long = load_profile("testbed_long")
     base = load_profile("testbed")["train"]
@@ -278,3 +278,42 @@ def test_make_clean_removes_only_what_the_build_made(tmp_path):
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
                   if p.is_file() and ".git" not in p.parts)
     assert left == ["Makefile", "configs/cpu.yaml", "results/cpu/runs.csv"]
+
+
+def test_retrofit_profiles_start_each_run_from_its_seeds_source(tmp_path, monkeypatch):
+    # the committed profile: testbed_long's softmax runs, continued as three variants
+    prof = load_profile("retrofit")
+    assert prof["retrofit"] == {"from": "testbed_long", "variant": "softmax"}
+    for v in prof["variants"]:
+        cfg = run_config("retrofit", v, 3)
+        assert cfg.init_from.endswith("runs/testbed_long/softmax-s3/ckpt_003000.pt")
+        assert cfg.checkpoint_steps()[0] == 0 and cfg.max_steps == 300
+    a, b = run_config("retrofit", "softmax", 0).to_dict(), run_config("testbed_long", "softmax", 0).to_dict()
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed <= {"out_dir", "init_from", "max_steps", "warmup_steps", "lr", "min_lr",
+                       "eval_interval", "log_interval", "checkpoint_fractions"}
+    # a rehearsal starts from the rehearsed source's rehearsal
+    assert run_config("retrofit-quickrehearsal", "softmax", 0).init_from.endswith(
+        "runs/testbed_long-quickrehearsal/softmax-s0/ckpt_000004.pt")
+    out = subprocess.run([sys.executable, "-m", "offbyone.pipeline", "sources", "retrofit"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["testbed_long"] + [f"softmax-s{s}" for s in prof["seeds"]]
+    one = "variants: [softmax, softmax1]\nseeds: [0, 1]\n"
+    P = _profiles_in(tmp_path, monkeypatch, {
+        "src": one, "ok": one + "retrofit: {from: src, variant: softmax}\n",
+        "self": one + "retrofit: {from: self, variant: softmax}\n",
+        "var": one + "retrofit: {from: src, variant: sink}\n",
+        "seeds": "variants: [softmax1]\nseeds: [0, 5]\nretrofit: {from: src, variant: softmax}\n",
+        "keys": one + "retrofit: {from: src}\n",
+        "chain": one + "retrofit: {from: ok, variant: softmax}\n",
+        "both": one + "retrofit: {from: src, variant: softmax}\ntrain: {init_from: x.pt}\n"})
+    assert P.run_config("ok", "softmax1", 1).init_from.endswith("runs/src/softmax-s1/ckpt_001500.pt")
+    assert P.run_config("src", "softmax1", 1).init_from == ""
+    for name, message in (("self", "cannot start from its own runs"),
+                          ("var", "variant 'sink' is not in profile 'src'"),
+                          ("seeds", r"seeds \[5\] have no run in 'src'"),
+                          ("keys", "retrofit must be a mapping of from, variant"),
+                          ("chain", "is itself a retrofit"),
+                          ("both", "set retrofit, not train.init_from")):
+        with pytest.raises(ConfigError, match=message):
+            P.load_profile(name)

@@ -150,7 +150,11 @@ class TrainConfig:
     eval_batches: int = 20
     eval_seed: int = 0                # the fixed validation batches, the same for every run
     log_interval: int = 10
-    checkpoint_fractions: tuple = (0.25, 0.5, 1.0)
+    checkpoint_fractions: tuple = (0.25, 0.5, 1.0)   # 0.0 adds a checkpoint before the first step
+    # a retrofit: start from this checkpoint's weights, converted to this run's attention
+    # variant (checkpoint.convert_state: new parameters, a sink say, keep their initial value),
+    # with a fresh optimizer at step 0; the run's checkpoints record it in config["history"]
+    init_from: str = ""
     # system
     seed: int = 1337
     device: str = "auto"              # auto, cpu, cuda, cuda:N, mps
@@ -206,13 +210,15 @@ class TrainConfig:
         if not valid_device(self.device):
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         fr = tuple(float(x) for x in self.checkpoint_fractions)
-        if not fr or any(not 0 < x <= 1 for x in fr) or 1.0 not in fr:
-            raise ConfigError("checkpoint_fractions must be numbers in (0, 1] and include 1.0, "
+        if not fr or any(not 0 <= x <= 1 for x in fr) or 1.0 not in fr:
+            raise ConfigError("checkpoint_fractions must be numbers in [0, 1] and include 1.0, "
                               f"got {list(self.checkpoint_fractions)}")
         self.checkpoint_fractions = tuple(sorted(set(fr)))
 
     def checkpoint_steps(self) -> list[int]:
-        return sorted({max(1, round(f * self.max_steps)) for f in self.checkpoint_fractions})
+        """The steps with a checkpoint: 0 only where asked for (fraction 0.0), else at least 1."""
+        return sorted({0 if f == 0 else max(1, round(f * self.max_steps))
+                       for f in self.checkpoint_fractions})
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return dataclasses.replace(self.model, vocab_size=vocab_size)

@@ -53,6 +53,12 @@ def check_members(cfgs: list[TrainConfig]) -> None:
                               f"{cfg.out_dir} differs in {', '.join(diff)}")
     if len({c.seed for c in cfgs}) < len(cfgs) or len({c.out_dir for c in cfgs}) < len(cfgs):
         raise ConfigError("ensemble members need distinct seeds and folders")
+    if cfgs[0].init_from:
+        raise ConfigError("an ensemble cannot start from a checkpoint (init_from); train a "
+                          "retrofit's runs one by one (offbyone.train)")
+    if 0 in cfgs[0].checkpoint_steps():
+        raise ConfigError("an ensemble writes no checkpoint at step 0 (checkpoint_fractions "
+                          "0.0); leave it out, or train the runs one by one")
     if cfgs[0].dropout > 0:
         raise ConfigError("an ensemble cannot train with dropout (its masks would not match "
                           "the separate runs'); set dropout 0 or train the runs one by one")

@@ -59,6 +59,8 @@ class MeasureConfig:
     seed: int = 0                # the fixed evaluation windows: the same for every checkpoint
     groups: bool = False         # at the final checkpoint, also which quantized tensor costs
                                  # what (measure_groups: <checkpoint>.groups.json)
+    groups_seqs: int = 0         # ... on the first this many of the loss windows (0: all of
+                                 # them); its 66 quantized evaluations are most of its cost
     threads: int = 0
     device: str = "auto"         # auto (cuda, mps, cpu), or one of them
 
@@ -83,8 +85,10 @@ class MeasureConfig:
                 if not isinstance(v, bool):
                     raise ConfigError(f"{f.name} must be true or false, got {v!r}")
             elif f.type in ("int", int):
-                if not isinstance(v, int) or isinstance(v, bool) or v < (0 if f.name in ("seed", "threads") else 1):
-                    raise ConfigError(f"{f.name} must be a positive integer, got {v!r}")
+                lo = 0 if f.name in ("seed", "threads", "groups_seqs") else 1
+                if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                    raise ConfigError(f"{f.name} must be a {'non-negative' if lo == 0 else 'positive'} "
+                                      f"integer, got {v!r}")
         if not valid_device(self.device):
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         try:  # the quantizer options are QuantConfig's: it validates them
@@ -121,9 +125,27 @@ def _data_for(state: dict) -> TokenData:
     return TokenData(prepare_for(cfg))
 
 
+def _load(checkpoint, mc: MeasureConfig, attention: str | None = None):
+    """(model in float32 eval mode on the measuring device, checkpoint, its data, device); with
+    `attention`, a checkpoint of another variant is refused (checkpoint.load_model)."""
+    if mc.threads:
+        torch.set_num_threads(mc.threads)
+    device = pick_device(mc.device)
+    model, state = load_model(checkpoint, attention=attention)
+    return model.float().eval().to(device), state, _data_for(state), device
+
+
+def _calibration(data: TokenData, mc: MeasureConfig, T: int, bos: bool, device) -> list:
+    """The calibration batches from the training split: the same for the sweep and the groups."""
+    g = torch.Generator().manual_seed(mc.seed + 2)
+    return [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
+            for _ in range(mc.calib_batches)]
+
+
 def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool = False,
-            verbose: bool = True) -> dict:
-    """Measure `checkpoint`, write `<checkpoint>.metrics.json` and return the results."""
+            verbose: bool = True, attention: str | None = None) -> dict:
+    """Measure `checkpoint`, write `<checkpoint>.metrics.json` and return the results. With
+    `attention`, a checkpoint of another variant is refused."""
     mc = MeasureConfig.from_dict(config) if isinstance(config, dict) else (config or MeasureConfig())
     out = results_path(checkpoint)
     old = _measured(out, mc) if not force else None
@@ -137,12 +159,8 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         if verbose:
             print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
 
-    if mc.threads:
-        torch.set_num_threads(mc.threads)
-    device = pick_device(mc.device)
-    model, state = load_model(checkpoint)
-    model = model.float().eval().to(device)
-    cfg, data = state["config"], _data_for(state)
+    model, state, data, device = _load(checkpoint, mc, attention)
+    cfg = state["config"]
     T, bos = model.config.block_size, cfg["bos"]
     classes = _classes(data, bos, device)
     val = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
@@ -242,9 +260,7 @@ def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device,
                   last: bool) -> list[dict]:
     """The sweep (`bit_widths`, and the earlier setup's W8A8) at the final checkpoint;
     `dose_bit_widths` alone at the earlier ones."""
-    g = torch.Generator().manual_seed(mc.seed + 2)
-    calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
-             for _ in range(mc.calib_batches)]
+    calib = _calibration(data, mc, T, bos, device)
     rows = sweep(model, calib, *val, mc.bit_widths if last else mc.dose_bit_widths,
                  fp_loss=fp_loss, setup=mc.setup, weight_granularity=mc.weight_granularity,
                  weight_method=mc.weight_method, act_method=mc.act_method)
@@ -255,7 +271,7 @@ def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device,
     return rows
 
 
-GROUPS_VERSION = 1
+GROUPS_VERSION = 2   # 2: groups_seqs
 
 
 def groups_path(checkpoint) -> Path:
@@ -264,10 +280,12 @@ def groups_path(checkpoint) -> Path:
 
 
 def measure_groups(checkpoint, config: MeasureConfig | dict | None = None, force: bool = False,
-                   settings=GROUP_SETTINGS, verbose: bool = True) -> dict:
+                   settings=GROUP_SETTINGS, verbose: bool = True,
+                   attention: str | None = None) -> dict:
     """Which quantized tensor costs what (`quant.group_gaps`) at one checkpoint, on the same
     validation windows and calibration batches as `measure`; written to
-    `<checkpoint>.groups.json` (skipped when it is there, of this version and config)."""
+    `<checkpoint>.groups.json` (skipped when it is there, of this version and config). On the
+    first `groups_seqs` windows, where set: 'all' is then the setting's gap on those windows."""
     mc = MeasureConfig.from_dict(config) if isinstance(config, dict) else (config or MeasureConfig())
     out = groups_path(checkpoint)
     key = {"version": GROUPS_VERSION, "measure_config": _jsonable(asdict(mc)),
@@ -284,17 +302,13 @@ def measure_groups(checkpoint, config: MeasureConfig | dict | None = None, force
         except (OSError, json.JSONDecodeError):
             pass
     t0 = time.perf_counter()
-    if mc.threads:
-        torch.set_num_threads(mc.threads)
-    device = pick_device(mc.device)
-    model, state = load_model(checkpoint)
-    model = model.float().eval().to(device)
-    cfg, data = state["config"], _data_for(state)
+    model, state, data, device = _load(checkpoint, mc, attention)
+    cfg = state["config"]
     T, bos = model.config.block_size, cfg["bos"]
+    # measure's validation windows (the first groups_seqs of them) and calibration batches
     val = _windows(data, "val", mc.loss_seqs, T, bos, mc.seed, device)
-    g = torch.Generator().manual_seed(mc.seed + 2)            # measure's calibration batches
-    calib = [data.get_batch("train", mc.calib_batch_size, T, g, bos)[0].to(device)
-             for _ in range(mc.calib_batches)]
+    val = tuple(t[: mc.groups_seqs or mc.loss_seqs] for t in val)
+    calib = _calibration(data, mc, T, bos, device)
     from tqdm.auto import tqdm
     with tqdm(total=group_cases(model, settings, mc.setup), desc=f"groups {Path(checkpoint).parent.name}",
               disable=not verbose, leave=False) as bar:
@@ -317,8 +331,8 @@ def _groups_options(d: dict | None) -> dict | None:
     switch that asks for it, not the sweep's own bit widths or windows)."""
     if d is None:
         return None
-    same = ("loss_seqs", "calib_batches", "calib_batch_size", "setup", "weight_granularity",
-            "weight_method", "act_method", "seed", "device")
+    same = ("loss_seqs", "groups_seqs", "calib_batches", "calib_batch_size", "setup",
+            "weight_granularity", "weight_method", "act_method", "seed", "device")
     return {k: d.get(k, getattr(MeasureConfig, k, None)) for k in same}
 
 

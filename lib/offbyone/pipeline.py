@@ -17,10 +17,15 @@ options of one run of the whole study:
                                # comparison under another weight decay, say), reported beside
     cited: [testbed_long]      # optional: profiles run once on their own, whose committed
                                # results (results/<name>/) the report cites without running them
+    retrofit: {from: testbed_long, variant: softmax}   # optional: each run starts from the
+                               # final checkpoint of that profile's run of this variant and the
+                               # same seed, converted to the run's own variant (a short
+                               # fine-tune; train.init_from), which make trains first
 
     python -m offbyone.pipeline runs cpu      # the run names, for the Makefile
     python -m offbyone.pipeline testbed cpu   # the testbed profile's name (empty if none)
     python -m offbyone.pipeline ablations gpu # the ablation profiles' names
+    python -m offbyone.pipeline sources retrofit  # the runs a retrofit starts from (profile/run)
     python -m offbyone.pipeline data-params cpu   # the data notebook's -p options
 """
 from __future__ import annotations
@@ -41,7 +46,8 @@ from .io import atomic_path
 from .measure import MeasureConfig
 
 PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed",
-                "ablations", "cited")
+                "ablations", "cited", "retrofit")
+RETROFIT_KEYS = ("from", "variant")
 BENCH_KEYS = ("T", "repeats", "steps", "variants")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
@@ -115,6 +121,8 @@ def _load_rehearsal(profile: str) -> dict:
         prof["testbed"] += suffix
     if prof.get("ablations"):
         prof["ablations"] = [a + suffix for a in prof["ablations"]]
+    if prof.get("retrofit"):
+        prof["retrofit"] = {**prof["retrofit"], "from": prof["retrofit"]["from"] + suffix}
     prof.pop("cited", None)            # a rehearsal cites no real results
     t, m, b = REHEARSAL_CUTS["train"], REHEARSAL_CUTS["measure"], REHEARSAL_CUTS["bench"]
     prof["rehearsal_cuts"] = (
@@ -190,9 +198,41 @@ def load_profile(profile: str, _seen: tuple = (), _as_base: bool = False) -> dic
             raise ConfigError(f"{path}: cited must be a list of other profiles' names, got {cited!r}")
         for c in cited:
             load_profile(c)
+    if prof.get("retrofit") is not None and not _as_base:
+        _check_retrofit(path, profile, prof)
     prof["name"] = profile
     prof["train"], prof["measure"], prof["bench"] = train, prof.get("measure") or {}, bench
     return prof
+
+
+def _check_retrofit(path: Path, profile: str, prof: dict) -> None:
+    rf = prof["retrofit"]
+    if not isinstance(rf, dict) or sorted(rf) != sorted(RETROFIT_KEYS):
+        raise ConfigError(f"{path}: retrofit must be a mapping of {', '.join(RETROFIT_KEYS)} "
+                          f"(the source profile and its variant), got {rf!r}")
+    if rf["from"] == profile:
+        raise ConfigError(f"{path}: a retrofit cannot start from its own runs")
+    src = load_profile(rf["from"])
+    if src.get("retrofit"):
+        raise ConfigError(f"{path}: retrofit source {rf['from']!r} is itself a retrofit")
+    if rf["variant"] not in src["variants"]:
+        raise ConfigError(f"{path}: retrofit variant {rf['variant']!r} is not in profile "
+                          f"{rf['from']!r}: {', '.join(src['variants'])}")
+    missing = [s for s in prof["seeds"] if s not in src["seeds"]]
+    if missing:
+        raise ConfigError(f"{path}: seeds {missing} have no run in {rf['from']!r} to start from "
+                          f"(its seeds: {src['seeds']})")
+    if (prof.get("train") or {}).get("init_from"):
+        raise ConfigError(f"{path}: set retrofit, not train.init_from (each run's is its own)")
+
+
+def retrofit_source(profile: str, seed: int, runs_root: str = "runs") -> Path | None:
+    """The checkpoint a retrofit profile's run of `seed` starts from (None if not a retrofit)."""
+    rf = load_profile(profile).get("retrofit")
+    if not rf:
+        return None
+    steps = TrainConfig.from_dict(load_profile(rf["from"])["train"]).max_steps
+    return run_dir(rf["from"], rf["variant"], seed, runs_root) / f"ckpt_{steps:06d}.pt"
 
 
 def run_name(variant: str, seed: int) -> str:
@@ -215,6 +255,9 @@ def run_config(profile: str, variant: str, seed: int, overrides: dict | None = N
     d.update(out_dir=str(run_dir(profile, variant, seed, runs_root)), attention=variant, seed=seed)
     root = repo_root()
     d["data_root"] = str(root / d.get("data_root", "data"))
+    source = retrofit_source(profile, seed, runs_root)
+    if source is not None:
+        d["init_from"] = str(source)
     return TrainConfig.from_dict(d)
 
 
@@ -364,11 +407,11 @@ def results_provenance(profile: str, results_dir: str = "results") -> str:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     usage = ("usage: python -m offbyone.pipeline runs PROFILE\n"
-             "       python -m offbyone.pipeline check|testbed|ablations|data-params|provenance PROFILE\n"
+             "       python -m offbyone.pipeline check|testbed|ablations|sources|data-params|provenance PROFILE\n"
              "       python -m offbyone.pipeline nb STAGE NOTEBOOK OUTPUT [--timings FILE] "
              "[-p NAME VALUE ...]")
-    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "data-params",
-                                        "provenance", "nb"):
+    if len(argv) < 2 or argv[0] not in ("runs", "check", "testbed", "ablations", "sources",
+                                        "data-params", "provenance", "nb"):
         sys.exit(usage)
     try:
         if argv[0] == "runs":
@@ -379,6 +422,11 @@ def main(argv=None):
             print(load_profile(argv[1]).get("testbed") or "")
         elif argv[0] == "ablations":
             print(" ".join(load_profile(argv[1]).get("ablations") or []))
+        elif argv[0] == "sources":
+            rf = load_profile(argv[1]).get("retrofit")
+            if rf:
+                print(rf["from"], " ".join(run_name(rf["variant"], s)
+                                           for s in load_profile(argv[1])["seeds"]))
         elif argv[0] == "provenance":
             print(results_provenance(argv[1]))
         elif argv[0] == "data-params":

@@ -139,7 +139,7 @@ def _measure_run(name: str, variant: str, seed: int, folder: Path, device: str) 
     mconf = dict(load_profile(name)["measure"], device=device)
     ckpts = list_checkpoints(folder)
     for c in ckpts:
-        measure(c, mconf, verbose=False)
+        measure(c, mconf, verbose=False, attention=variant)
     root = repo_root()
     files = [str(c.with_name(c.stem + RECORD_SUFFIX).resolve().relative_to(root))
              if c.resolve().is_relative_to(root) else str(c.with_name(c.stem + RECORD_SUFFIX))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, convert_state, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .corpora import CorpusError
 from .data import prepare_for
@@ -31,6 +32,7 @@ from .device import DeviceError, autocast_for, pick_device
 from .io import write_json, write_text
 from .metrics import residual_peak
 from .model import GPT
+from .provenance import git_sha
 from .tokens import TokenData
 
 # Keys that do not change what is computed: a run may resume with them changed.
@@ -191,6 +193,8 @@ def _train(cfg: TrainConfig, run: "_Run", on_step) -> dict:
         log.write({"step": 0, "val_loss": val_loss,
                    **_peak_record(run.raw_model, eval_batches, run.device, cfg.bos),
                    "elapsed_s": 0.0})
+        if 0 in cfg.checkpoint_steps():        # the model before training (a retrofit's source)
+            run.save(0, optimizer, gen, val_loss)
     bar, meter = _progress_bar(cfg, start, run.master), _Meter(cfg.batch_size * cfg.block_size * run.world)
     last_ckpt, ckpt_steps = (ckpts[-1] if ckpts else None), set(cfg.checkpoint_steps())
     model.train()
@@ -302,6 +306,7 @@ class _Run:
         self.summary_path = self.out_dir / "train_summary.json"
         self.autocast = autocast_for(device)
         self.elapsed = 0.0
+        self.history: list[dict] = []   # where the weights came from (a retrofit's source)
 
     def prepare_data(self) -> Path:
         """The corpus, prepared once (by the first process; the others wait, then find it)."""
@@ -323,7 +328,10 @@ class _Run:
                                               self.device.type, cfg.optimizer, cfg.momentum)
         gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * self.rank)
         start, val_loss = 0, None
+        if state is None and cfg.init_from:
+            self._start_from(model, cfg.init_from)
         if state is not None:
+            self.history = list(state["config"].get("history") or [])
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start, self.elapsed = state["step"], state["extra"].get("elapsed_s", 0.0)
@@ -335,6 +343,20 @@ class _Run:
             from torch.nn.parallel import DistributedDataParallel as DDP
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return model, optimizer, gen, start, val_loss
+
+    def _start_from(self, model: GPT, path: str) -> None:
+        """A retrofit: the weights of checkpoint `path` converted to this run's variant; its
+        history (and its own, if it was converted too) goes into every checkpoint's config."""
+        src = load_checkpoint(path)
+        model.load_state_dict(convert_state(src, model, path))
+        self.history = list(src["config"].get("history") or []) + [{
+            "checkpoint": str(path), "attention": src["model_config"]["attention"],
+            "step": src["step"], "seed": src["config"].get("seed"),
+            "commit": src["extra"].get("git_sha") or "",
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}]
+        if self.master:
+            print(f"{self.cfg.out_dir}: starting from {path} ({src['model_config']['attention']}, "
+                  f"step {src['step']}) as {self.cfg.attention}")
 
     def _restore_rng(self, rng: dict, gen: torch.Generator, path: Path) -> None:
         if len(rng["data"]) != self.world:
@@ -353,10 +375,12 @@ class _Run:
             rng["cuda"] = _gather(torch.cuda.get_rng_state(self.device).cpu(), self.world)
         path = checkpoint_path(self.out_dir, step)
         if self.master:
-            save_checkpoint(path, config=self.cfg.to_dict(), model_config=self.mconf,
+            # a retrofit's checkpoints carry where their weights came from
+            config = {**self.cfg.to_dict(), **({"history": self.history} if self.history else {})}
+            save_checkpoint(path, config=config, model_config=self.mconf,
                             model=self.raw_model, optimizer=optimizer, step=step, rng=rng,
                             extra={"elapsed_s": self.elapsed, "val_loss": val_loss,
-                                   "world_size": self.world,
+                                   "world_size": self.world, "git_sha": git_sha(),
                                    "data_dir": str(Path(self.data_dir).resolve())})
         if self.world > 1:
             dist.barrier()

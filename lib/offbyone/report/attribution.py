@@ -126,6 +126,19 @@ def figure(R, studies: list[tuple[str, pd.DataFrame]]) -> None:
     R.figure(fig, "attribution")
 
 
+def windows_text(frames) -> str:
+    """On which validation windows the groups were measured: all of the sweep's, or the first
+    few (measure's groups_seqs), said with the numbers."""
+    cut = sorted({(int(w), int(n)) for df in frames if len(df) and "windows" in df
+                  for w, n in zip(df["windows"], df["loss_windows"]) if w == w and n == n and w < n})
+    if not cut:
+        return "on the sweep's own validation windows and calibration"
+    counts = _and([f"the first {w} of its {n}" for w, n in cut])
+    return (f"on the sweep's calibration and {counts} validation windows (to keep the "
+            "attribution within the profile's time; the gap with every group on is then the "
+            "setting's gap on those windows)")
+
+
 def attribution(R) -> pd.Series:
     main = load(R, "quant_groups", R.profile)
     tb = load(R, "testbed_quant_groups", R.prof.get("testbed"))
@@ -151,6 +164,7 @@ def attribution(R) -> pd.Series:
     R.derived("quant_groups_differences.csv", pd.concat(diffs, ignore_index=True))
     figure(R, studies)
     M["AttributionText"] = Tex(" ".join(text))
+    M["GroupWindowsText"] = Tex(windows_text([main, tb]))
     M["GroupSettings"] = ", ".join(s for s in SETTINGS if any(s in set(c.setting)
                                                                 for _, c in studies))
     return pd.Series(M)

@@ -9,6 +9,7 @@ import json
 
 import pandas as pd
 
+from ..pipeline import load_profile
 from .latex import Tex, fmt, latex_escape, macro_name
 from .primary import primary_rows, study_label
 from .prose import _and, primary_sentence, verdict_summary
@@ -23,6 +24,8 @@ def cited(R) -> pd.Series:
     names = R.prof.get("cited") or []
     M = R.sections["cited"] = {"HasLong": "0"}
     for name in names:
+        if load_profile(name).get("retrofit"):       # a retrofit has its own section
+            continue
         res = R.root / "results" / name
         if not (res / "runs.csv").exists():
             print(f"{res}/runs.csv is not there: the paper leaves {name} out "

@@ -142,7 +142,11 @@ def quant_groups(profile: str, runs_root: str = "runs") -> pd.DataFrame:
         if not path.exists():
             continue
         r = json.loads(path.read_text())
-        rows += [{"profile": profile, "variant": v, "seed": s, "step": r["step"],
+        mc = r.get("measure_config") or {}
+        # the validation windows the groups were measured on (groups_seqs, from version 2)
+        windows = {"windows": mc.get("groups_seqs") or mc.get("loss_seqs"),
+                   "loss_windows": mc.get("loss_seqs")}
+        rows += [{"profile": profile, "variant": v, "seed": s, "step": r["step"], **windows,
                   **{k: row[k] for k in ("setting", "wbits", "abits", "group", "mode",
                                          "quantizers", "loss", "fp_loss", "gap")},
                   "git_sha": r["provenance"].get("git_sha")} for row in r["rows"]]

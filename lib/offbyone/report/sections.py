@@ -15,6 +15,7 @@ sentences together) and is called through a method here:
     peak       Guo et al.'s first-position residual peak
     attribution  which quantized tensor costs what
     magnitude  kurtosis read with magnitude; the weight on the implicit zero per head
+    retrofit   softmax checkpoints fine-tuned as softmax1 or a learned sink (a cited profile)
     baseline   the signs the softmax baseline shows
     synthesis  the abstract, the forest plot, one paragraph per question, the limitations
 
@@ -31,7 +32,7 @@ from ..measure import MeasureConfig
 from ..metrics import uniform_first_position_mass
 from ..pipeline import load_profile, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
-from . import ablation, attribution, baseline, magnitude, overview, window
+from . import ablation, attribution, baseline, magnitude, overview, retrofit, window
 from . import figures as F
 from . import long as long_section
 from . import primary as primary_section
@@ -237,6 +238,11 @@ class Report:
         (report/attribution.py)."""
         return attribution.attribution(self)
 
+    def retrofit(self) -> pd.Series:
+        """Softmax checkpoints fine-tuned as softmax, softmax1 and the learned sink, where the
+        profile cites a retrofit's committed results (report/retrofit.py)."""
+        return retrofit.retrofit(self)
+
     def disease(self) -> pd.DataFrame:
         """Does the softmax baseline show what softmax1 is meant to cure? (report/baseline.py)"""
         return baseline.baseline(self)
@@ -253,8 +259,9 @@ class Report:
         M["HasPeak"] = "0"                       # unless the peak section ran and found one
         M["HasGroups"] = "0"                     # unless some final checkpoint was measured so
         M["HasMagnitude"] = M["HasAbstentionTable"] = "0"    # unless measured (version 7 on)
+        M["HasRetrofit"] = "0"                   # unless a retrofit's results are cited
         for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak",
-                     "attribution", "magnitude", "synthesis"):
+                     "attribution", "magnitude", "retrofit", "synthesis"):
             M.update(self.sections.get(name, {}))
         self._derived("macros.json", write_json, M)
         write_macros(M, self.gen / "macros.tex")     # written last: the Makefile's target
