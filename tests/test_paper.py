@@ -284,7 +284,7 @@ def test_retrofit_compares_each_arm_with_the_control_and_with_its_source():
     fp = tests[(tests.metric == "first_position") & (tests.other == "softmax1")].iloc[0]
     assert fp["verdict"] == "lower" and fp["diff"] == pytest.approx(-0.25, abs=0.02)
     changes = [paired_difference(F, m, v, base=SOURCE) for v in ("softmax", "softmax1", "sink", CONVERTED)
-               for m in ("first_position", "val_loss")]
+               for m in ("first_position", "val_loss", "abstention")]
     by = {(c["other"], c["metric"]): c for c in changes}
     assert by[(CONVERTED, "val_loss")]["diff"] == pytest.approx(0.2, abs=1e-9)
     assert by[("softmax", "first_position")]["ci_low"] < 0 < by[("softmax", "first_position")]["ci_high"]
@@ -294,3 +294,22 @@ def test_retrofit_compares_each_arm_with_the_control_and_with_its_source():
     assert "softmax1 lowered the attention on the first position ($-0.248$)" in words
     assert "lay within the margin of 0: there was nothing to fix" in words
     assert "under the learned sink" in words
+    assert "A fine-tune of 300 steps as softmax1 and the learned sink lowered the attention" in words
+    assert "After the fine-tune, softmax1 left $40\\%$ and the learned sink left $40\\%$" in words
+
+
+def test_retrofit_text_says_when_no_retrofit_lowered_the_first_position():
+    from offbyone.report.retrofit import frames, text
+    from offbyone.report.stats import primary_tests
+    df = _retrofit_runs()
+    ctrl = df[(df.variant == "softmax") & (df.step == 300)].set_index("seed").first_position
+    for v, shift in (("softmax1", 0.001), ("sink", -0.002)):
+        rows = (df.variant == v) & (df.step == 300)
+        df.loc[rows, "first_position"] = (ctrl[df.loc[rows, "seed"]].to_numpy()
+                                         + shift + np.array([-0.03, 0.02, -0.01, 0.03, -0.02]))
+    F = frames(df)
+    tests = primary_tests(F[F.variant.isin(["softmax", "softmax1", "sink"])], ["softmax1", "sink"])
+    assert set(tests[tests.metric == "first_position"].verdict) == {"inconclusive"}
+    words = text(tests, {}, ["softmax", "softmax1", "sink"], 300)
+    assert "In 300 steps no retrofit lowered the attention on the first position" in words
+    assert "was inconclusive on the attention on the first position" in words

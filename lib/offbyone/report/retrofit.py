@@ -107,23 +107,31 @@ def _section(R, name: str, df: pd.DataFrame, prov: dict) -> dict:
     for m, lab, log in MEASURES:
         if m not in F or F[m].isna().all():
             continue
-        rows.append({"measure": lab, **{c: num(_mean(F[F.variant == v][m], log)) for v, c in cols}})
+        digits = 4 if m == "val_loss" else 3      # the losses differ in the third decimal
+        rows.append({"measure": lab, **{c: num(_mean(F[F.variant == v][m], log), digits)
+                                        for v, c in cols}})
     R.table(rows, "retrofit.tex", "l" + "r" * len(cols))
 
     by = {(c["other"], c["metric"]): c for c in changes}
     tr = prof["train"]
-    return {"RetrofitLr": fmt(float(tr["lr"])), "RetrofitMinLr": fmt(float(tr["min_lr"])),
+    return {"RetrofitLr": _sci(float(tr["lr"])), "RetrofitMinLr": _sci(float(tr["min_lr"])),
             "RetrofitWarmup": fmt(int(tr["warmup_steps"])),
             "RetrofitSourceFirst": fmt(_mean(F[F.variant == SOURCE].first_position, False), 2),
-            "HasRetrofit": "1", "RetrofitProfileName": latex_escape(name),
-            "RetrofitSourceProfile": latex_escape(src_name),
+            "HasRetrofit": "1",
             "RetrofitSourceVariant": VARIANT_LABELS[src_variant],
             "RetrofitSourceSteps": fmt(src_steps), "RetrofitSteps": fmt(steps),
             "RetrofitPercent": fmt(100 * steps / src_steps, 2),
-            "RetrofitNSeeds": fmt(n), "RetrofitArms": _and([VARIANT_LABELS[v] for v in arms]),
+            "RetrofitNSeeds": fmt(n),
             "RetrofitCommit": latex_escape(prov["commit"][:10]),
             "RetrofitPipelineMin": fmt(prov["pipeline_wall_s"] / 60, 2),
             "RetrofitText": Tex(text(tests, by, arms, steps))}
+
+
+def _sci(x: float) -> Tex:
+    """A learning rate as LaTeX math: 3\\times 10^{-4}."""
+    m, e = f"{x:.2e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    return Tex(("" if m == "1" else f"{m}\\times ") + f"10^{{{int(e)}}}")
 
 
 def _interval(c: dict, digits: int = 3) -> str:
@@ -148,6 +156,15 @@ def text(tests: pd.DataFrame, by: dict, arms: list[str], steps: int) -> str:
                 "validation loss (nats)"
             out.append(f"Against the source checkpoint, {steps} more steps changed the {what} by "
                        + _and(parts) + " (paired by seed, exploratory).")
+    left = [(v, by[(v, "abstention")]["other_mean"]) for v in arms if (v, "abstention") in by
+            and by[(v, "abstention")]["other_mean"] > 1e-9]
+    start = by.get((CONVERTED, "abstention"))
+    if left and start is not None:
+        out.append("After the fine-tune, "
+                   + _and([f"{_name(v)} left ${fmt(100 * a, 2)}\\%$" for v, a in left])
+                   + " of its attention on the implicit zero, against "
+                   f"${fmt(100 * start['other_mean'], 2)}\\%$ right after the conversion "
+                   "(arithmetic means over seeds).")
     conv = by.get((CONVERTED, "val_loss"))
     if conv is not None and conv["n"] >= 2:
         out.append("Converting the weights to softmax1 without any fine-tune changed the loss by "
@@ -169,6 +186,15 @@ def text(tests: pd.DataFrame, by: dict, arms: list[str], steps: int) -> str:
     if fixless:
         out.append(f"The control's own {_and(sorted(fixless))} lay within the margin of 0: "
                    "there was nothing to fix.")
+    fp = tests[tests.metric == "first_position"]
+    if len(fp):
+        lowered = [_name(v) for v, vd in zip(fp.other, fp.verdict) if vd == "lower"]
+        if lowered:
+            out.append(f"A fine-tune of {steps} steps as {_and(lowered)} lowered the attention "
+                       "on the first position below the control's.")
+        else:
+            out.append(f"In {steps} steps no retrofit lowered the attention on the first "
+                       "position that softmax had learned measurably below the control's.")
     return " ".join(out)
 
 
