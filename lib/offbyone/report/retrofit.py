@@ -101,16 +101,17 @@ def _section(R, name: str, df: pd.DataFrame, prov: dict) -> dict:
                for m, _, _ in MEASURES if m in F and F[m].notna().any()]
     R.derived(f"cited_{name}_changes.csv", pd.DataFrame(changes))
 
-    cols = [(SOURCE, f"source (step {src_steps:,})"), (CONVERTED, "softmax1, no fine-tune")] + \
-           [(v, f"{VARIANT_LABELS[v]}, +{steps}") for v in arms]
-    rows = [{GROUP: Tex(f"means over {n} seeds (geometric for the ratios and magnitudes)")}]
+    # the caption says what the columns are: the source, its weights converted to softmax1
+    # before any fine-tune, each arm after the fine-tune
+    cols = [(SOURCE, "source"), (CONVERTED, "converted")] + [(v, VARIANT_LABELS[v]) for v in arms]
+    rows = [{GROUP: Tex(f"means over {n} seeds (geometric for the ratio and the magnitudes)")}]
     for m, lab, log in MEASURES:
         if m not in F or F[m].isna().all():
             continue
         digits = 4 if m == "val_loss" else 3      # the losses differ in the third decimal
         rows.append({"measure": lab, **{c: num(_mean(F[F.variant == v][m], log), digits)
                                         for v, c in cols}})
-    R.table(rows, "retrofit.tex", "l" + "r" * len(cols))
+    R.table(rows, "retrofit.tex", ">{\\raggedright\\arraybackslash}p{3.8cm}" + "r" * len(cols))
 
     by = {(c["other"], c["metric"]): c for c in changes}
     tr = prof["train"]
