@@ -20,19 +20,29 @@ from .synthesis import _module_words, clause
 FOUR_BIT = ("gap_W4A4", "gap_W8A4")
 
 
+def committed(R, name: str):
+    """(runs.csv, provenance.json) of a cited profile's committed results, or None (said so)
+    when they are not there."""
+    res = R.root / "results" / name
+    if not (res / "runs.csv").exists():
+        print(f"{res}/runs.csv is not there: the paper leaves {name} out "
+              f"(make reproduce PROFILE={name} makes it)")
+        return None
+    return read_csv(res / "runs.csv"), json.loads((res / "provenance.json").read_text())
+
+
 def cited(R) -> pd.Series:
     names = R.prof.get("cited") or []
     M = R.sections["cited"] = {"HasLong": "0"}
     for name in names:
         if load_profile(name).get("retrofit"):       # a retrofit has its own section
             continue
-        res = R.root / "results" / name
-        if not (res / "runs.csv").exists():
-            print(f"{res}/runs.csv is not there: the paper leaves {name} out "
-                  f"(make reproduce PROFILE={name} makes it)")
+        got = committed(R, name)
+        if got is None:
             continue
-        df = read_csv(res / "runs.csv")
-        fin, prov = final(df), json.loads((res / "provenance.json").read_text())
+        df, prov = got
+        res = R.root / "results" / name
+        fin = final(df)
         corpus = json.loads((res / "corpus.json").read_text()) if (res / "corpus.json").exists() else {}
         steps = int(fin.max_steps.iloc[0])
         label = study_label((corpus.get("source") or {}).get("kind"), steps)

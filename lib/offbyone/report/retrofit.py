@@ -13,7 +13,6 @@ Macros carry the prefix 'Retrofit'.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -21,9 +20,10 @@ import pandas as pd
 
 from ..pipeline import load_profile
 from .latex import GROUP, Tex, fmt, latex_escape, num
+from .long import committed
 from .primary import primary_rows
 from .prose import _and
-from .results import final, read_csv
+from .results import final
 from .stats import NOTHING_TO_FIX, PRIMARY, VARIANT_LABELS, paired_difference, primary_tests
 
 SOURCE = "source"                 # the source checkpoint: the softmax run's step 0
@@ -65,17 +65,15 @@ def _mean(x: pd.Series, log: bool) -> float:
 def retrofit(R) -> pd.Series:
     M = R.sections["retrofit"] = {"HasRetrofit": "0"}
     for name in retrofit_profiles(R)[:1]:
-        res = R.root / "results" / name
-        if not (res / "runs.csv").exists():
-            print(f"{res}/runs.csv is not there: the paper leaves {name} out "
-                  f"(make reproduce PROFILE={name} makes it)")
+        got = committed(R, name)
+        if got is None:
             continue
-        df = read_csv(res / "runs.csv")
+        df, prov = got
         if not (df.step == 0).any():
-            print(f"{res}/runs.csv has no step-0 checkpoints (the models before the fine-tune); "
-                  "the paper leaves it out")
+            print(f"results/{name}/runs.csv has no step-0 checkpoints (the models before the "
+                  "fine-tune); the paper leaves it out")
             continue
-        M.update(_section(R, name, df, json.loads((res / "provenance.json").read_text())))
+        M.update(_section(R, name, df, prov))
     return pd.Series(M)
 
 

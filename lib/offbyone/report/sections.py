@@ -269,7 +269,8 @@ class Report:
 
     def _profile_macros(self) -> dict:
         prof, cfg = self.prof, self.cfg
-        M = {"ProfileName": latex_escape(self.profile),
+        # a long name (a rehearsal's) may break after its hyphens in the paper's paths
+        M = {"ProfileName": latex_escape(self.profile).replace("-", "-\\allowbreak{}"),
              "ProfileDescription": latex_escape(prof.get("description", "")),
              # a rehearsal (REHEARSAL=1) says so in a box on the first page
              "Rehearsal": "1" if prof.get("rehearsal_of") else "0",
