@@ -1,4 +1,5 @@
 """The attention math: every fast path against its float64 reference, values and gradients."""
+import importlib
 import math
 
 import pytest
@@ -135,12 +136,13 @@ def test_fused_kernel_choice():
     assert fused_kernel_for(q.float(), k.float(), v.float()) == "cpu_flash"
     meta = torch.empty(1, 2, 8, 16, device="meta")
     assert fused_kernel_for(meta, meta, meta) is None  # no kernel: the appended-key path
-    with pytest.raises(ValueError, match="cpu_flash, cuda_flash, cuda_efficient"):
+    with pytest.raises(ValueError, match="cpu_flash, cuda_flash, cuda_efficient, cuda_cudnn"):
         sink_fused(q, k, v, torch.zeros(2, dtype=F64), True, 0.25, "cuda_flashy")
 
 
 @pytest.mark.parametrize("kernel,dtype", [("cuda_flash", torch.bfloat16),
-                                          ("cuda_efficient", torch.float32)])
+                                          ("cuda_efficient", torch.float32),
+                                          ("cuda_cudnn", torch.bfloat16)])
 def test_cuda_kernel_calls_on_meta_tensors(kernel, dtype):
     """The CUDA kernels' calls (argument order, the efficient kernel's lse padded to a multiple
     of 32 along T) run through PyTorch's shape functions on meta tensors. Their values are the
@@ -154,7 +156,7 @@ def test_cuda_kernel_calls_on_meta_tensors(kernel, dtype):
     dq, dk, dv, ds = torch.autograd.grad(out, (q, k, v, s), torch.empty_like(out))
     assert dq.shape == dk.shape == dv.shape == (B, H, T, D) and dq.dtype == dtype
     assert ds.shape == (H,) and ds.dtype == torch.float32
-    assert set(FUSED_KERNELS) == {"cpu_flash", "cuda_flash", "cuda_efficient"}
+    assert set(FUSED_KERNELS) == {"cpu_flash", "cuda_flash", "cuda_efficient", "cuda_cudnn"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -247,3 +249,91 @@ def test_custom_ops_pass_torch_opcheck(dtype):
     torch.library.opcheck(torch.ops.offbyone.sink_attention_backward.default,
                           (grad, q.detach(), k.detach(), v.detach(), out1.detach(), lse1, seed,
                            offset, True, 0.3, "cpu_flash"))
+
+
+# --------------------------------------------------------------------------------------------
+# The two registrations of the fused sink path, softmax1 without a sink tensor, the cached
+# kernel choice
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_eager_function_and_compiled_custom_op_agree(learned):
+    """Eager code runs the autograd.Function, traced code the custom op: the same values and
+    gradients (float64, CPU kernel), with a learned sink and with softmax1's fixed 0 (None)."""
+    (q, k, v), s = _inputs(2, 3, 19, 8, seed=12)
+    s = s if learned else None
+    leaves = [q, k, v] + ([s] if learned else [])
+    eager = sink_fused(q, k, v, s, True, 0.3, "cpu_flash")
+    op = torch.ops.offbyone.sink_attention(q, k, v, s, True, 0.3, "cpu_flash")[0]
+    torch.testing.assert_close(eager, op, rtol=0, atol=0)
+    eager_grads = _grads(eager, leaves)
+    for ge, go in zip(eager_grads, _grads(op, leaves)):
+        torch.testing.assert_close(ge, go, rtol=1e-14, atol=1e-15)
+    s_ref = s if learned else torch.zeros(3, dtype=F64)
+    ref, _ = reference_attention(q, k, v, "sink", s_ref, scale=0.3)
+    torch.testing.assert_close(eager, ref, rtol=1e-10, atol=1e-12)
+    ref_grads = _grads(ref, leaves)
+    for ge, gr in zip(eager_grads, ref_grads):
+        torch.testing.assert_close(ge, gr, rtol=1e-9, atol=1e-11)
+
+
+def test_softmax1_computes_no_sink_gradient(monkeypatch):
+    """softmax1's sink is the constant 0: the fused path gets no sink tensor and never computes
+    a sink gradient, eager or through the custom op; the learned sink does."""
+    A = importlib.import_module("offbyone.attention")  # the package exports a function of that name
+    calls = []
+    real = A._sink_grad
+    monkeypatch.setattr(A, "_sink_grad", lambda *a: calls.append(1) or real(*a))
+    (q, k, v), s = _inputs(1, 2, 16, 8, seed=2)
+    fast_attention(q, k, v, "softmax1").sum().backward()
+    torch.ops.offbyone.sink_attention(q, k, v, None, True, 0.3, "cpu_flash")[0].sum().backward()
+    assert calls == []
+    fast_attention(q, k, v, "sink", s).sum().backward()
+    assert calls == [1] and s.grad is not None
+
+
+def test_custom_op_passes_opcheck_without_a_sink_tensor():
+    (q, k, v), _ = _inputs(2, 3, 9, 8, seed=6, sink=False)
+    torch.library.opcheck(torch.ops.offbyone.sink_attention.default,
+                          (q, k, v, None, True, 0.3, "cpu_flash"))
+
+
+def test_kernel_choice_is_made_once_per_shape_and_switches(monkeypatch):
+    A = importlib.import_module("offbyone.attention")  # the package exports a function of that name
+    calls = []
+    real = A._choose_kernel
+    monkeypatch.setattr(A, "_choose_kernel", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(A, "_KERNEL_CHOICE", {})
+    (q, k, v), _ = _inputs(1, 2, 8, 16, sink=False)
+    for _ in range(3):
+        assert fused_kernel_for(q, k, v) == "cpu_flash"
+    assert len(calls) == 1
+    (q2, k2, v2), _ = _inputs(1, 2, 9, 16, sink=False)
+    assert fused_kernel_for(q2, k2, v2) == "cpu_flash" and len(calls) == 2
+    assert fused_kernel_for(q, k, v, causal=False) == "cpu_flash" and len(calls) == 3
+    monkeypatch.setattr(A, "_switches", lambda device: ("flipped",))  # a switch changed
+    assert fused_kernel_for(q, k, v) == "cpu_flash" and len(calls) == 4
+
+
+def test_cuda_kernel_order_and_cudnn_only_when_asked(monkeypatch):
+    """The CUDA choice reads SDPA's own checks (faked here: this test runs anywhere): flash
+    before memory-efficient; cuDNN, unverified on a GPU so far, only with OFFBYONE_SINK_CUDNN=1."""
+    import torch.backends.cuda as bc
+    A = importlib.import_module("offbyone.attention")  # the package exports a function of that name
+    fake = type("Q", (), {"device": torch.device("cuda", 0), "shape": (2, 4, 64, 64),
+                          "dtype": torch.bfloat16})()
+    monkeypatch.setattr(bc, "SDPAParams", lambda *a: None)
+    ok = {"flash": True, "efficient": True, "cudnn": True}
+    monkeypatch.setattr(bc, "can_use_flash_attention", lambda p: ok["flash"])
+    monkeypatch.setattr(bc, "can_use_efficient_attention", lambda p: ok["efficient"])
+    monkeypatch.setattr(bc, "can_use_cudnn_attention", lambda p: ok["cudnn"])
+    switches = {"asked": False}
+    monkeypatch.setattr(A, "_switches", lambda d: (True, True, True, switches["asked"]))
+    assert A._choose_kernel(fake, fake, fake, True) == "cuda_flash"
+    switches["asked"] = True
+    assert A._choose_kernel(fake, fake, fake, True) == "cuda_cudnn"
+    ok["cudnn"] = False
+    assert A._choose_kernel(fake, fake, fake, True) == "cuda_flash"
+    ok["flash"] = False
+    assert A._choose_kernel(fake, fake, fake, True) == "cuda_efficient"
+    ok["efficient"] = False
+    assert A._choose_kernel(fake, fake, fake, True) is None

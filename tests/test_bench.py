@@ -1,6 +1,9 @@
 """The benchmark code runs and reports what it says (no speed is asserted: timings are
 measurements, taken by `make bench`, not tests)."""
-from offbyone.bench import bench_attention, time_attention
+import numpy as np
+import pytest
+
+from offbyone.bench import _quartiles, bench_attention, rounds_for, time_attention
 from offbyone.pipeline import load_profile
 
 
@@ -15,7 +18,11 @@ def test_bench_attention_in_subprocesses_with_ratios():
     rows = bench_attention([32], repeats=1, device="cpu", max_reference_gib=6.0)
     assert [r["variant"] for r in rows] == ["softmax", "softmax1", "sink", "softmax1"]
     assert all(r["time_ratio"] > 0 for r in rows)
-    assert rows[0]["time_ratio"] == 1.0
+    assert rows[0]["time_ratio"] == 1.0 and rows[0]["extra_us"] == 0.0
+    for r in rows:  # quartiles of the times and of the per-round ratios to fused softmax
+        assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+        assert r["ratio_q1"] <= r["time_ratio"] <= r["ratio_q3"]
+        assert r["passes_per_round"] >= 1 and r["repeats"] == 1
     # memory children run with glibc's mmap threshold fixed (stable peak RSS), timings do not
     assert all(r["malloc_mmap_threshold"] == "131072" for r in rows)
     skipped = bench_attention([32], repeats=1, device="cpu", max_reference_gib=0.0)
@@ -24,5 +31,23 @@ def test_bench_attention_in_subprocesses_with_ratios():
 
 
 def test_profiles_bench_options_are_checked():
-    assert load_profile("cpu")["bench"]["T"] == [256, 1024]
+    assert load_profile("cpu")["bench"]["T"] == [64, 256, 1024, 4096]
     assert load_profile("rivals")["bench"] == load_profile("cpu")["bench"]   # inherited
+
+
+def test_rounds_follow_the_budget_within_their_bounds():
+    assert rounds_for(0.5, repeats=8, max_repeats=40, budget_s=15) == 30
+    assert rounds_for(11.0, repeats=8, max_repeats=40, budget_s=15) == 8     # at least
+    assert rounds_for(0.01, repeats=8, max_repeats=40, budget_s=15) == 40    # at most
+    assert rounds_for(1.0, repeats=5) == 5                                   # no budget
+
+
+def test_quartiles_are_numpys():
+    x = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6]
+    assert _quartiles(x) == pytest.approx(tuple(np.percentile(x, [25, 50, 75])))
+
+
+def test_the_reference_takes_part_in_the_first_rounds_only():
+    rows = bench_attention([16], repeats=4, device="cpu", reference_repeats=2, B=1, H=2, D=8)
+    n = {r["impl"] + r["variant"]: r["repeats"] for r in rows}
+    assert n == {"fastsoftmax": 4, "fastsoftmax1": 4, "fastsink": 4, "referencesoftmax1": 2}

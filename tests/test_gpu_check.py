@@ -242,3 +242,57 @@ def test_old_checks_name_the_fineweb_profile_as_it_is_now():
     assert n["profile"] == "gpu_fineweb" and n["training"][0]["profile"] == "gpu_fineweb"
     assert n["training"][1]["profile"] == "testbed_gpu" and n["parallel"][0]["profile"] == "gpu_fineweb"
     assert G.normalized(n) is n                                    # already current
+
+
+def test_kernel_sweep_on_the_cpu_at_toy_sizes():
+    """The sweep `make gpu-check` runs on an H200, here on the CPU kernel: every case timed with
+    its quartiles, the summary against the fastest softmax, and a spent budget says so."""
+    sweep = G.kernel_sweep((16, 40), (8,), B=1, H=2, repeats=3, device="cpu",
+                           dtype=torch.float32)
+    cases = {(r["variant"], r["route"], r["T"]) for r in sweep["rows"]}
+    assert cases == {(v, r, T) for T in (16, 40) for v, r in
+                     [("softmax", "FLASH_ATTENTION"), ("softmax1", "cpu_flash"), ("sink", "cpu_flash")]}
+    for r in sweep["rows"]:
+        assert r["repeats"] == 3 and 0 < r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+    summ = {(s["variant"], s["T"]): s for s in sweep["summary"]}
+    assert set(summ) == {(v, T) for v in ("softmax1", "sink") for T in (16, 40)}
+    s = summ[("sink", 40)]
+    rows = {(r["variant"], r["T"]): r for r in sweep["rows"]}
+    assert s["time_ratio"] == pytest.approx(rows[("sink", 40)]["median_ms"]
+                                            / rows[("softmax", 40)]["median_ms"])
+    assert s["default_route"] == s["fastest_route"] == "cpu_flash"
+    text = "\n".join(G.summary_lines({"provenance": {}, "wall_s": 1.0, "kernel_sweep": sweep}))
+    assert "sweep D=  8 T=    40 sink" in text
+    spent = G.kernel_sweep((16,), (8,), B=1, H=2, repeats=1, device="cpu",
+                           dtype=torch.float32, budget_s=0.0)
+    assert all("spent" in r["skipped"] for r in spent["rows"]) and spent["summary"] == []
+
+
+def test_an_optional_kernel_that_cannot_run_is_recorded_not_raised(monkeypatch):
+    real = G.kernel_errors
+
+    def fake(kernel, dtype, D, T, variant, **kw):
+        if kernel == "cuda_cudnn":
+            raise RuntimeError("cuDNN cannot run this\nmore")
+        return real(kernel, dtype, D, T, variant, device="cpu")
+    monkeypatch.setattr(G, "kernel_errors", fake)
+    rows = G.kernel_error_table((7,), (16,), kernels=(("cpu_flash", torch.float32),),
+                                optional=(("cuda_cudnn", torch.bfloat16),))
+    assert [r["optional"] for r in rows] == [False, False, True, True]
+    assert rows[0]["ok"] and rows[2] == {**rows[2], "ok": False, "error": "cuDNN cannot run this"}
+    text = "\n".join(G.summary_lines({"provenance": {}, "wall_s": 1.0, "kernel_errors": rows}))
+    assert "2 case(s) could not run" in text and "2/2 within tolerance" in text
+    with pytest.raises(RuntimeError):
+        G.kernel_error_table((7,), (16,), kernels=(("cuda_cudnn", torch.bfloat16),), optional=())
+
+
+def test_the_compiled_training_ratio_reads_the_checks_own_profile():
+    check = {"profile": "gpu", "training": [
+        {"profile": "gpu", "variant": "softmax", "compile": True, "tokens_per_s": 100.0},
+        {"profile": "gpu", "variant": "softmax1", "compile": True, "tokens_per_s": 97.0},
+        {"profile": "gpu", "variant": "softmax1", "compile": False, "tokens_per_s": 50.0},
+        {"profile": "gpu", "variant": "softmax", "compile": True, "tokens_per_s": 10.0,
+         "compile_mode": "reduce-overhead"},
+        {"profile": "testbed", "variant": "softmax1", "compile": True, "tokens_per_s": 1.0}]}
+    assert G.compiled_training_ratio(check) == pytest.approx(0.97)
+    assert G.compiled_training_ratio({"profile": "gpu", "training": []}) is None

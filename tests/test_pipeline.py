@@ -196,7 +196,7 @@ def test_bench_options_are_checked(tmp_path, monkeypatch):
         "badv": one + "bench: {variants: [softmax2]}\n",
         "notlist": one + "bench: {variants: softmax}\n"})
     assert P.load_profile("ok")["bench"]["variants"] == ["softmax", "sink"]
-    with pytest.raises(ConfigError, match="unknown bench key.*valid keys: T, repeats, steps, variants"):
+    with pytest.raises(ConfigError, match="unknown bench key.*valid keys: T, repeats, max_repeats, budget_s, steps, variants"):
         P.load_profile("typo")
     for name in ("badv", "notlist"):
         with pytest.raises(ConfigError, match="bench variants must be a non-empty list of softmax, softmax1"):

@@ -20,6 +20,7 @@ the tests compare every fast path against it in float64, values and gradients.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -140,8 +141,9 @@ def _check_impl(impl: str) -> None:
 
 
 def _sink_logits(variant: Variant, sink: torch.Tensor | None, n_head: int,
-                 like: torch.Tensor) -> torch.Tensor | None:
-    """The per-head sink logit as a (H,) tensor, or None for plain softmax."""
+                 like: torch.Tensor, fixed_as_none: bool = False) -> torch.Tensor | None:
+    """The per-head sink logit as a (H,) tensor, or None for plain softmax (and, with
+    `fixed_as_none`, for softmax1's fixed 0, which the fused path handles without a tensor)."""
     if not variant.has_sink:
         if sink is not None:
             raise ValueError(f"attention variant {variant.name!r} takes no sink logit")
@@ -155,6 +157,8 @@ def _sink_logits(variant: Variant, sink: torch.Tensor | None, n_head: int,
     if sink is not None:
         raise ValueError("softmax1 fixes its sink logit at 0; pass sink=None "
                          "(use variant 'sink' for a learned one)")
+    if fixed_as_none:
+        return None
     return torch.zeros(n_head, dtype=like.dtype, device=like.device)
 
 
@@ -224,8 +228,14 @@ def reference_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | 
 
 # The fused kernels that return the logsumexp, and their backwards, as PyTorch's own SDPA calls
 # them (no dropout). Each forward returns (out, lse, extras): extras are what its backward needs
-# besides the tensors. The CUDA memory-efficient kernel pads lse along T to a multiple of 32.
-FUSED_KERNELS = ("cpu_flash", "cuda_flash", "cuda_efficient")
+# besides the tensors. The CUDA memory-efficient kernel pads lse along T to a multiple of 32;
+# cuDNN's lse has shape (B, H, T, 1).
+FUSED_KERNELS = ("cpu_flash", "cuda_flash", "cuda_efficient", "cuda_cudnn")
+# cuDNN is what SDPA picks for softmax on Hopper, but the sink path through it has not yet been
+# checked on a GPU against the float64 reference: it runs only when asked for (kernel
+# "cuda_cudnn", or OFFBYONE_SINK_CUDNN=1 for the automatic choice); `make gpu-check` checks and
+# times it beside the others.
+CUDNN_ENV = "OFFBYONE_SINK_CUDNN"
 
 
 def _kernel_forward(kernel: str, q, k, v, causal: bool, scale: float):
@@ -237,35 +247,42 @@ def _kernel_forward(kernel: str, q, k, v, causal: bool, scale: float):
         out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = (
             torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False,
                                                                 scale=scale))
-        return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
+        return out, lse, (seed, offset)
     if kernel == "cuda_efficient":
         out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
             q, k, v, None, True, 0.0, causal, scale=scale)
         return out, lse, (seed, offset)
+    if kernel == "cuda_cudnn":
+        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = (
+            torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal,
+                                                               False, scale=scale))
+        return out, lse, (seed, offset)
     raise ValueError(f"unknown fused kernel {kernel!r}; valid choices: {', '.join(FUSED_KERNELS)}")
 
 
-def _kernel_backward(kernel: str, grad, q, k, v, out, lse, extras, causal: bool, scale: float):
+def _kernel_backward(kernel: str, grad, q, k, v, out, lse, seed, offset, causal: bool,
+                     scale: float):
+    """The kernel's own backward. Dense inputs: no cumulative lengths; the maximum lengths are
+    T and S."""
+    T, S = q.shape[-2], k.shape[-2]
     if kernel == "cpu_flash":
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad, q, k, v, out, lse, 0.0, causal, scale=scale)
     if kernel == "cuda_flash":
-        cum_q, cum_k, max_q, max_k, seed, offset = extras
         return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-            grad, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset,
+            grad, q, k, v, out, lse, None, None, T, S, 0.0, causal, seed, offset, scale=scale)
+    if kernel == "cuda_cudnn":
+        # cuDNN caches its graph by layout: the incoming gradient keeps the output's strides
+        if grad.stride() != out.stride():
+            grad = torch.empty_like(out).copy_(grad)
+        return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+            grad, q, k, v, out, lse, seed, offset, None, None, None, T, S, 0.0, causal,
             scale=scale)
-    seed, offset = extras
     return torch.ops.aten._scaled_dot_product_efficient_attention_backward(
         grad, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], causal,
         scale=scale)[:3]
 
 
-# The sink fast path is a pair of torch.library custom ops (forward and backward) with fake
-# implementations and an autograd registration, so torch.compile traces a model through it as
-# one graph (an autograd.Function that calls private aten kernels would break the graph). The
-# fake implementations are the real ones run on fake tensors: the aten kernels' own shape
-# functions give every output's shape, dtype and device.
-#
 # Math. The kernel returns the softmax output `out` and the per-query logsumexp `lse`. With the
 # sink, the normaliser is lse1 = logaddexp(lse, s), so out1 = out * exp(lse - lse1), and the sink
 # probabilities are exp(x - lse1): the softmax probabilities of the kernel's own backward once it
@@ -274,7 +291,83 @@ def _kernel_backward(kernel: str, grad, q, k, v, out, lse, extras, causal: bool,
 # p_j = e^x_j / (e^s + sum e^x) in x has the softmax form p_j (delta_jk - p_k), and its
 # D = rowsum(dO * O) term is computed from out1). Nothing (B, H, T, D) is allocated beyond what
 # fused softmax attention allocates. The sink gradient is
-# ds_h = -sum_{b,t} rowsum(grad * out1) * p_sink, with p_sink = exp(s - lse1).
+# ds_h = -sum_{b,t} rowsum(grad * out1) * p_sink, with p_sink = exp(s - lse1); softmax1 has no
+# sink tensor (s is None: the fixed logit 0), so it has no sink gradient to compute.
+#
+# Two registrations share these functions. Eager code calls them through a plain
+# autograd.Function (`_SinkAttention`): the least Python per call. Code that torch.compile
+# traces calls a pair of torch.library custom ops (forward and backward) with fake
+# implementations and an autograd registration, so a model compiles through the sink path as one
+# graph (an autograd.Function calling private aten kernels would break it). The fake
+# implementations are the real ones run on fake tensors: the aten kernels' own shape functions
+# give every output's shape, dtype and device.
+
+def _rows(lse: torch.Tensor, T: int) -> torch.Tensor:
+    """The (B, H, T) view of a kernel's lse: cuDNN's is (B, H, T, 1), the efficient kernel's is
+    padded along T."""
+    if lse.dim() == 4:
+        return lse[..., 0]
+    return lse if lse.shape[-1] == T else lse[..., :T]
+
+
+def _heads(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The per-head logits (H,) shaped to broadcast against `like` (B, H, ...), in its dtype."""
+    return s.to(like.dtype).view((1, -1) + (1,) * (like.dim() - 2))
+
+
+def _sink_forward(q, k, v, s, causal: bool, scale: float, kernel: str):
+    """(out1, lse1, philox_seed, philox_offset); the last two are what the CUDA kernels'
+    backwards take (unused without dropout; empty on CPU).
+
+    With x = lse - s: lse1 = s + log(1 + e^x) and the weight left to the real keys is
+    e^(lse - lse1) = sigmoid(x). A few elementwise kernels over (B, H, T), each vectorised in any
+    layout the kernel's lse comes in (a sink broadcast across a transposed lse is not: logaddexp
+    over it cost ten times as much), and one over the output."""
+    out, lse, extras = _kernel_forward(kernel, q, k, v, causal, scale)
+    T = q.shape[-2]
+    zero = lse.new_zeros(())
+    if s is None:  # softmax1: s = 0
+        x, lse1 = lse, torch.logaddexp(lse, zero)
+    else:
+        sh = _heads(s, lse)
+        x = lse - sh
+        lse1 = torch.logaddexp(x, zero).add_(sh)
+    g = torch.sigmoid(_rows(x, T))
+    out1 = out.mul_(g.unsqueeze(-1).to(out.dtype))  # in place: the kernel's output is ours
+    seed, offset = extras if extras else (q.new_empty(0), q.new_empty(0))
+    return out1, lse1, seed, offset
+
+
+def _sink_grad(grad, out1, lse1, s: torch.Tensor) -> torch.Tensor:
+    """ds_h = -sum_{b,t} rowsum(grad * out1) * exp(s_h - lse1), summed in at least fp32."""
+    T = out1.shape[-2]
+    acc = torch.promote_types(grad.dtype, torch.float32)  # bf16/fp16 sum in fp32
+    # rowsum(grad * out1) as a batched (1 x D) @ (D x 1): no (B, H, T, D) temporary (on the CPU
+    # an elementwise product and sum took twice as long, most of it allocating that temporary)
+    dot = (grad.to(acc).unsqueeze(-2) @ out1.to(acc).unsqueeze(-1)).view(out1.shape[:-1])
+    rows = _rows(lse1, T)
+    p_sink = torch.exp(_heads(s, rows) - rows)
+    return -(dot * p_sink.to(acc)).sum(dim=(0, 2)).to(s.dtype)
+
+
+class _SinkAttention(torch.autograd.Function):
+    """The eager registration (see above)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, s, causal: bool, scale: float, kernel: str):
+        out1, lse1, seed, offset = _sink_forward(q, k, v, s, causal, scale, kernel)
+        ctx.save_for_backward(q, k, v, s, out1, lse1, seed, offset)
+        ctx.causal, ctx.scale, ctx.kernel = causal, scale, kernel
+        return out1
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, s, out1, lse1, seed, offset = ctx.saved_tensors
+        dq, dk, dv = _kernel_backward(ctx.kernel, grad.contiguous(), q, k, v, out1, lse1, seed,
+                                      offset, ctx.causal, ctx.scale)
+        ds = _sink_grad(grad, out1, lse1, s) if ctx.needs_input_grad[3] else None
+        return dq, dk, dv, ds, None, None, None
+
 
 def _resolve_kernel(kernel: str, q, k, v, causal: bool) -> str:
     """"cuda" means: the CUDA kernel SDPA would pick for these inputs, decided inside the op
@@ -288,32 +381,22 @@ def _resolve_kernel(kernel: str, q, k, v, causal: bool) -> str:
     return chosen
 
 
-def _sink_attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, s: torch.Tensor,
-                       causal: bool, scale: float, kernel: str
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (out1, lse1, philox_seed, philox_offset); the last two are what the CUDA kernels'
-    backwards take (unused without dropout; empty on CPU)."""
-    kernel = _resolve_kernel(kernel, q, k, v, causal)
-    out, lse, extras = _kernel_forward(kernel, q, k, v, causal, scale)
-    T = q.shape[-2]
-    lse1 = torch.logaddexp(lse, s.to(lse.dtype).view(1, -1, 1))  # (B, H, T or padded T)
-    g = torch.exp(lse[..., :T] - lse1[..., :T])  # the weight left to the real keys
-    out1 = out.mul_(g.unsqueeze(-1).to(out.dtype))  # in place: the kernel's output is ours
-    seed, offset = extras[-2:] if extras else (q.new_empty(0), q.new_empty(0))
+def _sink_attention_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         s: torch.Tensor | None, causal: bool, scale: float, kernel: str
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    out1, lse1, seed, offset = _sink_forward(q, k, v, s, causal, scale,
+                                             _resolve_kernel(kernel, q, k, v, causal))
+    # a custom op's outputs may not alias each other or the inputs
     return out1, lse1, seed.clone(), offset.clone()
 
 
 def _sink_attention_backward_impl(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                                v: torch.Tensor, out1: torch.Tensor, lse1: torch.Tensor,
-                                seed: torch.Tensor, offset: torch.Tensor, causal: bool,
-                                scale: float, kernel: str
-                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                                  v: torch.Tensor, out1: torch.Tensor, lse1: torch.Tensor,
+                                  seed: torch.Tensor, offset: torch.Tensor, causal: bool,
+                                  scale: float, kernel: str
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     kernel = _resolve_kernel(kernel, q, k, v, causal)
-    if kernel == "cuda_flash":  # dense inputs: no cumulative lengths, max lengths T and S
-        extras = (None, None, q.shape[-2], k.shape[-2], seed, offset)
-    else:
-        extras = (seed, offset)
-    dq, dk, dv = _kernel_backward(kernel, grad, q, k, v, out1, lse1, extras, causal, scale)
+    dq, dk, dv = _kernel_backward(kernel, grad, q, k, v, out1, lse1, seed, offset, causal, scale)
     return dq, dk, dv
 
 
@@ -338,14 +421,7 @@ def _sink_backward(ctx, grad, _lse1_grad, _seed_grad, _offset_grad):
     q, k, v, s, out1, lse1, seed, offset = ctx.saved_tensors
     dq, dk, dv = _sink_attention_backward_op(grad.contiguous(), q, k, v, out1, lse1, seed,
                                              offset, ctx.causal, ctx.scale, ctx.kernel)
-    ds = None
-    if ctx.needs_input_grad[3]:
-        T = q.shape[-2]
-        acc = torch.promote_types(grad.dtype, torch.float32)  # bf16/fp16 sum in fp32
-        # rowsum(grad * out1) as a batched (1 x D) @ (D x 1): no (B, H, T, D) temporary
-        dot = (grad.to(acc).unsqueeze(-2) @ out1.to(acc).unsqueeze(-1)).view(q.shape[:-1])
-        p_sink = torch.exp(s.to(lse1.dtype).view(1, -1, 1) - lse1[..., :T])
-        ds = -(dot * p_sink.to(acc)).sum(dim=(0, 2)).to(s.dtype)
+    ds = _sink_grad(grad, out1, lse1, s) if s is not None and ctx.needs_input_grad[3] else None
     return dq, dk, dv, ds, None, None, None
 
 
@@ -353,12 +429,16 @@ _sink_attention_op.register_autograd(_sink_backward, setup_context=_sink_setup_c
 
 
 def sink_fused(q, k, v, s, causal: bool, scale: float, kernel: str) -> torch.Tensor:
-    """Softmax-with-sink attention (per-head logit s, shape (H,)) on a fused kernel, exact
-    backward. `kernel`: one of FUSED_KERNELS, or "cuda" to let the op pick SDPA's CUDA kernel."""
+    """Softmax-with-sink attention on a fused kernel, exact backward. `s`: the per-head logit,
+    shape (H,), or None for softmax1's fixed 0. `kernel`: one of FUSED_KERNELS, or "cuda" to let
+    the op pick SDPA's CUDA kernel (inside traced code)."""
     if kernel not in FUSED_KERNELS + ("cuda",):
         raise ValueError(f"unknown fused kernel {kernel!r}; valid choices: "
                          f"{', '.join(FUSED_KERNELS)}, cuda")
-    return torch.ops.offbyone.sink_attention(q, k, v, s, causal, float(scale), kernel)[0]
+    if torch.compiler.is_compiling():
+        return torch.ops.offbyone.sink_attention(q, k, v, s, causal, float(scale), kernel)[0]
+    kernel = _resolve_kernel(kernel, q, k, v, causal)
+    return _SinkAttention.apply(q, k, v, s, causal, float(scale), kernel)
 
 
 def _sink_sdpa_appended(q, k, v, s, causal: bool, scale: float):
@@ -383,17 +463,44 @@ def fused_kernel_for(q, k, v, causal: bool = True) -> str | None:
     """The fused kernel the sink variants run on for these inputs, or None when there is none
     (the exact appended-key path is used then). On CUDA it is the kernel PyTorch's SDPA would
     pick for softmax, flash before memory-efficient, as far as the switches in
-    torch.backends.cuda allow; both need a head size that is a multiple of 8."""
+    torch.backends.cuda allow (cuDNN first only with OFFBYONE_SINK_CUDNN=1); all need a head
+    size that is a multiple of 8. The choice is made once per device, dtype, shapes, strides,
+    gradient need, causality and switches, then read from a cache."""
+    key = (q.device, q.dtype, causal, _switches(q.device),
+           q.requires_grad or k.requires_grad or v.requires_grad,
+           q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride())
+    chosen = _KERNEL_CHOICE.get(key, False)
+    if chosen is False:
+        chosen = _KERNEL_CHOICE[key] = _choose_kernel(q, k, v, causal)
+    return chosen
+
+
+_KERNEL_CHOICE: dict[tuple, str | None] = {}
+
+
+def _switches(device: torch.device) -> tuple:
+    """What the choice depends on besides the inputs: SDPA's backend switches and ours."""
+    if device.type != "cuda":
+        return ()
+    from torch.backends import cuda as bc
+    return (bc.flash_sdp_enabled(), bc.mem_efficient_sdp_enabled(), bc.cudnn_sdp_enabled(),
+            os.environ.get(CUDNN_ENV, "0") == "1")
+
+
+def _choose_kernel(q, k, v, causal: bool) -> str | None:
     if q.device.type == "cpu":
         ok = q.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
         return "cpu_flash" if ok else None
     if q.device.type != "cuda" or q.shape[-1] % 8 or q.dtype == torch.float64:
         return None
     from torch.backends import cuda as bc
+    flash, efficient, cudnn, cudnn_asked = _switches(q.device)
     params = bc.SDPAParams(q, k, v, None, 0.0, causal, False)
-    if bc.flash_sdp_enabled() and bc.can_use_flash_attention(params):
+    if cudnn_asked and cudnn and bc.can_use_cudnn_attention(params):
+        return "cuda_cudnn"
+    if flash and bc.can_use_flash_attention(params):
         return "cuda_flash"
-    if bc.mem_efficient_sdp_enabled() and bc.can_use_efficient_attention(params):
+    if efficient and bc.can_use_efficient_attention(params):
         return "cuda_efficient"
     return None
 
@@ -412,8 +519,8 @@ def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None 
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     if not var.fused:
         return reference_attention(q, k, v, variant, sink, causal, scale, clip_alpha)[0]
-    s = _sink_logits(var, sink, H, q)
-    if s is None:
+    s = _sink_logits(var, sink, H, q, fixed_as_none=True)
+    if not var.has_sink:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     if causal and k.shape[-2] != T:
         raise ValueError("causal fast attention needs as many keys as queries")
@@ -426,6 +533,8 @@ def fast_attention(q, k, v, variant: str = "softmax", sink: torch.Tensor | None 
         kernel = fused_kernel_for(q, k, v, causal)
     if kernel is not None:
         return sink_fused(q, k, v, s, causal, scale, kernel)  # strided views are fine
+    if s is None:
+        s = q.new_zeros(H)
     return _sink_sdpa_appended(q, k, v, s, causal, scale)
 
 

@@ -1,11 +1,13 @@
 """Benchmarks: attention forward + backward, and training throughput per variant.
 
     python -m offbyone.bench                      # both, CSVs under results/bench/
-    python -m offbyone.bench --what attention --T 256 1024 4096
+    python -m offbyone.bench --what attention --T 64 256 1024 4096 --repeats 10 --budget-s 30
 
 Attention: B = 8, H = 8, D = 64, causal; fp32 on CPU, bf16 on CUDA. Times: after warm-up, the
 median of repeated forward + backward passes, the cases interleaved round by round in one process
-so that a shared machine's drifts hit all alike. Peak memory: each case once more, the peak above
+so that a shared machine's drifts hit all alike; each case's ratio to fused softmax is the median
+of its per-round ratios (paired by round), printed with their interquartile range, and the median
+per-round difference at the smallest T is the per-call overhead. Peak memory: each case once more, the peak above
 the memory held after warm-up, so that the inputs and the one-time buffers of the first pass
 (about 40 MiB on CPU) do not count. On a GPU it is the CUDA allocator's peak, read in this process
 (the allocator counts exactly what is live). On CPU it is the peak resident memory of a fresh
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -42,6 +45,8 @@ from .pipeline import load_profile, run_config
 from .tokens import TokenData
 from .train import train_step
 
+# a timed round gives each case this many seconds of forward + backward passes, at least
+BLOCK_S = 0.2
 # glibc: a fixed threshold (bytes) turns off its dynamic adjustment; see the module docstring
 CPU_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
@@ -142,11 +147,36 @@ def time_attention(variant: str, impl: str, T: int, B: int = 8, H: int = 8, D: i
             "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "")}
 
 
+def _quartiles(x) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile), numpy's default (linear) definition."""
+    import numpy as np
+    q1, med, q3 = np.percentile(np.asarray(x, dtype=float), [25, 50, 75])
+    return float(q1), float(med), float(q3)
+
+
+def rounds_for(round_s: float, repeats: int, max_repeats: int | None = None,
+               budget_s: float = 0.0) -> int:
+    """How many timed rounds a sequence length gets: as many as `budget_s` seconds allow at
+    `round_s` seconds a round, at least `repeats` and at most `max_repeats`."""
+    hi = max(repeats, max_repeats or repeats)
+    want = int(budget_s / round_s) if round_s > 0 else hi
+    return min(max(want, repeats), hi)
+
+
 def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.0,
-                    B: int = 8, H: int = 8, D: int = 64) -> list[dict]:
+                    B: int = 8, H: int = 8, D: int = 64, max_repeats: int | None = None,
+                    budget_s: float = 0.0, reference_repeats: int = 5) -> list[dict]:
     """Times are taken in this process with the cases interleaved round by round (rotating
     their order), so slow drifts of a shared machine hit every case alike; peak memory is
-    read in a fresh process per case."""
+    read in a fresh process per case.
+
+    Each T gets `rounds_for(...)` timed rounds after two warm-up rounds (`repeats` at least);
+    the materialising reference takes part in the first `reference_repeats` of them only (it is
+    not what the ratios are about, and it is slow). Every row carries the quartiles of its times
+    and, for the fast cases, of its per-round ratio to fused softmax timed in the same round
+    (`time_ratio` is their median, `ratio_q1` and `ratio_q3` the interquartile range), and the
+    median per-round difference in microseconds (`extra_us`): at small T that is the per-call
+    overhead."""
     rows = []
     for T in Ts:
         cases = []
@@ -159,40 +189,75 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
                 print(f"T={T:6d} {label:36s} skipped (about {need_gib:.0f} GiB)", flush=True)
                 continue
             cases.append((label, variant, impl))
-        times = {c: [] for c in cases}
-        inputs = {c: _inputs(T, B, H, D, device, c[1]) for c in cases}
-        warmup = 2
-        for i in range(warmup + repeats):
-            order = cases[i % len(cases):] + cases[:i % len(cases)]
-            for c in order:
-                dev, _, q, k, v, sink, grad = inputs[c]
-                seconds = _timed_pass(c[1], c[2], dev, q, k, v, sink, grad)
-                if i >= warmup:
-                    times[c].append(seconds)
-        del inputs
+        times, n_rounds, passes = _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s,
+                                        reference_repeats)
+        base = times[cases[0]]  # fused softmax, the first case
         for label, variant, impl in cases:
             mem = _peak_memory(variant, impl, T, B, H, D, device)
             t = times[(label, variant, impl)]
-            row = {"label": label, **mem, "median_ms": 1e3 * statistics.median(t),
-                   "min_ms": 1e3 * min(t), "repeats": repeats}
+            q1, med, q3 = _quartiles(t)
+            row = {"label": label, **mem, "median_ms": 1e3 * med, "q1_ms": 1e3 * q1,
+                   "q3_ms": 1e3 * q3, "min_ms": 1e3 * min(t), "repeats": len(t),
+                   "passes_per_round": 1 if impl == "reference" else passes}
+            paired = list(zip(t, base))  # rounds in which both ran
+            r1, rmed, r3 = _quartiles([a / b for a, b in paired])
+            row.update(time_ratio=rmed, ratio_q1=r1, ratio_q3=r3,
+                       extra_us=1e6 * _quartiles([a - b for a, b in paired])[1])
             rows.append(row)
-            print(f"T={T:6d} {label:36s} {row['median_ms']:9.1f} ms  peak {row['peak_mib']:8.1f} MiB",
-                  flush=True)
-    # ratios against fused softmax at the same T
-    base = {r["T"]: r for r in rows if r["variant"] == "softmax" and "median_ms" in r}
+            print(f"T={T:6d} {label:36s} {row['median_ms']:9.2f} ms (IQR {row['q1_ms']:.2f} to "
+                  f"{row['q3_ms']:.2f})  x{rmed:.3f} (IQR {r1:.3f} to {r3:.3f})  "
+                  f"{row['extra_us']:+8.0f} us  peak {row['peak_mib']:8.1f} MiB  "
+                  f"{len(t)} rounds", flush=True)
+    # memory ratios against fused softmax at the same T
+    base_rows = {r["T"]: r for r in rows if r["variant"] == "softmax" and "median_ms" in r}
     for r in rows:
-        if "median_ms" in r and r["T"] in base:
-            r["time_ratio"] = r["median_ms"] / base[r["T"]]["median_ms"]
-            r["memory_ratio"] = (r["peak_mib"] / base[r["T"]]["peak_mib"]
-                                 if base[r["T"]]["peak_mib"] > 0 else float("nan"))
+        if "median_ms" in r and r["T"] in base_rows:
+            b = base_rows[r["T"]]["peak_mib"]
+            r["memory_ratio"] = r["peak_mib"] / b if b > 0 else float("nan")
     return rows
+
+
+def _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s, reference_repeats):
+    """{case: [seconds per timed round]} and the number of rounds: two warm-up rounds, then as
+    many as `rounds_for` allows at the warm-up's pace, each case once a round in rotating
+    order."""
+    times = {c: [] for c in cases}
+    warm = {c: [] for c in cases}
+    inputs = {c: _inputs(T, B, H, D, device, c[1]) for c in cases}
+
+    def one_round(i, into, with_reference, passes=1):
+        """Each case `passes` times (the reference once), the cases alternating pass by pass in
+        an order rotated by i, so that the machine's drifts within the round hit all alike."""
+        live = [c for c in cases if with_reference or c[2] != "reference"]
+        order = live[i % len(live):] + live[:i % len(live)]
+        spent = dict.fromkeys(order, 0.0)
+        for p in range(passes):
+            for c in order:
+                if p == 0 or c[2] != "reference":
+                    dev, _, q, k, v, sink, grad = inputs[c]
+                    spent[c] += _timed_pass(c[1], c[2], dev, q, k, v, sink, grad)
+        for c in order:
+            into[c].append(spent[c] / (1 if c[2] == "reference" else passes))
+
+    warmup = 2
+    for i in range(warmup):
+        one_round(i, warm, True)
+    # the pace of a timed round: the fast cases' last warm-up times; a round gives each case
+    # passes worth at least BLOCK_S seconds, so that its ratio is not one pass's jitter
+    pass_s = {c: w[-1] for c, w in warm.items() if c[2] != "reference"}
+    shortest = min(pass_s.values())
+    passes = max(1, math.ceil(BLOCK_S / shortest)) if shortest > 0 else 1
+    n = rounds_for(passes * sum(pass_s.values()), repeats, max_repeats, budget_s)
+    for i in range(n):
+        one_round(warmup + i, times, i < reference_repeats, passes)
+    return times, n, passes
 
 
 def _peak_memory(variant, impl, T, B, H, D, device) -> dict:
     """One case's peak memory. On CUDA the caching allocator counts exactly what is live, so it
     is read in this process (after emptying the cache); on CPU the resident memory is read in a
     fresh process (see the module docstring)."""
-    args = {"variant": variant, "impl": impl, "T": T, "repeats": 3, "warmup": 1,
+    args = {"variant": variant, "impl": impl, "T": T, "repeats": 1, "warmup": 1,
             "device": device, "B": B, "H": H, "D": D}
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -272,12 +337,13 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
     from .provenance import provenance
 
     prof = load_profile(profile)
-    opts = {"T": [256, 1024, 4096], "repeats": 5, "steps": 40, "variants": list(VARIANTS),
-            **prof["bench"]}
+    opts = {"T": [256, 1024, 4096], "repeats": 5, "max_repeats": None, "budget_s": 0.0,
+            "steps": 40, "variants": list(VARIANTS), **prof["bench"]}
     device = pick_device("auto").type
     out = repo_root() / out_root / profile / "bench"
     t0 = time.perf_counter()
-    attn = bench_attention(opts["T"], opts["repeats"], device)
+    attn = bench_attention(opts["T"], opts["repeats"], device, max_repeats=opts["max_repeats"],
+                           budget_s=opts["budget_s"])
     _write_csv(attn, out / "attention.csv")
     # every variant at the profile's model size, not only those the profile trains
     training = bench_training(profile, opts["variants"], opts["steps"], 3, device)
@@ -298,7 +364,11 @@ def main(argv=None):
     ap.add_argument("--what", choices=["attention", "training", "both"], default="both")
     ap.add_argument("--T", type=int, nargs="+", default=None,
                     help="sequence lengths (default 256 1024 4096, and 16384 on CUDA)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds per T, at least")
+    ap.add_argument("--max-repeats", type=int, default=None,
+                    help="timed rounds per T, at most (with --budget-s)")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="seconds of timed rounds per T to aim for, within the two bounds")
     ap.add_argument("--profile", default=None, help="model size for training (default: cpu, or gpu on CUDA)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=40)
@@ -318,7 +388,8 @@ def main(argv=None):
     out = Path(args.out)
     if args.what in ("attention", "both"):
         Ts = args.T or ([256, 1024, 4096, 16384] if device == "cuda" else [256, 1024, 4096])
-        _write_csv(bench_attention(Ts, args.repeats, device), out / f"attention_{device}.csv")
+        _write_csv(bench_attention(Ts, args.repeats, device, max_repeats=args.max_repeats,
+                                   budget_s=args.budget_s), out / f"attention_{device}.csv")
     if args.what in ("training", "both"):
         profile = args.profile or ("gpu" if device == "cuda" else "cpu")
         _write_csv(bench_training(profile, args.variants, args.steps, 3, device),

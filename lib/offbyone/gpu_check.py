@@ -8,8 +8,12 @@ On a CUDA machine it
    the memory-efficient kernel in fp32 and the flash kernel in bf16 and fp16, at head sizes 64
    and 128 and T in {1, 7, 64, 1000, 4096}; and records every case's error beside fused
    softmax's error through the same kernel;
+   (cuDNN's route, opt-in so far, is recorded too, errors included);
 2. benchmarks attention forward + backward in bf16 from T = 1k to 16k (softmax, softmax1, sink:
-   time and peak-memory ratios, peak from torch.cuda.max_memory_allocated);
+   time and peak-memory ratios, peak from torch.cuda.max_memory_allocated), then sweeps the
+   sink path's routes (the lse correction on cuDNN, flash and memory-efficient) against the
+   fastest of SDPA's softmax backends, bf16, D 64 and 128, T = 256 to 16k, 20 timed rounds
+   each, in at most 90 seconds (`kernel_sweep`);
 3. trains the gpu profile's runs with the pipeline's own `train()` for a few hundred steps:
    softmax and softmax1 with torch.compile off and on, the other variants and the testbed's
    model eagerly (the main pair also compiled with CUDA graphs, `compile_mode:
@@ -41,6 +45,9 @@ import torch
 NO_CUDA_EXIT = 2
 CHECK_KERNELS = (("cuda_efficient", torch.float32), ("cuda_flash", torch.bfloat16),
                  ("cuda_flash", torch.float16))
+# cuDNN's route is opt-in (OFFBYONE_SINK_CUDNN=1) until this table has checked it on a GPU: its
+# rows are recorded, an error among them included, but the CUDA tests do not run it
+CHECK_OPTIONAL_KERNELS = (("cuda_cudnn", torch.bfloat16), ("cuda_cudnn", torch.float16))
 CHECK_HEAD_SIZES = (64, 128)
 CHECK_T = (1, 7, 64, 1000, 4096)
 # The largest error allowed, relative to the largest magnitude of the float64 reference, for
@@ -93,7 +100,8 @@ def kernel_errors(kernel: str, dtype: torch.dtype, D: int, T: int, variant: str,
     s_ref = s.detach().double().requires_grad_(variant == "sink")
     scale = 1.0 / math.sqrt(D)
 
-    out = sink_fused(*leaves, s_leaf, True, scale, kernel)
+    # softmax1 as the fast path runs it: no sink tensor
+    out = sink_fused(*leaves, s_leaf if variant == "sink" else None, True, scale, kernel)
     ref, _ = reference_attention(*ref_leaves, "sink", s_ref, causal=True, scale=scale)
     wrt = leaves + ([s_leaf] if variant == "sink" else [])
     wrt_ref = ref_leaves + ([s_ref] if variant == "sink" else [])
@@ -102,8 +110,8 @@ def kernel_errors(kernel: str, dtype: torch.dtype, D: int, T: int, variant: str,
     names = ["out", "dq", "dk", "dv"] + (["ds"] if variant == "sink" else [])
     errors = dict(zip(names, [rel_err(out, ref)] + [rel_err(a, b) for a, b in zip(grads, grads_ref)]))
 
-    backend = (SDPBackend.EFFICIENT_ATTENTION if kernel == "cuda_efficient"
-               else SDPBackend.FLASH_ATTENTION)
+    backend = {"cuda_efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cuda_cudnn": SDPBackend.CUDNN_ATTENTION}.get(kernel, SDPBackend.FLASH_ATTENTION)
     sm_leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     sm_ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
     with sdpa_kernel(backend):
@@ -118,34 +126,161 @@ def kernel_errors(kernel: str, dtype: torch.dtype, D: int, T: int, variant: str,
             "tolerance": REL_TOL[dtype], "ok": max(errors.values()) <= REL_TOL[dtype]}
 
 
-def kernel_error_table(Ts=CHECK_T, head_sizes=CHECK_HEAD_SIZES, kernels=CHECK_KERNELS) -> list[dict]:
+def kernel_error_table(Ts=CHECK_T, head_sizes=CHECK_HEAD_SIZES, kernels=CHECK_KERNELS,
+                       optional=CHECK_OPTIONAL_KERNELS) -> list[dict]:
     rows = []
-    for kernel, dtype in kernels:
+    for kernel, dtype in tuple(kernels) + tuple(optional):
         for D in head_sizes:
             for T in Ts:
                 for variant in ("softmax1", "sink"):
-                    rows.append(kernel_errors(kernel, dtype, D, T, variant))
+                    try:
+                        rows.append(kernel_errors(kernel, dtype, D, T, variant))
+                    except RuntimeError as e:
+                        if (kernel, dtype) not in optional:
+                            raise
+                        rows.append({"kernel": kernel, "dtype": str(dtype).replace("torch.", ""),
+                                     "D": D, "T": T, "variant": variant, "ok": False,
+                                     "error": str(e).strip().splitlines()[0][:300]})
+                    rows[-1]["optional"] = (kernel, dtype) in optional
                     torch.cuda.empty_cache()
     return rows
 
 
-def same_kernel_bench(Ts, B: int = 8, H: int = 8, D: int = 64) -> tuple[str, list[dict]]:
-    """Which backend SDPA picks for causal bf16 softmax here, and fused softmax timed through the
-    flash kernel (the one the sink fast path uses), so the sink path's cost can be read both
-    against SDPA's own choice and against the same kernel."""
+# --------------------------------------------------------------------------------------------
+# 2b. The kernel sweep: softmax1 and the sink on every fused route against the fastest softmax
+
+SWEEP_T = (256, 1024, 4096, 16384)
+SWEEP_HEAD_SIZES = (64, 128)
+SWEEP_REPEATS = 20
+SWEEP_BUDGET_S = 90.0
+# the sink path's routes (FUSED_KERNELS) on each device; cuDNN's is opt-in for training until
+# this sweep and the kernel-error table have checked it on a GPU
+SWEEP_ROUTES = {"cuda": ("cuda_cudnn", "cuda_flash", "cuda_efficient"), "cpu": ("cpu_flash",)}
+SOFTMAX_BACKENDS = {"cuda": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"),
+                    "cpu": ("FLASH_ATTENTION",)}
+
+
+def _sweep_cases(device: str) -> list[tuple[str, str]]:
+    """(variant, route): softmax through each SDPA backend, softmax1 and the sink through each
+    fused kernel."""
+    return ([("softmax", b) for b in SOFTMAX_BACKENDS[device]]
+            + [(v, r) for v in ("softmax1", "sink") for r in SWEEP_ROUTES[device]])
+
+
+def _sweep_pass(variant: str, route: str, t: dict):
+    """One forward + backward of a case on its inputs `t` (gradients cleared afterwards)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from .bench import time_attention
+    from .attention import sink_fused
+    if variant == "softmax":
+        with sdpa_kernel(getattr(SDPBackend, route)):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                t["q"], t["k"], t["v"], is_causal=True, scale=t["scale"])
+    else:
+        out = sink_fused(t["q"], t["k"], t["v"], t["s"] if variant == "sink" else None, True,
+                         t["scale"], route)
+    out.backward(t["grad"])
+    for x in (t["q"], t["k"], t["v"], t["s"]):
+        x.grad = None
 
-    q = torch.randn(B, H, 1024, D, device="cuda", dtype=torch.bfloat16)
-    choice = SDPBackend(torch._fused_sdp_choice(q, q, q, is_causal=True)).name
-    rows = []
-    for T in Ts:
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            rows.append({"label": "softmax (flash kernel)",
-                         **time_attention("softmax", "fast", T, B, H, D, repeats=10, device="cuda")})
-        torch.cuda.empty_cache()
-    return choice, rows
+
+def kernel_sweep(Ts=SWEEP_T, head_sizes=SWEEP_HEAD_SIZES, B: int = 8, H: int = 8,
+                 repeats: int = SWEEP_REPEATS, device: str = "cuda",
+                 dtype: torch.dtype = torch.bfloat16, budget_s: float = SWEEP_BUDGET_S) -> dict:
+    """Forward + backward time (median of `repeats` rounds after three warm-up rounds, the cases
+    interleaved and rotated round by round) and peak memory (CUDA: the allocator's peak above
+    the inputs, one more pass) of every case in `_sweep_cases`, causal, at each head size and T.
+    A case that cannot run says why. Then, per D and T, the fastest softmax, the fastest route of
+    softmax1 and of the sink, and the route the fast path takes by default (`fused_kernel_for`),
+    with their time and memory ratios to that softmax. Cases left when `budget_s` is spent are
+    skipped, and say so."""
+    import numpy as np
+
+    from .attention import fused_kernel_for
+    t0 = time.perf_counter()
+    cuda = device == "cuda"
+    rows, summary = [], []
+    for D in head_sizes:
+        for T in Ts:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            t = {n: torch.randn(B, H, T, D, generator=g).to(device, dtype) for n in ("q", "k", "v", "grad")}
+            for n in ("q", "k", "v"):
+                t[n].requires_grad_()
+            t["s"] = torch.zeros(H, device=device, requires_grad=True)
+            t["scale"] = 1.0 / math.sqrt(D)
+            default = fused_kernel_for(t["q"], t["k"], t["v"], True)
+            here = {}
+            for variant, route in _sweep_cases(device):
+                row = {"variant": variant, "route": route, "D": D, "T": T, "B": B, "H": H,
+                       "dtype": str(dtype).replace("torch.", ""), "device": device}
+                if time.perf_counter() - t0 > budget_s:
+                    row["skipped"] = f"the sweep's {budget_s:.0f} s were spent"
+                else:
+                    try:
+                        _sweep_pass(variant, route, t)
+                        here[(variant, route)] = row
+                    except RuntimeError as e:  # this backend cannot run these inputs
+                        row["skipped"] = str(e).strip().splitlines()[0][:200]
+                rows.append(row)
+            times = {c: [] for c in here}
+            cases = list(here)
+            for i in range(3 + repeats if cases else 0):
+                for c in cases[i % len(cases):] + cases[:i % len(cases)]:
+                    _sync(device)
+                    s0 = time.perf_counter()
+                    _sweep_pass(*c, t)
+                    _sync(device)
+                    if i >= 3:
+                        times[c].append(time.perf_counter() - s0)
+            for c, row in here.items():
+                q1, med, q3 = (float(x) for x in np.percentile(times[c], [25, 50, 75]))
+                row.update(median_ms=1e3 * med, q1_ms=1e3 * q1, q3_ms=1e3 * q3,
+                           repeats=len(times[c]), peak_mib=_sweep_peak_mib(*c, t) if cuda else None)
+            summary += _sweep_summary(here, D, T, default)
+            del t
+            if cuda:
+                torch.cuda.empty_cache()
+    return {"rows": rows, "summary": summary, "repeats": repeats, "B": B, "H": H,
+            "dtype": str(dtype).replace("torch.", ""), "device": device,
+            "wall_s": time.perf_counter() - t0}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _sweep_peak_mib(variant: str, route: str, t: dict) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    _sweep_pass(variant, route, t)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _sweep_summary(here: dict, D: int, T: int, default: str | None) -> list[dict]:
+    """Per variant: its fastest route and its default route against the fastest softmax."""
+    soft = [r for (v, _), r in here.items() if v == "softmax"]
+    if not soft:
+        return []
+    best = min(soft, key=lambda r: r["median_ms"])
+    out = []
+    for variant in ("softmax1", "sink"):
+        mine = {route: r for (v, route), r in here.items() if v == variant}
+        if not mine:
+            continue
+        fastest = min(mine.values(), key=lambda r: r["median_ms"])
+        row = {"variant": variant, "D": D, "T": T, "softmax_backend": best["route"],
+               "softmax_ms": best["median_ms"], "fastest_route": fastest["route"],
+               "time_ratio": fastest["median_ms"] / best["median_ms"],
+               "default_route": default,
+               "default_time_ratio": (mine[default]["median_ms"] / best["median_ms"]
+                                      if default in mine else None)}
+        if best.get("peak_mib"):
+            row["memory_ratio"] = fastest["peak_mib"] / best["peak_mib"]
+        out.append(row)
+    return out
 
 
 def run_cuda_tests(root: Path) -> dict:
@@ -648,6 +783,16 @@ def estimate_from(check: dict, profile: str | None = None, jobs: int | None = No
     return est
 
 
+def compiled_training_ratio(check: dict) -> float | None:
+    """softmax1's compiled tokens/s over softmax's, training the check's own profile."""
+    rate = {r["variant"]: r["tokens_per_s"] for r in check.get("training") or []
+            if r["profile"] == check.get("profile") and r["compile"]
+            and r.get("compile_mode", "default") == "default"}
+    if "softmax" in rate and "softmax1" in rate:
+        return rate["softmax1"] / rate["softmax"]
+    return None
+
+
 def summary_lines(check: dict) -> list[str]:
     """A short human summary of a check.json."""
     lines = [f"gpu-check on {check['provenance'].get('device_name', '?')} "
@@ -656,6 +801,11 @@ def summary_lines(check: dict) -> list[str]:
     if tests:
         lines.append(f"CUDA tests: {'passed' if tests['passed'] else 'FAILED'} ({tests['summary']})")
     errs = check.get("kernel_errors") or []
+    failed = [r for r in errs if "error" in r]
+    if failed:
+        lines.append(f"kernel errors: {len(failed)} case(s) could not run, e.g. {failed[0]['kernel']} "
+                     f"{failed[0]['dtype']} D={failed[0]['D']} T={failed[0]['T']}: {failed[0]['error']}")
+    errs = [r for r in errs if "error" not in r]
     if errs:
         bad = [r for r in errs if not r["ok"]]
         worst = max(errs, key=lambda r: r["max_err"] / r["tolerance"])
@@ -676,6 +826,16 @@ def summary_lines(check: dict) -> list[str]:
             lines.append(f"attention T={r['T']:6d} {r['variant']:8s} against softmax on the same "
                          f"flash kernel: time x{r['median_ms'] / f['median_ms']:.3f} "
                          f"memory x{r['peak_mib'] / f['peak_mib']:.3f}")
+    for r in (check.get("kernel_sweep") or {}).get("summary", []):
+        mem = f" memory x{r['memory_ratio']:.3f}" if r.get("memory_ratio") is not None else ""
+        dflt = (f"; default route {r['default_route']} x{r['default_time_ratio']:.3f}"
+                if r.get("default_time_ratio") is not None else "")
+        lines.append(f"sweep D={r['D']:3d} T={r['T']:6d} {r['variant']:8s} {r['fastest_route']} "
+                     f"x{r['time_ratio']:.3f}{mem} of softmax on {r['softmax_backend']}{dflt}")
+    ratio = compiled_training_ratio(check)
+    if ratio is not None:
+        lines.append(f"training {check['profile']} compiled: softmax1 at x{ratio:.3f} of softmax's "
+                     f"tokens/s")
     for r in check.get("training") or []:
         lines.append(f"train {r['profile']:12s} {r['variant']:9s} "
                      f"{'compiled' if r['compile'] else 'eager   '} {r['tokens_per_s']:12,.0f} tokens/s")
@@ -759,6 +919,13 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
     tb = time.perf_counter()
     check["attention_bench"] = bench_attention(Ts, 2 if cpu_rehearsal else 10, device)
     bench_s = time.perf_counter() - tb
+
+    stage("kernel sweep")
+    if cpu_rehearsal:
+        check["kernel_sweep"] = kernel_sweep((32, 64), (16,), B=1, H=2, repeats=3, device="cpu",
+                                             dtype=torch.float32)
+    else:
+        check["kernel_sweep"] = kernel_sweep()
 
     if not cpu_rehearsal:
         stage("softmax through the sink path's own kernel")

@@ -48,7 +48,7 @@ from .measure import MeasureConfig
 PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed",
                 "ablations", "cited", "retrofit")
 RETROFIT_KEYS = ("from", "variant")
-BENCH_KEYS = ("T", "repeats", "steps", "variants")
+BENCH_KEYS = ("T", "repeats", "max_repeats", "budget_s", "steps", "variants")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
 
