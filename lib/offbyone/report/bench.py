@@ -1,0 +1,149 @@
+"""The cost appendix: the benchmark CSVs of a profile and, where `make gpu-check` has written
+one, the GPU kernel sweep in results/gpu/check.json, as tables, figures and macros. The bench
+notebook (notebooks/05_bench.ipynb) calls these; nothing here measures.
+
+Speed targets (issue 27): softmax1 and the sink within 1.05x of the fastest softmax at
+T = 256, 1k and 4k; shorter lengths are read for the per-call overhead instead.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..io import write_figure
+from .figures import plain_log_ticks
+from .latex import Tex, fmt, latex_table
+from .stats import VARIANT_LABELS
+
+TARGET_MIN_T = 256      # the shortest length the speed target names
+TARGET_RATIO = 1.05
+FAST_CASES = ("softmax1", "sink")
+
+
+def _ratio_cell(r) -> Tex:
+    """'x1.018 (1.008 to 1.042)': the median per-round ratio and its interquartile range."""
+    if pd.isna(r.get("ratio_q1")):
+        return Tex(f"$\\times{fmt(r['time_ratio'], 3)}$")
+    return Tex(f"$\\times{fmt(r['time_ratio'], 3)}$ (${fmt(r['ratio_q1'], 3)}$ to "
+               f"${fmt(r['ratio_q3'], 3)}$)")
+
+
+def time_table(attn: pd.DataFrame, path) -> None:
+    """One row per case and T: the median time with its interquartile range, the ratio to fused
+    softmax (median and IQR of the per-round ratios) and the median extra time per call."""
+    rows = []
+    for r in attn.dropna(subset=["median_ms"]).to_dict("records"):
+        iqr = (f" (${fmt(r['q1_ms'], 3)}$ to ${fmt(r['q3_ms'], 3)}$)"
+               if not pd.isna(r.get("q1_ms")) else "")
+        extra = r.get("extra_us")
+        rows.append({"attention": r["label"], "$T$": Tex(f"${fmt(int(r['T']))}$"),
+                     "time (ms), IQR": Tex(f"${fmt(r['median_ms'], 3)}$" + iqr),
+                     "ratio to softmax, IQR": _ratio_cell(r),
+                     "extra per call ($\\mu$s)": (Tex(f"${fmt(extra, 3)}$")
+                                                  if extra is not None and not pd.isna(extra)
+                                                  and r["variant"] != "softmax" else Tex("--"))})
+    latex_table(rows, path, column_format="lrrrr")
+
+
+def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
+    """The worst time ratio of softmax1 and the sink at the target lengths (with the upper
+    quartile of its per-round ratios), and the per-call overhead at the shortest length."""
+    fast = attn[attn.impl.eq("fast") & attn.variant.isin(FAST_CASES)].dropna(subset=["median_ms"])
+    # benchmarks written before the per-round ratios (issue 27) have no quartiles: the paper
+    # then prints only what they measured
+    has_iqr = {"ratio_q3", "extra_us"} <= set(attn.columns)
+    M = {"BenchHasIQR": "1" if has_iqr else "0"}
+    for name in ("SoftmaxOne", "Sink"):
+        for key in ("TargetWorstRatio", "TargetWorstT", "TargetWorstQThree", "OverheadUs"):
+            M[f"Bench{name}{key}"] = "n/a"
+        M[f"Bench{name}TargetMet"] = "0"
+    M["BenchOverheadT"] = "n/a"
+    target = fast[fast["T"] >= TARGET_MIN_T]
+    for v in FAST_CASES:
+        name = "SoftmaxOne" if v == "softmax1" else "Sink"
+        t = target[target.variant == v]
+        if len(t):
+            worst = t.loc[t.time_ratio.idxmax()]
+            M[f"Bench{name}TargetWorstRatio"] = str(fmt(worst.time_ratio, 3))
+            M[f"Bench{name}TargetWorstT"] = str(fmt(int(worst["T"])))
+            q3 = worst.get("ratio_q3")
+            M[f"Bench{name}TargetWorstQThree"] = str(fmt(q3, 3)) if not pd.isna(q3) else "n/a"
+            # met when even the upper quartile of every target length's ratios is within it
+            upper = t["ratio_q3"].fillna(t["time_ratio"]) if "ratio_q3" in t else t["time_ratio"]
+            M[f"Bench{name}TargetMet"] = "1" if bool((upper <= TARGET_RATIO).all()) else "0"
+        short = fast[fast.variant == v].sort_values("T").head(1)
+        if len(short) and "extra_us" in short and not pd.isna(short.extra_us.iloc[0]):
+            M[f"Bench{name}OverheadUs"] = str(fmt(short.extra_us.iloc[0], 3))
+            M["BenchOverheadT"] = str(fmt(int(short["T"].iloc[0])))
+    M["BenchTargetMinT"] = str(fmt(TARGET_MIN_T))
+    M["BenchTargetRatio"] = str(fmt(TARGET_RATIO, 3))
+    return M
+
+
+# --------------------------------------------------------------------------------------------
+# The GPU kernel sweep (offbyone.gpu_check.kernel_sweep), when a check has run one
+
+def load_sweep(path) -> tuple[dict | None, dict]:
+    """(the sweep, the check's provenance) from a check.json, or (None, {}) where there is no
+    such file or it has no sweep."""
+    path = Path(path)
+    if not path.is_file():
+        return None, {}
+    check = json.loads(path.read_text())
+    return check.get("kernel_sweep"), check.get("provenance", {})
+
+
+def sweep_outputs(sweep: dict | None, provenance: dict, table_path, figure_path) -> dict[str, str]:
+    """The sweep's table and figure (removed where there is no sweep, so that an older build's
+    do not linger) and its macros; BenchGpuSweep is 1 when there is one."""
+    table_path, figure_path = Path(table_path), Path(figure_path)
+    summary = pd.DataFrame((sweep or {}).get("summary") or [])
+    if summary.empty:
+        for p in (table_path, figure_path):
+            p.unlink(missing_ok=True)
+        return {"BenchGpuSweep": "0"}
+    rows = []
+    for r in summary.sort_values(["variant", "D", "T"]).to_dict("records"):
+        default = (f"{r['default_route']} $\\times{fmt(r['default_time_ratio'], 3)}$"
+                   if r.get("default_time_ratio") is not None and not pd.isna(r["default_time_ratio"])
+                   else "--")
+        mem = r.get("memory_ratio")
+        rows.append({"variant": VARIANT_LABELS.get(r["variant"], r["variant"]),
+                     "$D$": Tex(f"${int(r['D'])}$"), "$T$": Tex(f"${fmt(int(r['T']))}$"),
+                     "fastest softmax (ms)": Tex(f"{r['softmax_backend'].split('_')[0].lower()} "
+                                                 f"${fmt(r['softmax_ms'], 3)}$"),
+                     "fastest route": r["fastest_route"].removeprefix("cuda_"),
+                     "time": Tex(f"$\\times{fmt(r['time_ratio'], 3)}$"),
+                     "memory": (Tex(f"$\\times{fmt(mem, 3)}$") if mem is not None and not pd.isna(mem)
+                                else Tex("--")),
+                     "default route": Tex(default.replace("cuda_", "").replace("_", "\\_"))})
+    latex_table(rows, table_path, column_format="llrrlrrl")
+    fig, ax = plt.subplots(figsize=(4.2, 2.6))
+    for (v, D), g in summary.groupby(["variant", "D"]):
+        g = g.sort_values("T")
+        ax.plot(g["T"], g.time_ratio, "o-", label=f"{VARIANT_LABELS.get(v, v)}, D={D}")
+    ax.axhline(TARGET_RATIO, color="0.5", lw=0.8, ls="--")
+    ax.set(xscale="log", xlabel="sequence length T", ylabel="time / fastest softmax")
+    ax.set_xticks(sorted(summary["T"].unique()), [str(t) for t in sorted(summary["T"].unique())])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    write_figure(figure_path, fig)
+    plt.close(fig)
+    worst = summary.loc[summary.time_ratio.idxmax()]
+    at_target = summary[summary["T"] >= TARGET_MIN_T]
+    mem = summary.get("memory_ratio")
+    return {"BenchGpuSweep": "1",
+            "BenchGpuDevice": str(provenance.get("device_name", sweep.get("device", "?"))),
+            "BenchGpuCommit": str(provenance.get("git_sha", "?"))[:10],
+            "BenchGpuDtype": str(sweep.get("dtype", "?")),
+            "BenchGpuRepeats": str(sweep.get("repeats", "?")),
+            "BenchGpuWorstRatio": str(fmt(worst.time_ratio, 3)),
+            "BenchGpuWorstCase": f"{VARIANT_LABELS.get(worst.variant, worst.variant)}, "
+                                 f"$D = {int(worst.D)}$, $T = {fmt(int(worst['T']))}$",
+            "BenchGpuTargetMet": "1" if bool((at_target.time_ratio <= TARGET_RATIO).all()) else "0",
+            "BenchGpuWorstMemoryRatio": (str(fmt(float(np.nanmax(mem)), 3))
+                                         if mem is not None and mem.notna().any() else "n/a")}

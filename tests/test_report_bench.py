@@ -1,0 +1,68 @@
+"""The cost appendix's tables and macros from benchmark rows and a GPU kernel sweep."""
+import pandas as pd
+import pytest
+import torch
+
+from offbyone.report import bench as RB
+
+
+def _attn(rows):
+    base = {"impl": "fast", "median_ms": 1.0, "q1_ms": 0.9, "q3_ms": 1.1, "time_ratio": 1.0,
+            "ratio_q1": 1.0, "ratio_q3": 1.0, "extra_us": 0.0, "label": "x"}
+    return pd.DataFrame([{**base, **r} for r in rows])
+
+
+def test_speed_macros_read_the_target_lengths_and_the_overhead_at_the_shortest():
+    attn = _attn([
+        {"variant": "softmax", "T": 64}, {"variant": "softmax", "T": 256},
+        {"variant": "softmax", "T": 1024},
+        {"variant": "softmax1", "T": 64, "time_ratio": 1.3, "ratio_q3": 1.4, "extra_us": 480.0},
+        {"variant": "softmax1", "T": 256, "time_ratio": 1.02, "ratio_q3": 1.04},
+        {"variant": "softmax1", "T": 1024, "time_ratio": 1.01, "ratio_q3": 1.03},
+        {"variant": "sink", "T": 64, "time_ratio": 1.5, "ratio_q3": 1.6, "extra_us": 900.0},
+        {"variant": "sink", "T": 256, "time_ratio": 1.046, "ratio_q3": 1.07},
+        {"variant": "sink", "T": 1024, "time_ratio": 1.01, "ratio_q3": 1.02},
+        {"variant": "softmax1", "T": 256, "impl": "reference", "time_ratio": 3.0}])
+    M = RB.speed_macros(attn)
+    assert M["BenchHasIQR"] == "1"
+    assert (M["BenchSoftmaxOneTargetWorstRatio"], M["BenchSoftmaxOneTargetWorstT"]) == ("1.02", "256")
+    assert M["BenchSoftmaxOneTargetMet"] == "1"          # upper quartiles 1.04, 1.03
+    assert (M["BenchSinkTargetWorstRatio"], M["BenchSinkTargetWorstT"]) == ("1.05", "256")
+    assert M["BenchSinkTargetMet"] == "0"                # upper quartile 1.07 at T = 256
+    assert (M["BenchSoftmaxOneOverheadUs"], M["BenchSinkOverheadUs"], M["BenchOverheadT"]) == \
+        ("480", "900", "64")
+    old = RB.speed_macros(attn.drop(columns=["ratio_q1", "ratio_q3", "extra_us", "q1_ms", "q3_ms"]))
+    assert old["BenchHasIQR"] == "0" and old["BenchSinkOverheadUs"] == "n/a"
+
+
+def test_time_table_prints_quartiles_when_there_are_some(tmp_path):
+    attn = _attn([{"variant": "softmax", "T": 64},
+                  {"variant": "sink", "T": 64, "time_ratio": 1.2, "ratio_q1": 1.1,
+                   "ratio_q3": 1.3, "extra_us": 250.0}])
+    RB.time_table(attn, tmp_path / "t.tex")
+    text = (tmp_path / "t.tex").read_text()
+    assert "$\\times1.20$ ($1.10$ to $1.30$)" in text and "$250$" in text
+    RB.time_table(attn.drop(columns=["ratio_q1", "ratio_q3", "q1_ms", "q3_ms"]), tmp_path / "o.tex")
+    assert " to $" not in (tmp_path / "o.tex").read_text()
+
+
+def test_sweep_outputs_from_a_cpu_sweep_and_without_one(tmp_path):
+    from offbyone.gpu_check import kernel_sweep
+    sweep = kernel_sweep((16, 300), (8,), B=1, H=2, repeats=2, device="cpu", dtype=torch.float32)
+    table, figure = tmp_path / "sweep.tex", tmp_path / "sweep.pdf"
+    M = RB.sweep_outputs(sweep, {"device_name": "cpu", "git_sha": "abc123"}, table, figure)
+    assert M["BenchGpuSweep"] == "1" and table.exists() and figure.exists()
+    assert "cpu\\_flash" in table.read_text() and "flash $" in table.read_text()
+    worst = max(s["time_ratio"] for s in sweep["summary"])
+    assert M["BenchGpuWorstRatio"] == str(RB.fmt(worst, 3))
+    at_target = [s["time_ratio"] for s in sweep["summary"] if s["T"] >= RB.TARGET_MIN_T]
+    assert M["BenchGpuTargetMet"] == ("1" if max(at_target) <= RB.TARGET_RATIO else "0")
+    assert M["BenchGpuWorstMemoryRatio"] == "n/a"      # no allocator peak on the CPU
+    assert RB.sweep_outputs(None, {}, table, figure) == {"BenchGpuSweep": "0"}
+    assert not table.exists() and not figure.exists()   # an older build's do not linger
+
+
+def test_load_sweep_without_a_check(tmp_path):
+    assert RB.load_sweep(tmp_path / "check.json") == (None, {})
+    (tmp_path / "check.json").write_text('{"provenance": {"git_sha": "x"}}')
+    assert RB.load_sweep(tmp_path / "check.json") == (None, {"git_sha": "x"})
