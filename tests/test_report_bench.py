@@ -41,9 +41,9 @@ def test_time_table_prints_quartiles_when_there_are_some(tmp_path):
                    "ratio_q3": 1.3, "extra_us": 250.0}])
     RB.time_table(attn, tmp_path / "t.tex")
     text = (tmp_path / "t.tex").read_text()
-    assert "$\\times1.20$ ($1.10$ to $1.30$)" in text and "$250$" in text
+    assert "$1.20$ & $1.10$--$1.30$ & $250$" in text and "sink & $64$" in text
     RB.time_table(attn.drop(columns=["ratio_q1", "ratio_q3", "q1_ms", "q3_ms"]), tmp_path / "o.tex")
-    assert " to $" not in (tmp_path / "o.tex").read_text()
+    assert "--$" not in (tmp_path / "o.tex").read_text()
 
 
 def test_sweep_outputs_from_a_cpu_sweep_and_without_one(tmp_path):
@@ -52,7 +52,11 @@ def test_sweep_outputs_from_a_cpu_sweep_and_without_one(tmp_path):
     table, figure = tmp_path / "sweep.tex", tmp_path / "sweep.pdf"
     M = RB.sweep_outputs(sweep, {"device_name": "cpu", "git_sha": "abc123"}, table, figure)
     assert M["BenchGpuSweep"] == "1" and table.exists() and figure.exists()
-    assert "cpu\\_flash" in table.read_text() and "flash $" in table.read_text()
+    assert "& flash & $" in table.read_text()   # the fastest softmax, then the route
+    RB.memory_table(pd.DataFrame([{"variant": "softmax", "impl": "fast", "T": 64, "median_ms": 1.0,
+                                   "peak_mib": 5.0, "memory_ratio": 1.0, "label": "x"}]),
+                    tmp_path / "m.tex")
+    assert "$64$ & $5.00$ ($\\times1.00$)" in (tmp_path / "m.tex").read_text()
     worst = max(s["time_ratio"] for s in sweep["summary"])
     assert M["BenchGpuWorstRatio"] == str(RB.fmt(worst, 3))
     at_target = [s["time_ratio"] for s in sweep["summary"] if s["T"] >= RB.TARGET_MIN_T]

@@ -24,29 +24,52 @@ TARGET_RATIO = 1.05
 FAST_CASES = ("softmax1", "sink")
 
 
-def _ratio_cell(r) -> Tex:
-    """'x1.018 (1.008 to 1.042)': the median per-round ratio and its interquartile range."""
-    if pd.isna(r.get("ratio_q1")):
-        return Tex(f"$\\times{fmt(r['time_ratio'], 3)}$")
-    return Tex(f"$\\times{fmt(r['time_ratio'], 3)}$ (${fmt(r['ratio_q1'], 3)}$ to "
-               f"${fmt(r['ratio_q3'], 3)}$)")
+SHORT_LABELS = {("softmax", "fast"): "softmax", ("softmax1", "fast"): "softmax1",
+                ("sink", "fast"): "sink", ("softmax1", "reference"): "softmax1, ref."}
+
+
+T_HEAD, D_HEAD, EXTRA_US = Tex("$T$"), Tex("$D$"), Tex("extra ($\\mu$s)")
+
+
+def _short(r) -> str:
+    return SHORT_LABELS.get((r["variant"], r["impl"]), r["label"])
+
+
+def _span(lo, hi, digits: int = 3) -> Tex:
+    return Tex(f"${fmt(lo, digits)}$--${fmt(hi, digits)}$")
 
 
 def time_table(attn: pd.DataFrame, path) -> None:
     """One row per case and T: the median time with its interquartile range, the ratio to fused
-    softmax (median and IQR of the per-round ratios) and the median extra time per call."""
+    softmax (median and IQR of the per-round ratios) and the median extra time per call.
+    Benchmarks written before the quartiles print their medians only."""
     rows = []
     for r in attn.dropna(subset=["median_ms"]).to_dict("records"):
-        iqr = (f" (${fmt(r['q1_ms'], 3)}$ to ${fmt(r['q3_ms'], 3)}$)"
-               if not pd.isna(r.get("q1_ms")) else "")
-        extra = r.get("extra_us")
-        rows.append({"attention": r["label"], "$T$": Tex(f"${fmt(int(r['T']))}$"),
-                     "time (ms), IQR": Tex(f"${fmt(r['median_ms'], 3)}$" + iqr),
-                     "ratio to softmax, IQR": _ratio_cell(r),
-                     "extra per call ($\\mu$s)": (Tex(f"${fmt(extra, 3)}$")
-                                                  if extra is not None and not pd.isna(extra)
-                                                  and r["variant"] != "softmax" else Tex("--"))})
-    latex_table(rows, path, column_format="lrrrr")
+        has = not pd.isna(r.get("q1_ms", float("nan")))
+        extra = r.get("extra_us", float("nan"))
+        rows.append({"attention": _short(r), T_HEAD: Tex(f"${fmt(int(r['T']))}$"),
+                     "ms": Tex(f"${fmt(r['median_ms'], 3)}$"),
+                     "IQR (ms)": _span(r["q1_ms"], r["q3_ms"]) if has else Tex("--"),
+                     "/ softmax": Tex(f"${fmt(r['time_ratio'], 3)}$"),
+                     "IQR": _span(r["ratio_q1"], r["ratio_q3"]) if has else Tex("--"),
+                     EXTRA_US: (Tex(f"${fmt(extra, 3)}$")
+                                if not pd.isna(extra) and (r["variant"], r["impl"]) != ("softmax", "fast")
+                                else Tex("--"))})
+    latex_table(rows, path, column_format="lrrrrrr")
+
+
+def memory_table(attn: pd.DataFrame, path) -> None:
+    """Peak memory growth: one row per T, one column per case, each with its ratio to fused
+    softmax's."""
+    ok = attn.dropna(subset=["median_ms"])
+    rows = []
+    for T, g in ok.groupby("T", sort=True):
+        row = {T_HEAD: Tex(f"${fmt(int(T))}$")}
+        for r in g.to_dict("records"):
+            row[_short(r)] = Tex(f"${fmt(r['peak_mib'], 3)}$ ($\\times{fmt(r['memory_ratio'], 3)}$)")
+        rows.append(row)
+    cols = [T_HEAD] + list(dict.fromkeys(_short(r) for r in ok.to_dict("records")))
+    latex_table(rows, path, column_format="r" * len(cols), columns=cols)
 
 
 def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
@@ -87,6 +110,11 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # The GPU kernel sweep (offbyone.gpu_check.kernel_sweep), when a check has run one
 
+def _kernel(name: str) -> str:
+    """'cuda_flash', 'FLASH_ATTENTION' -> 'flash'."""
+    return str(name).removeprefix("cuda_").removeprefix("cpu_").split("_")[0].lower()
+
+
 def load_sweep(path) -> tuple[dict | None, dict]:
     """(the sweep, the check's provenance) from a check.json, or (None, {}) where there is no
     such file or it has no sweep."""
@@ -108,20 +136,19 @@ def sweep_outputs(sweep: dict | None, provenance: dict, table_path, figure_path)
         return {"BenchGpuSweep": "0"}
     rows = []
     for r in summary.sort_values(["variant", "D", "T"]).to_dict("records"):
-        default = (f"{r['default_route']} $\\times{fmt(r['default_time_ratio'], 3)}$"
-                   if r.get("default_time_ratio") is not None and not pd.isna(r["default_time_ratio"])
-                   else "--")
+        dflt = r.get("default_time_ratio")
         mem = r.get("memory_ratio")
-        rows.append({"variant": VARIANT_LABELS.get(r["variant"], r["variant"]),
-                     "$D$": Tex(f"${int(r['D'])}$"), "$T$": Tex(f"${fmt(int(r['T']))}$"),
-                     "fastest softmax (ms)": Tex(f"{r['softmax_backend'].split('_')[0].lower()} "
-                                                 f"${fmt(r['softmax_ms'], 3)}$"),
-                     "fastest route": r["fastest_route"].removeprefix("cuda_"),
+        rows.append({"": VARIANT_LABELS.get(r["variant"], r["variant"]),
+                     D_HEAD: Tex(f"${int(r['D'])}$"), T_HEAD: Tex(f"${fmt(int(r['T']))}$"),
+                     "softmax": _kernel(r["softmax_backend"]),
+                     "ms": Tex(f"${fmt(r['softmax_ms'], 3)}$"),
+                     "route": _kernel(r["fastest_route"]),
                      "time": Tex(f"$\\times{fmt(r['time_ratio'], 3)}$"),
-                     "memory": (Tex(f"$\\times{fmt(mem, 3)}$") if mem is not None and not pd.isna(mem)
-                                else Tex("--")),
-                     "default route": Tex(default.replace("cuda_", "").replace("_", "\\_"))})
-    latex_table(rows, table_path, column_format="llrrlrrl")
+                     "memory": (Tex(f"$\\times{fmt(mem, 3)}$")
+                                if mem is not None and not pd.isna(mem) else Tex("--")),
+                     "default": (Tex(f"{_kernel(r['default_route'])} $\\times{fmt(dflt, 3)}$")
+                                 if dflt is not None and not pd.isna(dflt) else Tex("--"))})
+    latex_table(rows, table_path, column_format="lrrlrlrrl")
     fig, ax = plt.subplots(figsize=(4.2, 2.6))
     for (v, D), g in summary.groupby(["variant", "D"]):
         g = g.sort_values("T")
