@@ -168,6 +168,7 @@ def sweep_outputs(sweep: dict | None, provenance: dict, table_path, figure_path)
             "BenchGpuCommit": str(provenance.get("git_sha", "?"))[:10],
             "BenchGpuDtype": str(sweep.get("dtype", "?")),
             "BenchGpuRepeats": str(sweep.get("repeats", "?")),
+            "BenchGpuB": str(sweep.get("B", "?")), "BenchGpuH": str(sweep.get("H", "?")),
             "BenchGpuWorstRatio": str(fmt(worst.time_ratio, 3)),
             "BenchGpuWorstCase": f"{VARIANT_LABELS.get(worst.variant, worst.variant)}, "
                                  f"$D = {int(worst.D)}$, $T = {fmt(int(worst['T']))}$",
