@@ -25,9 +25,9 @@ def test_speed_macros_read_the_target_lengths_and_the_overhead_at_the_shortest()
         {"variant": "softmax1", "T": 256, "impl": "reference", "time_ratio": 3.0}])
     M = RB.speed_macros(attn)
     assert M["BenchHasIQR"] == "1"
-    assert (M["BenchSoftmaxOneTargetWorstRatio"], M["BenchSoftmaxOneTargetWorstT"]) == ("1.02", "256")
+    assert (M["BenchSoftmaxOneTargetWorstRatio"], M["BenchSoftmaxOneTargetWorstT"]) == ("1.020", "256")
     assert M["BenchSoftmaxOneTargetMet"] == "1"          # upper quartiles 1.04, 1.03
-    assert (M["BenchSinkTargetWorstRatio"], M["BenchSinkTargetWorstT"]) == ("1.05", "256")
+    assert (M["BenchSinkTargetWorstRatio"], M["BenchSinkTargetWorstT"]) == ("1.046", "256")
     assert M["BenchSinkTargetMet"] == "0"                # upper quartile 1.07 at T = 256
     assert (M["BenchSoftmaxOneOverheadUs"], M["BenchSinkOverheadUs"], M["BenchOverheadT"]) == \
         ("480", "900", "64")
@@ -41,7 +41,7 @@ def test_time_table_prints_quartiles_when_there_are_some(tmp_path):
                    "ratio_q3": 1.3, "extra_us": 250.0}])
     RB.time_table(attn, tmp_path / "t.tex")
     text = (tmp_path / "t.tex").read_text()
-    assert "$1.20$ & $1.10$--$1.30$ & $250$" in text and "sink & $64$" in text
+    assert "$1.200$ & $1.100$--$1.300$ & $250$" in text and "sink & $64$" in text
     RB.time_table(attn.drop(columns=["ratio_q1", "ratio_q3", "q1_ms", "q3_ms"]), tmp_path / "o.tex")
     assert "--$" not in (tmp_path / "o.tex").read_text()
 
@@ -58,7 +58,7 @@ def test_sweep_outputs_from_a_cpu_sweep_and_without_one(tmp_path):
                     tmp_path / "m.tex")
     assert "$64$ & $5.00$ ($\\times1.00$)" in (tmp_path / "m.tex").read_text()
     worst = max(s["time_ratio"] for s in sweep["summary"])
-    assert M["BenchGpuWorstRatio"] == str(RB.fmt(worst, 3))
+    assert M["BenchGpuWorstRatio"] == f"{worst:.3f}"
     at_target = [s["time_ratio"] for s in sweep["summary"] if s["T"] >= RB.TARGET_MIN_T]
     assert M["BenchGpuTargetMet"] == ("1" if max(at_target) <= RB.TARGET_RATIO else "0")
     assert M["BenchGpuWorstMemoryRatio"] == "n/a"      # no allocator peak on the CPU
@@ -70,3 +70,9 @@ def test_load_sweep_without_a_check(tmp_path):
     assert RB.load_sweep(tmp_path / "check.json") == (None, {})
     (tmp_path / "check.json").write_text('{"provenance": {"git_sha": "x"}}')
     assert RB.load_sweep(tmp_path / "check.json") == (None, {"git_sha": "x"})
+
+
+def test_log_tick_labels_have_no_exponent():
+    from offbyone.report.figures import _plain
+    assert [_plain(x) for x in (5000.0, 2000.0, 500.0, 7.25, 0.5)] == \
+        ["5000", "2000", "500", "7.25", "0.5"]

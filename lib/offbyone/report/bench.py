@@ -39,6 +39,11 @@ def _span(lo, hi, digits: int = 3) -> Tex:
     return Tex(f"${fmt(lo, digits)}$--${fmt(hi, digits)}$")
 
 
+def _ratio(x) -> Tex:
+    """A time ratio to three decimals, the precision the 1.05 target is read at."""
+    return Tex(f"${x:.3f}$")
+
+
 def time_table(attn: pd.DataFrame, path) -> None:
     """One row per case and T: the median time with its interquartile range, the ratio to fused
     softmax (median and IQR of the per-round ratios) and the median extra time per call.
@@ -50,8 +55,9 @@ def time_table(attn: pd.DataFrame, path) -> None:
         rows.append({"attention": _short(r), T_HEAD: Tex(f"${fmt(int(r['T']))}$"),
                      "ms": Tex(f"${fmt(r['median_ms'], 3)}$"),
                      "IQR (ms)": _span(r["q1_ms"], r["q3_ms"]) if has else Tex("--"),
-                     "/ softmax": Tex(f"${fmt(r['time_ratio'], 3)}$"),
-                     "IQR": _span(r["ratio_q1"], r["ratio_q3"]) if has else Tex("--"),
+                     "/ softmax": _ratio(r["time_ratio"]),
+                     "IQR": (Tex(f"{_ratio(r['ratio_q1'])}--{_ratio(r['ratio_q3'])}") if has
+                             else Tex("--")),
                      EXTRA_US: (Tex(f"${fmt(extra, 3)}$")
                                 if not pd.isna(extra) and (r["variant"], r["impl"]) != ("softmax", "fast")
                                 else Tex("--"))})
@@ -91,10 +97,10 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
         t = target[target.variant == v]
         if len(t):
             worst = t.loc[t.time_ratio.idxmax()]
-            M[f"Bench{name}TargetWorstRatio"] = str(fmt(worst.time_ratio, 3))
+            M[f"Bench{name}TargetWorstRatio"] = f"{worst.time_ratio:.3f}"
             M[f"Bench{name}TargetWorstT"] = str(fmt(int(worst["T"])))
             q3 = worst.get("ratio_q3")
-            M[f"Bench{name}TargetWorstQThree"] = str(fmt(q3, 3)) if not pd.isna(q3) else "n/a"
+            M[f"Bench{name}TargetWorstQThree"] = f"{q3:.3f}" if not pd.isna(q3) else "n/a"
             # met when even the upper quartile of every target length's ratios is within it
             upper = t["ratio_q3"].fillna(t["time_ratio"]) if "ratio_q3" in t else t["time_ratio"]
             M[f"Bench{name}TargetMet"] = "1" if bool((upper <= TARGET_RATIO).all()) else "0"
@@ -143,10 +149,10 @@ def sweep_outputs(sweep: dict | None, provenance: dict, table_path, figure_path)
                      "softmax": _kernel(r["softmax_backend"]),
                      "ms": Tex(f"${fmt(r['softmax_ms'], 3)}$"),
                      "route": _kernel(r["fastest_route"]),
-                     "time": Tex(f"$\\times{fmt(r['time_ratio'], 3)}$"),
+                     "time": Tex(f"$\\times{r['time_ratio']:.3f}$"),
                      "memory": (Tex(f"$\\times{fmt(mem, 3)}$")
                                 if mem is not None and not pd.isna(mem) else Tex("--")),
-                     "default": (Tex(f"{_kernel(r['default_route'])} $\\times{fmt(dflt, 3)}$")
+                     "default": (Tex(f"{_kernel(r['default_route'])} $\\times{dflt:.3f}$")
                                  if dflt is not None and not pd.isna(dflt) else Tex("--"))})
     latex_table(rows, table_path, column_format="lrrlrlrrl")
     fig, ax = plt.subplots(figsize=(4.2, 2.6))
@@ -169,7 +175,7 @@ def sweep_outputs(sweep: dict | None, provenance: dict, table_path, figure_path)
             "BenchGpuDtype": str(sweep.get("dtype", "?")),
             "BenchGpuRepeats": str(sweep.get("repeats", "?")),
             "BenchGpuB": str(sweep.get("B", "?")), "BenchGpuH": str(sweep.get("H", "?")),
-            "BenchGpuWorstRatio": str(fmt(worst.time_ratio, 3)),
+            "BenchGpuWorstRatio": f"{worst.time_ratio:.3f}",
             "BenchGpuWorstCase": f"{VARIANT_LABELS.get(worst.variant, worst.variant)}, "
                                  f"$D = {int(worst.D)}$, $T = {fmt(int(worst['T']))}$",
             "BenchGpuTargetMet": "1" if bool((at_target.time_ratio <= TARGET_RATIO).all()) else "0",

@@ -49,6 +49,11 @@ def save(fig, path) -> None:
     write_figure(path, fig)
 
 
+def _plain(x, _pos=None) -> str:
+    """A tick label: three significant digits, no exponent ('5000', not '5e+03')."""
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
 def plain_log_ticks(ax, axis: str = "y") -> None:
     """A log axis labelled with plain numbers ('7.2', '20', '100', never '7.3 x 10^0'): ticks
     at 1, 2 and 5 per decade where the range spans a decade or more, else about four evenly
@@ -61,5 +66,5 @@ def plain_log_ticks(ax, axis: str = "y") -> None:
         a.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     else:
         a.set_major_locator(ticker.MaxNLocator(4))
-    a.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:.3g}"))
+    a.set_major_formatter(ticker.FuncFormatter(_plain))
     a.set_minor_formatter(ticker.NullFormatter())
