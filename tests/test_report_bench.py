@@ -24,7 +24,7 @@ def test_speed_macros_read_the_target_lengths_and_the_overhead_at_the_shortest()
         {"variant": "sink", "T": 1024, "time_ratio": 1.01, "ratio_q3": 1.02},
         {"variant": "softmax1", "T": 256, "impl": "reference", "time_ratio": 3.0}])
     M = RB.speed_macros(attn)
-    assert M["BenchHasIQR"] == "1"
+    assert M["BenchHasIQR"] == "1" and M["BenchBlockS"] == "0.2"
     assert (M["BenchSoftmaxOneTargetWorstRatio"], M["BenchSoftmaxOneTargetWorstT"]) == ("1.020", "256")
     assert M["BenchSoftmaxOneTargetMet"] == "1"          # upper quartiles 1.04, 1.03
     assert (M["BenchSinkTargetWorstRatio"], M["BenchSinkTargetWorstT"]) == ("1.046", "256")

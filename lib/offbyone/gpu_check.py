@@ -194,11 +194,10 @@ def kernel_sweep(Ts=SWEEP_T, head_sizes=SWEEP_HEAD_SIZES, B: int = 8, H: int = 8
     softmax1 and of the sink, and the route the fast path takes by default (`fused_kernel_for`),
     with their time and memory ratios to that softmax. Cases left when `budget_s` is spent are
     skipped, and say so."""
-    import numpy as np
-
     from .attention import fused_kernel_for
+    from .bench import _quartiles, _sync
     t0 = time.perf_counter()
-    cuda = device == "cuda"
+    dev, cuda = torch.device(device), device == "cuda"
     rows, summary = [], []
     for D in head_sizes:
         for T in Ts:
@@ -226,14 +225,14 @@ def kernel_sweep(Ts=SWEEP_T, head_sizes=SWEEP_HEAD_SIZES, B: int = 8, H: int = 8
             cases = list(here)
             for i in range(3 + repeats if cases else 0):
                 for c in cases[i % len(cases):] + cases[:i % len(cases)]:
-                    _sync(device)
+                    _sync(dev)
                     s0 = time.perf_counter()
                     _sweep_pass(*c, t)
-                    _sync(device)
+                    _sync(dev)
                     if i >= 3:
                         times[c].append(time.perf_counter() - s0)
             for c, row in here.items():
-                q1, med, q3 = (float(x) for x in np.percentile(times[c], [25, 50, 75]))
+                q1, med, q3 = _quartiles(times[c])
                 row.update(median_ms=1e3 * med, q1_ms=1e3 * q1, q3_ms=1e3 * q3,
                            repeats=len(times[c]), peak_mib=_sweep_peak_mib(*c, t) if cuda else None)
             summary += _sweep_summary(here, D, T, default)
@@ -243,11 +242,6 @@ def kernel_sweep(Ts=SWEEP_T, head_sizes=SWEEP_HEAD_SIZES, B: int = 8, H: int = 8
     return {"rows": rows, "summary": summary, "repeats": repeats, "B": B, "H": H,
             "dtype": str(dtype).replace("torch.", ""), "device": device,
             "wall_s": time.perf_counter() - t0}
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def _sweep_peak_mib(variant: str, route: str, t: dict) -> float:

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..bench import BLOCK_S
 from ..io import write_figure
 from .figures import plain_log_ticks
 from .latex import Tex, fmt, latex_table
@@ -108,6 +109,7 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
         if len(short) and "extra_us" in short and not pd.isna(short.extra_us.iloc[0]):
             M[f"Bench{name}OverheadUs"] = str(fmt(short.extra_us.iloc[0], 3))
             M["BenchOverheadT"] = str(fmt(int(short["T"].iloc[0])))
+    M["BenchBlockS"] = str(fmt(BLOCK_S, 1))  # the bench's seconds of passes per case and round
     M["BenchTargetMinT"] = str(fmt(TARGET_MIN_T))
     M["BenchTargetRatio"] = str(fmt(TARGET_RATIO, 3))
     return M
