@@ -3,7 +3,8 @@ measurements, taken by `make bench`, not tests)."""
 import numpy as np
 import pytest
 
-from offbyone.bench import _quartiles, bench_attention, rounds_for, time_attention
+import offbyone.bench as bench
+from offbyone.bench import _quartiles, batch_for, bench_attention, rounds_for, time_attention
 from offbyone.pipeline import load_profile
 
 
@@ -15,23 +16,26 @@ def test_time_attention_reports_time_and_memory():
 
 
 def test_bench_attention_in_subprocesses_with_ratios():
-    rows = bench_attention([32], repeats=1, device="cpu", max_reference_gib=6.0)
+    rows = bench_attention([32], repeats=1, device="cpu", max_reference_gib=6.0, block_s=0.01)
     assert [r["variant"] for r in rows] == ["softmax", "softmax1", "sink", "softmax1"]
     assert all(r["time_ratio"] > 0 for r in rows)
     assert rows[0]["time_ratio"] == 1.0 and rows[0]["extra_us"] == 0.0
     for r in rows:  # quartiles of the times and of the per-round ratios to fused softmax
         assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
         assert r["ratio_q1"] <= r["time_ratio"] <= r["ratio_q3"]
-        assert r["passes_per_round"] >= 1 and r["repeats"] == 1
+        assert r["passes_per_round"] >= 1 and r["repeats"] == 1 and r["block_s"] == 0.01
     # memory children run with glibc's mmap threshold fixed (stable peak RSS), timings do not
     assert all(r["malloc_mmap_threshold"] == "131072" for r in rows)
-    skipped = bench_attention([32], repeats=1, device="cpu", max_reference_gib=0.0)
+    skipped = bench_attention([32], repeats=1, device="cpu", max_reference_gib=0.0, block_s=0.01)
     ref = [r for r in skipped if r["impl"] == "reference"]
     assert len(ref) == 1 and "skipped" in ref[0] and len(skipped) == 4
 
 
 def test_profiles_bench_options_are_checked():
     assert load_profile("cpu")["bench"]["T"] == [64, 256, 1024, 4096]
+    # B = 8 up to 512, then B * T within the cap: a pass stays short enough to alternate
+    cap = load_profile("cpu")["bench"]["max_tokens"]
+    assert [batch_for(T, 8, cap) for T in (64, 256, 1024, 4096)] == [8, 8, 4, 1]
     assert load_profile("rivals")["bench"] == load_profile("cpu")["bench"]   # inherited
 
 
@@ -48,6 +52,38 @@ def test_quartiles_are_numpys():
 
 
 def test_the_reference_takes_part_in_the_first_rounds_only():
-    rows = bench_attention([16], repeats=4, device="cpu", reference_repeats=2, B=1, H=2, D=8)
+    rows = bench_attention([16], repeats=4, device="cpu", reference_repeats=2, B=1, H=2, D=8,
+                           block_s=0.01)
     n = {r["impl"] + r["variant"]: r["repeats"] for r in rows}
     assert n == {"fastsoftmax": 4, "fastsoftmax1": 4, "fastsink": 4, "referencesoftmax1": 2}
+
+
+def test_batch_for_caps_tokens_a_pass():
+    assert batch_for(256, 8) == 8 and batch_for(256, 8, None) == 8       # no cap
+    assert batch_for(1024, 8, 4096) == 4 and batch_for(8192, 8, 4096) == 1  # one at least
+    with pytest.raises(ValueError, match="max_tokens must be a positive number"):
+        batch_for(64, 8, 0)
+
+
+def test_rows_record_the_batch_they_ran_at():
+    rows = bench_attention([8, 32], repeats=1, device="cpu", B=4, H=2, D=8, max_tokens=64,
+                           block_s=0.01)
+    assert {(r["T"], r["B"]) for r in rows} == {(8, 4), (32, 2)}
+
+
+def test_a_rounds_time_is_the_median_of_its_passes(monkeypatch):
+    """One slow pass in a round does not move the round's time: a case's time for the round is
+    the median of its passes (fake passes: 10 ms, the third of every case's three 1 s)."""
+    counts = {}
+
+    def fake_pass(variant, impl, *args):
+        counts[variant] = counts.get(variant, 0) + 1
+        return 1.0 if counts[variant] % 3 == 0 and counts[variant] > 2 else 0.01
+
+    monkeypatch.setattr(bench, "_timed_pass", fake_pass)
+    cases = [("a", "softmax", "fast"), ("b", "softmax1", "fast")]
+    # warm-up: two passes each (10 ms), then rounds of ceil(0.03 / 0.01) = 3 passes
+    times, passes = bench._timed_rounds(cases, 8, 1, 1, 8, "cpu", repeats=2, max_repeats=2,
+                                        budget_s=0.0, reference_repeats=0, block_s=0.03)
+    assert passes == 3
+    assert times == {c: [0.01, 0.01] for c in cases}

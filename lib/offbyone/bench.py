@@ -3,20 +3,24 @@
     python -m offbyone.bench                      # both, CSVs under results/bench/
     python -m offbyone.bench --what attention --T 64 256 1024 4096 --repeats 10 --budget-s 30
 
-Attention: B = 8, H = 8, D = 64, causal; fp32 on CPU, bf16 on CUDA. Times: after warm-up, the
-median of repeated forward + backward passes, the cases interleaved round by round in one process
-so that a shared machine's drifts hit all alike; each case's ratio to fused softmax is the median
-of its per-round ratios (paired by round), printed with their interquartile range, and the median
-per-round difference at the smallest T is the per-call overhead. Peak memory: each case once more, the peak above
-the memory held after warm-up, so that the inputs and the one-time buffers of the first pass
-(about 40 MiB on CPU) do not count. On a GPU it is the CUDA allocator's peak, read in this process
-(the allocator counts exactly what is live). On CPU it is the peak resident memory of a fresh
-process, restarted through /proc/self/clear_refs, which runs with glibc's mmap threshold fixed at
-128 KiB (MALLOC_MMAP_THRESHOLD_): by default the threshold follows the sizes freed so far, so
-large tensors land on the heap or not depending on the allocation history, and the same case's
-peak RSS varied by 40% between runs; fixed, every tensor above 128 KiB is its own mapping,
-returned when freed, and the peak RSS follows the peak of live tensors (repeats agree within
-0.5 MiB).
+Attention: B = 8, H = 8, D = 64, causal; fp32 on CPU, bf16 on CUDA. With a token cap
+(`max_tokens`, the cpu profile's 4,096) B shrinks at long T so that B * T stays within it
+(B = 1 at T = 4,096): one pass then takes about half a second on a 2-core CPU rather than four,
+and several passes of every case alternate within a round. Times: after warm-up, timed rounds in
+one process; a round runs every case for at least BLOCK_S seconds of passes, the cases
+alternating pass by pass, so that a shared machine's drifts hit all alike (a case's time for the
+round is the median of its passes); each case's ratio to
+fused softmax is the median of its per-round ratios (paired by round), printed with their
+interquartile range, and the median per-round difference at the smallest T is the per-call
+overhead. Peak memory: each case once more, the peak above the memory held after warm-up, so
+that the inputs and the one-time buffers of the first pass (about 40 MiB on CPU) do not count.
+On a GPU it is the CUDA allocator's peak, read in this process (the allocator counts exactly
+what is live). On CPU it is the peak resident memory of a fresh process, restarted through
+/proc/self/clear_refs, which runs with glibc's mmap threshold fixed at 128 KiB
+(MALLOC_MMAP_THRESHOLD_): by default the threshold follows the sizes freed so far, so large
+tensors land on the heap or not depending on the allocation history, and the same case's peak
+RSS varied by 40% between runs; fixed, every tensor above 128 KiB is its own mapping, returned
+when freed, and the peak RSS follows the peak of live tensors (repeats agree within 0.5 MiB).
 Training: tokens/s of the GPT of a profile for every variant (steps interleaved across variants,
 same batches), and the share of a step spent outside forward, backward and the optimizer.
 Timings are measurements, not tests: nothing here asserts a speed.
@@ -45,8 +49,11 @@ from .pipeline import load_profile, run_config
 from .tokens import TokenData
 from .train import train_step
 
-# a timed round gives each case this many seconds of forward + backward passes, at least
-BLOCK_S = 0.2
+# a timed round gives each case this many seconds of forward + backward passes, at least (a
+# profile's bench may set its own `block_s`): with 0.2 s the per-round ratios on a shared 2-core
+# VM spread by +-2.5% at T = 256; 1 s takes five times as many passes. GPU passes are steady
+# milliseconds: the gpu profiles ask for 0.2 s
+BLOCK_S = 1.0
 # glibc: a fixed threshold (bytes) turns off its dynamic adjustment; see the module docstring
 CPU_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
@@ -98,7 +105,8 @@ def _inputs(T, B, H, D, device, variant):
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(B, H, T, D, generator=g).to(dev, dtype).requires_grad_()
                for _ in range(3))
-    sink = torch.zeros(H, device=dev, dtype=dtype, requires_grad=True) if variant == "sink" else None
+    sink = (torch.zeros(H, device=dev, dtype=dtype, requires_grad=True) if variant == "sink"
+            else None)
     grad = torch.randn(B, H, T, D, generator=g).to(dev, dtype)
     return dev, dtype, q, k, v, sink, grad
 
@@ -163,9 +171,20 @@ def rounds_for(round_s: float, repeats: int, max_repeats: int | None = None,
     return min(max(want, repeats), hi)
 
 
+def batch_for(T: int, B: int = 8, max_tokens: int | None = None) -> int:
+    """The batch size the bench times at length T: B, or fewer sequences where B * T would
+    exceed `max_tokens` (one at least)."""
+    if max_tokens is None:
+        return B
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive number of tokens, got {max_tokens}")
+    return max(1, min(B, max_tokens // T))
+
+
 def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.0,
                     B: int = 8, H: int = 8, D: int = 64, max_repeats: int | None = None,
-                    budget_s: float = 0.0, reference_repeats: int = 5) -> list[dict]:
+                    budget_s: float = 0.0, reference_repeats: int = 5,
+                    max_tokens: int | None = None, block_s: float = BLOCK_S) -> list[dict]:
     """Times are taken in this process with the cases interleaved round by round (rotating
     their order), so slow drifts of a shared machine hit every case alike; peak memory is
     read in a fresh process per case.
@@ -176,9 +195,12 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
     and, for the fast cases, of its per-round ratio to fused softmax timed in the same round
     (`time_ratio` is their median, `ratio_q1` and `ratio_q3` the interquartile range), and the
     median per-round difference in microseconds (`extra_us`): at small T that is the per-call
-    overhead."""
+    overhead. `max_tokens` caps B * T (`batch_for`); each row records the B it ran at.
+    `block_s`: a round's seconds of passes per case, at least (BLOCK_S unless asked)."""
     rows = []
+    B_max = B
     for T in Ts:
+        B = batch_for(T, B_max, max_tokens)
         cases = []
         for label, variant, impl in ATTENTION_CASES:
             # the reference holds scores, probabilities and their gradients: ~4 x B H T^2 floats
@@ -189,8 +211,8 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
                 print(f"T={T:6d} {label:36s} skipped (about {need_gib:.0f} GiB)", flush=True)
                 continue
             cases.append((label, variant, impl))
-        times, n_rounds, passes = _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s,
-                                        reference_repeats)
+        times, passes = _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s,
+                                      reference_repeats, block_s)
         base = times[cases[0]]  # fused softmax, the first case
         for label, variant, impl in cases:
             mem = _peak_memory(variant, impl, T, B, H, D, device)
@@ -198,7 +220,8 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
             q1, med, q3 = _quartiles(t)
             row = {"label": label, **mem, "median_ms": 1e3 * med, "q1_ms": 1e3 * q1,
                    "q3_ms": 1e3 * q3, "min_ms": 1e3 * min(t), "repeats": len(t),
-                   "passes_per_round": 1 if impl == "reference" else passes}
+                   "passes_per_round": 1 if impl == "reference" else passes,
+                   "block_s": block_s}
             paired = list(zip(t, base))  # rounds in which both ran
             r1, rmed, r3 = _quartiles([a / b for a, b in paired])
             row.update(time_ratio=rmed, ratio_q1=r1, ratio_q3=r3,
@@ -217,40 +240,44 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
     return rows
 
 
-def _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s, reference_repeats):
-    """{case: [seconds per timed round]} and the number of rounds: two warm-up rounds, then as
-    many as `rounds_for` allows at the warm-up's pace, each case once a round in rotating
-    order."""
+def _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s, reference_repeats,
+                  block_s=BLOCK_S):
+    """({case: [seconds per pass, one median per timed round]}, passes per round): two warm-up
+    rounds of one pass per case, then as many timed rounds as `rounds_for` allows at the
+    warm-up's pace, each giving every fast case the same number of passes (at least `block_s`
+    seconds of the quickest) and the reference one, in an order rotated round by round."""
     times = {c: [] for c in cases}
     warm = {c: [] for c in cases}
     inputs = {c: _inputs(T, B, H, D, device, c[1]) for c in cases}
 
     def one_round(i, into, with_reference, passes=1):
         """Each case `passes` times (the reference once), the cases alternating pass by pass in
-        an order rotated by i, so that the machine's drifts within the round hit all alike."""
+        an order rotated by i, so that the machine's drifts within the round hit all alike; a
+        case's time for the round is the median of its passes, so that one pass that a
+        neighbour's burst of work slowed does not move the round's ratio."""
         live = [c for c in cases if with_reference or c[2] != "reference"]
         order = live[i % len(live):] + live[:i % len(live)]
-        spent = dict.fromkeys(order, 0.0)
+        spent = {c: [] for c in order}
         for p in range(passes):
             for c in order:
                 if p == 0 or c[2] != "reference":
                     dev, _, q, k, v, sink, grad = inputs[c]
-                    spent[c] += _timed_pass(c[1], c[2], dev, q, k, v, sink, grad)
+                    spent[c].append(_timed_pass(c[1], c[2], dev, q, k, v, sink, grad))
         for c in order:
-            into[c].append(spent[c] / (1 if c[2] == "reference" else passes))
+            into[c].append(statistics.median(spent[c]))
 
     warmup = 2
     for i in range(warmup):
         one_round(i, warm, True)
     # the pace of a timed round: the fast cases' last warm-up times; a round gives each case
-    # passes worth at least BLOCK_S seconds, so that its ratio is not one pass's jitter
+    # passes worth at least block_s seconds, so that its ratio is not one pass's jitter
     pass_s = {c: w[-1] for c, w in warm.items() if c[2] != "reference"}
     shortest = min(pass_s.values())
-    passes = max(1, math.ceil(BLOCK_S / shortest)) if shortest > 0 else 1
+    passes = max(1, math.ceil(block_s / shortest)) if shortest > 0 else 1
     n = rounds_for(passes * sum(pass_s.values()), repeats, max_repeats, budget_s)
     for i in range(n):
         one_round(warmup + i, times, i < reference_repeats, passes)
-    return times, n, passes
+    return times, passes
 
 
 def _peak_memory(variant, impl, T, B, H, D, device) -> dict:
@@ -338,12 +365,14 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
 
     prof = load_profile(profile)
     opts = {"T": [256, 1024, 4096], "repeats": 5, "max_repeats": None, "budget_s": 0.0,
-            "steps": 40, "variants": list(VARIANTS), **prof["bench"]}
+            "max_tokens": None, "block_s": BLOCK_S, "steps": 40, "variants": list(VARIANTS),
+            **prof["bench"]}
     device = pick_device("auto").type
     out = repo_root() / out_root / profile / "bench"
     t0 = time.perf_counter()
     attn = bench_attention(opts["T"], opts["repeats"], device, max_repeats=opts["max_repeats"],
-                           budget_s=opts["budget_s"])
+                           budget_s=opts["budget_s"], max_tokens=opts["max_tokens"],
+                           block_s=opts["block_s"])
     _write_csv(attn, out / "attention.csv")
     # every variant at the profile's model size, not only those the profile trains
     training = bench_training(profile, opts["variants"], opts["steps"], 3, device)
@@ -369,13 +398,17 @@ def main(argv=None):
                     help="timed rounds per T, at most (with --budget-s)")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="seconds of timed rounds per T to aim for, within the two bounds")
-    ap.add_argument("--profile", default=None, help="model size for training (default: cpu, or gpu on CUDA)")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="at most this many tokens (B * T) a pass: B shrinks at long T")
+    ap.add_argument("--profile", default=None,
+                    help="model size for training (default: cpu, or gpu on CUDA)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--out", default="results/bench", help="folder for the CSVs")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--for-profile", metavar="PROFILE",
-                    help="run what configs/PROFILE.yaml's bench options ask, into results/PROFILE/bench/")
+                    help="run what configs/PROFILE.yaml's bench options ask, "
+                         "into results/PROFILE/bench/")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = pick_device(args.device).type
@@ -389,7 +422,8 @@ def main(argv=None):
     if args.what in ("attention", "both"):
         Ts = args.T or ([256, 1024, 4096, 16384] if device == "cuda" else [256, 1024, 4096])
         _write_csv(bench_attention(Ts, args.repeats, device, max_repeats=args.max_repeats,
-                                   budget_s=args.budget_s), out / f"attention_{device}.csv")
+                                   budget_s=args.budget_s, max_tokens=args.max_tokens),
+                   out / f"attention_{device}.csv")
     if args.what in ("training", "both"):
         profile = args.profile or ("gpu" if device == "cuda" else "cpu")
         _write_csv(bench_training(profile, args.variants, args.steps, 3, device),

@@ -881,7 +881,7 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
     Longer than the package's 60 lines on purpose: it is the check's script, a flat list of
     stages read top to bottom, each writing the JSON as it goes (so a check cut short still
     leaves what it measured); splitting it would hide the order the budget depends on."""
-    from .bench import bench_attention
+    from .bench import BLOCK_S, bench_attention
     from .io import write_json
     from .pipeline import load_profile, repo_root
     from .provenance import provenance
@@ -911,7 +911,10 @@ def run_check(out: Path, cpu_rehearsal: bool = False, profile: str = "gpu",
     stage("attention benchmark")
     Ts = [64, 128] if cpu_rehearsal else [1024, 2048, 4096, 8192, 16384]
     tb = time.perf_counter()
-    check["attention_bench"] = bench_attention(Ts, 2 if cpu_rehearsal else 10, device)
+    # rounds as long as the profile's own bench takes them, so that its time estimate holds
+    block_s = (main.get("bench") or {}).get("block_s", BLOCK_S)
+    check["attention_bench"] = bench_attention(Ts, 2 if cpu_rehearsal else 10, device,
+                                               block_s=block_s)
     bench_s = time.perf_counter() - tb
 
     stage("kernel sweep")

@@ -48,7 +48,8 @@ from .measure import MeasureConfig
 PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed",
                 "ablations", "cited", "retrofit")
 RETROFIT_KEYS = ("from", "variant")
-BENCH_KEYS = ("T", "repeats", "max_repeats", "budget_s", "steps", "variants")
+BENCH_KEYS = ("T", "repeats", "max_repeats", "budget_s", "max_tokens", "block_s", "steps",
+              "variants")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
 
@@ -87,7 +88,7 @@ REHEARSAL_CUTS = {
               "checkpoint_fractions": [0.5, 1.0]},
     "measure": {"act_seqs": 2, "loss_seqs": 2, "calib_batches": 1, "calib_batch_size": 2,
                 "windows": [16], "keeps": [0, 1]},
-    "bench": {"T": [64, 128], "repeats": 2, "steps": 3},
+    "bench": {"T": [64, 128], "repeats": 2, "budget_s": 0.0, "steps": 3},
 }
 
 
@@ -172,6 +173,14 @@ def load_profile(profile: str, _seen: tuple = (), _as_base: bool = False) -> dic
     bad = [k for k in bench if k not in BENCH_KEYS]
     if bad:
         raise ConfigError(f"{path}: unknown bench key(s) {bad}; valid keys: {', '.join(BENCH_KEYS)}")
+    mt = bench.get("max_tokens")
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
+        raise ConfigError(f"{path}: bench max_tokens must be a positive integer (tokens a pass, "
+                          f"B * T) or absent; got {mt!r}")
+    bs = bench.get("block_s")
+    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, (int, float)) or bs <= 0):
+        raise ConfigError(f"{path}: bench block_s must be a positive number of seconds (passes a "
+                          f"case and round) or absent; got {bs!r}")
     bv = bench.get("variants")
     if bv is not None and (not isinstance(bv, list) or not bv
                            or any(not isinstance(v, str) or v not in VARIANTS for v in bv)):

@@ -14,7 +14,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..bench import BLOCK_S
 from ..io import write_figure
 from .figures import plain_log_ticks
 from .latex import Tex, fmt, latex_table
@@ -22,6 +21,7 @@ from .stats import VARIANT_LABELS
 
 TARGET_MIN_T = 256      # the shortest length the speed target names
 TARGET_RATIO = 1.05
+LEGACY_BLOCK_S = 0.2    # seconds of passes per case and round of benches without a block_s column
 FAST_CASES = ("softmax1", "sink")
 
 
@@ -29,7 +29,7 @@ SHORT_LABELS = {("softmax", "fast"): "softmax", ("softmax1", "fast"): "softmax1"
                 ("sink", "fast"): "sink", ("softmax1", "reference"): "softmax1, ref."}
 
 
-T_HEAD, D_HEAD, EXTRA_US = Tex("$T$"), Tex("$D$"), Tex("extra ($\\mu$s)")
+T_HEAD, B_HEAD, D_HEAD, EXTRA_US = Tex("$T$"), Tex("$B$"), Tex("$D$"), Tex("extra ($\\mu$s)")
 
 
 def _short(r) -> str:
@@ -54,7 +54,7 @@ def time_table(attn: pd.DataFrame, path) -> None:
         has = not pd.isna(r.get("q1_ms", float("nan")))
         extra = r.get("extra_us", float("nan"))
         rows.append({"attention": _short(r), T_HEAD: Tex(f"${fmt(int(r['T']))}$"),
-                     "ms": Tex(f"${fmt(r['median_ms'], 3)}$"),
+                     B_HEAD: Tex(f"${int(r['B'])}$"), "ms": Tex(f"${fmt(r['median_ms'], 3)}$"),
                      "IQR (ms)": _span(r["q1_ms"], r["q3_ms"]) if has else Tex("--"),
                      "/ softmax": _ratio(r["time_ratio"]),
                      "IQR": (Tex(f"{_ratio(r['ratio_q1'])}--{_ratio(r['ratio_q3'])}") if has
@@ -62,7 +62,7 @@ def time_table(attn: pd.DataFrame, path) -> None:
                      EXTRA_US: (Tex(f"${fmt(extra, 3)}$")
                                 if not pd.isna(extra) and (r["variant"], r["impl"]) != ("softmax", "fast")
                                 else Tex("--"))})
-    latex_table(rows, path, column_format="lrrrrrr")
+    latex_table(rows, path, column_format="lrrrrrrr")
 
 
 def memory_table(attn: pd.DataFrame, path) -> None:
@@ -71,12 +71,28 @@ def memory_table(attn: pd.DataFrame, path) -> None:
     ok = attn.dropna(subset=["median_ms"])
     rows = []
     for T, g in ok.groupby("T", sort=True):
-        row = {T_HEAD: Tex(f"${fmt(int(T))}$")}
+        row = {T_HEAD: Tex(f"${fmt(int(T))}$"), B_HEAD: Tex(f"${int(g['B'].iloc[0])}$")}
         for r in g.to_dict("records"):
             row[_short(r)] = Tex(f"${fmt(r['peak_mib'], 3)}$ ($\\times{fmt(r['memory_ratio'], 3)}$)")
         rows.append(row)
-    cols = [T_HEAD] + list(dict.fromkeys(_short(r) for r in ok.to_dict("records")))
+    cols = [T_HEAD, B_HEAD] + list(dict.fromkeys(_short(r) for r in ok.to_dict("records")))
     latex_table(rows, path, column_format="r" * len(cols), columns=cols)
+
+
+def batch_text(attn: pd.DataFrame) -> str:
+    """The batch sizes the attention bench ran at, for the paper: "$B = 8$" where one size
+    served every length, else each size with its lengths ("$B = 8$ at $T = 64$ and $256$, $4$ at
+    $T = 1{,}024$ ...")."""
+    ok = attn.dropna(subset=["median_ms"])
+    by_b = ok.groupby("B", sort=False)["T"].apply(lambda t: sorted({int(x) for x in t}))
+    if len(by_b) <= 1:
+        return f"$B = {int(by_b.index[0])}$" if len(by_b) else "n/a"
+    parts = []
+    for i, (B, Ts) in enumerate(sorted(by_b.items(), key=lambda kv: kv[1][0])):
+        ts = [f"${fmt(t)}$" for t in Ts]
+        listed = ts[0] if len(ts) == 1 else ", ".join(ts[:-1]) + f" and {ts[-1]}"
+        parts.append(f"{'$B = ' if i == 0 else '$'}{int(B)}$ at $T =$ {listed}")
+    return "; ".join(parts)
 
 
 def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
@@ -109,7 +125,12 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
         if len(short) and "extra_us" in short and not pd.isna(short.extra_us.iloc[0]):
             M[f"Bench{name}OverheadUs"] = str(fmt(short.extra_us.iloc[0], 3))
             M["BenchOverheadT"] = str(fmt(int(short["T"].iloc[0])))
-    M["BenchBlockS"] = str(fmt(BLOCK_S, 1))  # the bench's seconds of passes per case and round
+    M["BenchBatch"] = batch_text(attn)
+    M["BenchBatchVaries"] = "1" if attn.dropna(subset=["median_ms"])["B"].nunique() > 1 else "0"
+    # the bench's seconds of passes per case and round, as the rows record it; benchmarks
+    # written before that column ran with the first value, 0.2 s
+    blocks = attn["block_s"].dropna() if "block_s" in attn else pd.Series([], dtype=float)
+    M["BenchBlockS"] = str(fmt(float(blocks.max()) if len(blocks) else LEGACY_BLOCK_S, 1))
     M["BenchTargetMinT"] = str(fmt(TARGET_MIN_T))
     M["BenchTargetRatio"] = str(fmt(TARGET_RATIO, 3))
     return M
