@@ -1,5 +1,8 @@
 """The benchmark code runs and reports what it says (no speed is asserted: timings are
 measurements, taken by `make bench`, not tests)."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -69,6 +72,36 @@ def test_rows_record_the_batch_they_ran_at():
     rows = bench_attention([8, 32], repeats=1, device="cpu", B=4, H=2, D=8, max_tokens=64,
                            block_s=0.01)
     assert {(r["T"], r["B"]) for r in rows} == {(8, 4), (32, 2)}
+    assert all(r["faults_per_pass"] >= 0 and r["steady_allocator"] in (True, False) for r in rows)
+
+
+_FAULTS = '''
+import sys, torch
+from offbyone import bench
+steady = bench.steady_allocator() if sys.argv[1] == "steady" else None
+def one_pass():  # a pass's pattern: three 4 MiB tensors made, then all freed
+    a = torch.ones(2**20); b = torch.ones(2**20); c = torch.ones(2**20); del a, b, c
+for _ in range(3):
+    one_pass()
+f0 = bench._minor_faults()
+for _ in range(20):
+    one_pass()
+print(steady, bench._minor_faults() - f0)
+'''
+
+
+def test_steady_allocator_keeps_freed_memory_mapped():
+    """In a fresh process (the setting is process-wide): once steady, twenty more passes that make
+    and free three 4 MiB tensors take no fresh pages. With glibc's adaptive defaults the same
+    passes here took 1,024 to 4,096 minor faults (the heap's top, above its trim threshold, is
+    handed back and faulted in again), so the bound fails if the setting does nothing."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt")
+    out = subprocess.run([sys.executable, "-c", _FAULTS, "steady"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    if out[0] != "True":
+        pytest.skip("not glibc")
+    assert int(out[1]) < 100
 
 
 def test_a_rounds_time_is_the_median_of_its_passes(monkeypatch):
@@ -83,7 +116,11 @@ def test_a_rounds_time_is_the_median_of_its_passes(monkeypatch):
     monkeypatch.setattr(bench, "_timed_pass", fake_pass)
     cases = [("a", "softmax", "fast"), ("b", "softmax1", "fast")]
     # warm-up: two passes each (10 ms), then rounds of ceil(0.03 / 0.01) = 3 passes
-    times, passes = bench._timed_rounds(cases, 8, 1, 1, 8, "cpu", repeats=2, max_repeats=2,
-                                        budget_s=0.0, reference_repeats=0, block_s=0.03)
+    times, passes, faults = bench._timed_rounds(cases, 8, 1, 1, 8, "cpu", repeats=2,
+                                                max_repeats=2, budget_s=0.0,
+                                                reference_repeats=0, block_s=0.03)
     assert passes == 3
     assert times == {c: [0.01, 0.01] for c in cases}
+    # a page-fault count per timed round and case (fake passes touch no memory)
+    assert {c: len(f) for c, f in faults.items()} == {c: 2 for c in cases}
+    assert all(x >= 0 for f in faults.values() for x in f)

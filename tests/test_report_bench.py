@@ -37,6 +37,18 @@ def test_speed_macros_read_the_target_lengths_and_the_overhead_at_the_shortest()
     assert old["BenchHasIQR"] == "0" and old["BenchSinkOverheadUs"] == "n/a"
 
 
+def test_allocator_macros_read_the_rows_and_default_for_older_benches():
+    attn = _attn([{"variant": "softmax", "T": 64, "faults_per_pass": 0.0},
+                  {"variant": "sink", "T": 64, "faults_per_pass": 3.0},
+                  {"variant": "softmax1", "T": 64, "impl": "reference", "faults_per_pass": 900.0}])
+    M = RB.speed_macros(attn.assign(steady_allocator=True))
+    # the fused cases' worst median, not the reference's
+    assert (M["BenchSteadyAllocator"], M["BenchFaultsMax"]) == ("1", "3")
+    assert RB.speed_macros(attn.assign(steady_allocator=False))["BenchSteadyAllocator"] == "0"
+    old = RB.speed_macros(attn.drop(columns=["faults_per_pass"]))
+    assert (old["BenchSteadyAllocator"], old["BenchFaultsMax"]) == ("0", "n/a")
+
+
 def test_time_table_prints_quartiles_when_there_are_some(tmp_path):
     attn = _attn([{"variant": "softmax", "T": 64},
                   {"variant": "sink", "T": 64, "time_ratio": 1.2, "ratio_q1": 1.1,

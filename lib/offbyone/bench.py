@@ -12,8 +12,11 @@ alternating pass by pass, so that a shared machine's drifts hit all alike (a cas
 round is the median of its passes); each case's ratio to
 fused softmax is the median of its per-round ratios (paired by round), printed with their
 interquartile range, and the median per-round difference at the smallest T is the per-call
-overhead. Peak memory: each case once more, the peak above the memory held after warm-up, so
-that the inputs and the one-time buffers of the first pass (about 40 MiB on CPU) do not count.
+overhead. On CPU the timing process keeps the memory it frees (`steady_allocator`: glibc's mmap
+and trim thresholds fixed), so that no case pays for page faults that other allocations left it;
+each row records its minor page faults a pass. Peak memory: each case once more, the peak above
+the memory held after warm-up, so that the inputs and the one-time buffers of the first pass
+(about 40 MiB on CPU) do not count.
 On a GPU it is the CUDA allocator's peak, read in this process (the allocator counts exactly
 what is live). On CPU it is the peak resident memory of a fresh process, restarted through
 /proc/self/clear_refs, which runs with glibc's mmap threshold fixed at 128 KiB
@@ -28,6 +31,7 @@ Timings are measurements, not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -56,6 +60,13 @@ from .train import train_step
 BLOCK_S = 1.0
 # glibc: a fixed threshold (bytes) turns off its dynamic adjustment; see the module docstring
 CPU_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+# the timing process's allocator (`steady_allocator`): glibc's mallopt parameters (malloc.h), the
+# largest mmap threshold glibc accepts (tensors up to 32 MiB come from the heap, which the
+# bench's up to 8 MiB tensors do) and a trim threshold that never returns the heap's top
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+TIMING_MMAP_THRESHOLD = 32 * 2**20
+TIMING_TRIM_THRESHOLD = 2**31 - 1
+_ALLOCATOR = {"steady": False}
 
 ATTENTION_CASES = [  # (label, variant, implementation)
     ("softmax (fused SDPA)", "softmax", "fast"),
@@ -97,6 +108,32 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def steady_allocator() -> bool:
+    """Make this process keep the memory it frees, as PyTorch's caching allocator does on a GPU:
+    glibc's mmap and trim thresholds fixed (which also turns off their adaptation). With the
+    adaptive defaults, whether a pass's large tensors come from pages already mapped or from
+    fresh ones that fault on first touch depends on what the process allocated and freed
+    before: the same case's pass then took either no minor page fault or a thousand (4 MiB of
+    fresh pages, about 3 ms on a 32 ms pass at T = 256), and which case paid it changed from
+    process to process. The timed rounds record their faults a pass (`faults_per_pass`). Returns
+    whether it took effect (glibc only; the peak-memory children set their own thresholds)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = (mallopt(_M_MMAP_THRESHOLD, TIMING_MMAP_THRESHOLD) == 1
+          and mallopt(_M_TRIM_THRESHOLD, TIMING_TRIM_THRESHOLD) == 1)
+    _ALLOCATOR["steady"] = _ALLOCATOR["steady"] or ok
+    return ok
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _inputs(T, B, H, D, device, variant):
@@ -211,8 +248,8 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
                 print(f"T={T:6d} {label:36s} skipped (about {need_gib:.0f} GiB)", flush=True)
                 continue
             cases.append((label, variant, impl))
-        times, passes = _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s,
-                                      reference_repeats, block_s)
+        times, passes, faults = _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats,
+                                              budget_s, reference_repeats, block_s)
         base = times[cases[0]]  # fused softmax, the first case
         for label, variant, impl in cases:
             mem = _peak_memory(variant, impl, T, B, H, D, device)
@@ -221,7 +258,9 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
             row = {"label": label, **mem, "median_ms": 1e3 * med, "q1_ms": 1e3 * q1,
                    "q3_ms": 1e3 * q3, "min_ms": 1e3 * min(t), "repeats": len(t),
                    "passes_per_round": 1 if impl == "reference" else passes,
-                   "block_s": block_s}
+                   "block_s": block_s,
+                   "faults_per_pass": statistics.median(faults[(label, variant, impl)]),
+                   "steady_allocator": _ALLOCATOR["steady"]}
             paired = list(zip(t, base))  # rounds in which both ran
             r1, rmed, r3 = _quartiles([a / b for a, b in paired])
             row.update(time_ratio=rmed, ratio_q1=r1, ratio_q3=r3,
@@ -242,15 +281,17 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
 
 def _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s, reference_repeats,
                   block_s=BLOCK_S):
-    """({case: [seconds per pass, one median per timed round]}, passes per round): two warm-up
-    rounds of one pass per case, then as many timed rounds as `rounds_for` allows at the
-    warm-up's pace, each giving every fast case the same number of passes (at least `block_s`
-    seconds of the quickest) and the reference one, in an order rotated round by round."""
+    """({case: [seconds per pass, one median per timed round]}, passes per round,
+    {case: [minor page faults a pass, one median per timed round]}): two warm-up rounds of one
+    pass per case, then as many timed rounds as `rounds_for` allows at the warm-up's pace, each
+    giving every fast case the same number of passes (at least `block_s` seconds of the
+    quickest) and the reference one, in an order rotated round by round."""
     times = {c: [] for c in cases}
+    faults = {c: [] for c in cases}
     warm = {c: [] for c in cases}
     inputs = {c: _inputs(T, B, H, D, device, c[1]) for c in cases}
 
-    def one_round(i, into, with_reference, passes=1):
+    def one_round(i, into, with_reference, passes=1, faults_into=None):
         """Each case `passes` times (the reference once), the cases alternating pass by pass in
         an order rotated by i, so that the machine's drifts within the round hit all alike; a
         case's time for the round is the median of its passes, so that one pass that a
@@ -258,13 +299,18 @@ def _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s, ref
         live = [c for c in cases if with_reference or c[2] != "reference"]
         order = live[i % len(live):] + live[:i % len(live)]
         spent = {c: [] for c in order}
+        faulted = {c: [] for c in order}
         for p in range(passes):
             for c in order:
                 if p == 0 or c[2] != "reference":
                     dev, _, q, k, v, sink, grad = inputs[c]
+                    f0 = _minor_faults()
                     spent[c].append(_timed_pass(c[1], c[2], dev, q, k, v, sink, grad))
+                    faulted[c].append(_minor_faults() - f0)
         for c in order:
             into[c].append(statistics.median(spent[c]))
+            if faults_into is not None:
+                faults_into[c].append(statistics.median(faulted[c]))
 
     warmup = 2
     for i in range(warmup):
@@ -276,8 +322,8 @@ def _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s, ref
     passes = max(1, math.ceil(block_s / shortest)) if shortest > 0 else 1
     n = rounds_for(passes * sum(pass_s.values()), repeats, max_repeats, budget_s)
     for i in range(n):
-        one_round(warmup + i, times, i < reference_repeats, passes)
-    return times, passes
+        one_round(warmup + i, times, i < reference_repeats, passes, faults)
+    return times, passes, faults
 
 
 def _peak_memory(variant, impl, T, B, H, D, device) -> dict:
@@ -369,6 +415,8 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
             **prof["bench"]}
     device = pick_device("auto").type
     out = repo_root() / out_root / profile / "bench"
+    if device == "cpu":
+        steady_allocator()
     t0 = time.perf_counter()
     attn = bench_attention(opts["T"], opts["repeats"], device, max_repeats=opts["max_repeats"],
                            budget_s=opts["budget_s"], max_tokens=opts["max_tokens"],
@@ -400,6 +448,8 @@ def main(argv=None):
                     help="seconds of timed rounds per T to aim for, within the two bounds")
     ap.add_argument("--max-tokens", type=int, default=None,
                     help="at most this many tokens (B * T) a pass: B shrinks at long T")
+    ap.add_argument("--block-s", type=float, default=BLOCK_S,
+                    help="seconds of passes a round gives each case, at least")
     ap.add_argument("--profile", default=None,
                     help="model size for training (default: cpu, or gpu on CUDA)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -418,11 +468,14 @@ def main(argv=None):
     if args.for_profile:
         run_profile(args.for_profile)
         return
+    if device == "cpu":
+        steady_allocator()
     out = Path(args.out)
     if args.what in ("attention", "both"):
         Ts = args.T or ([256, 1024, 4096, 16384] if device == "cuda" else [256, 1024, 4096])
         _write_csv(bench_attention(Ts, args.repeats, device, max_repeats=args.max_repeats,
-                                   budget_s=args.budget_s, max_tokens=args.max_tokens),
+                                   budget_s=args.budget_s, max_tokens=args.max_tokens,
+                                   block_s=args.block_s),
                    out / f"attention_{device}.csv")
     if args.what in ("training", "both"):
         profile = args.profile or ("gpu" if device == "cuda" else "cpu")

@@ -133,6 +133,14 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
     M["BenchBlockS"] = str(fmt(float(blocks.max()) if len(blocks) else LEGACY_BLOCK_S, 1))
     M["BenchTargetMinT"] = str(fmt(TARGET_MIN_T))
     M["BenchTargetRatio"] = str(fmt(TARGET_RATIO, 3))
+    # the timing process kept the memory it freed (bench.steady_allocator), and the most minor
+    # page faults a timed pass of a fused case took (median over its rounds); benchmarks
+    # written before these columns ran with glibc's adaptive defaults and counted no faults
+    steady = attn["steady_allocator"].dropna() if "steady_allocator" in attn else []
+    M["BenchSteadyAllocator"] = "1" if len(steady) and bool(steady.astype(bool).all()) else "0"
+    faults = (attn[attn.impl.eq("fast")]["faults_per_pass"].dropna()
+              if "faults_per_pass" in attn else pd.Series([], dtype=float))
+    M["BenchFaultsMax"] = str(fmt(int(round(float(faults.max()))))) if len(faults) else "n/a"
     return M
 
 
