@@ -44,6 +44,9 @@ def test_allocator_macros_read_the_rows_and_default_for_older_benches():
     M = RB.speed_macros(attn.assign(steady_allocator=True))
     # the fused cases' worst median, not the reference's
     assert (M["BenchSteadyAllocator"], M["BenchFaultsMax"]) == ("1", "3")
+    assert M["BenchFaultsText"] == "at most 3 minor page faults"
+    none = RB.speed_macros(attn.assign(steady_allocator=True, faults_per_pass=0.0))
+    assert none["BenchFaultsText"] == "no minor page fault"
     assert RB.speed_macros(attn.assign(steady_allocator=False))["BenchSteadyAllocator"] == "0"
     old = RB.speed_macros(attn.drop(columns=["faults_per_pass"]))
     assert (old["BenchSteadyAllocator"], old["BenchFaultsMax"]) == ("0", "n/a")

@@ -141,6 +141,9 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
     faults = (attn[attn.impl.eq("fast")]["faults_per_pass"].dropna()
               if "faults_per_pass" in attn else pd.Series([], dtype=float))
     M["BenchFaultsMax"] = str(fmt(int(round(float(faults.max()))))) if len(faults) else "n/a"
+    worst = int(round(float(faults.max()))) if len(faults) else None
+    M["BenchFaultsText"] = ("n/a" if worst is None else "no minor page fault" if worst == 0
+                            else f"at most {fmt(worst)} minor page faults")
     return M
 
 
