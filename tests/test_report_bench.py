@@ -31,6 +31,7 @@ def test_speed_macros_read_the_target_lengths_and_the_overhead_at_the_shortest()
     assert M["BenchSoftmaxOneTargetMet"] == "1"          # upper quartiles 1.04, 1.03
     assert (M["BenchSinkTargetWorstRatio"], M["BenchSinkTargetWorstT"]) == ("1.046", "256")
     assert M["BenchSinkTargetMet"] == "0"                # upper quartile 1.07 at T = 256
+    assert (M["BenchSinkTargetMissTs"], M["BenchSoftmaxOneTargetMissTs"]) == ("256", "none")
     assert (M["BenchSoftmaxOneOverheadUs"], M["BenchSinkOverheadUs"], M["BenchOverheadT"]) == \
         ("480", "900", "64")
     old = RB.speed_macros(attn.drop(columns=["ratio_q1", "ratio_q3", "extra_us", "q1_ms", "q3_ms"]))
