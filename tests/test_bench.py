@@ -162,3 +162,19 @@ def test_a_rounds_time_is_the_median_of_its_passes(monkeypatch):
     # a page-fault count per timed round and case (fake passes touch no memory)
     assert {c: len(f) for c, f in faults.items()} == {c: 2 for c in cases}
     assert all(x >= 0 for f in faults.values() for x in f)
+
+
+def test_a_round_runs_at_least_min_passes(monkeypatch):
+    """Slow passes (1 s, above block_s) still give each case min_passes a round; bad values are
+    refused by name."""
+    monkeypatch.setattr(bench, "_timed_pass", lambda *a: 1.0)
+    cases = [("a", "softmax", "fast"), ("b", "softmax1", "fast")]
+    _, passes, _ = bench._timed_rounds(cases, 8, 1, 1, 8, "cpu", repeats=1, max_repeats=1,
+                                       budget_s=0.0, reference_repeats=0, block_s=0.5,
+                                       min_passes=4)
+    assert passes == 4
+    _, passes, _ = bench._timed_rounds(cases, 8, 1, 1, 8, "cpu", repeats=1, max_repeats=1,
+                                       budget_s=0.0, reference_repeats=0, block_s=0.5)
+    assert passes == 1
+    with pytest.raises(ValueError, match="min_passes must be a positive number of passes"):
+        bench_attention([8], repeats=1, device="cpu", min_passes=0)

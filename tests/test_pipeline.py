@@ -197,14 +197,19 @@ def test_bench_options_are_checked(tmp_path, monkeypatch):
         "notlist": one + "bench: {variants: softmax}\n",
         "zerotok": one + "bench: {max_tokens: 0}\n",
         "tok": one + "bench: {max_tokens: 4096}\n",
-        "zeroblock": one + "bench: {block_s: 0}\n"})
+        "zeroblock": one + "bench: {block_s: 0}\n",
+        "halfpass": one + "bench: {min_passes: 2.5}\n",
+        "passes": one + "bench: {min_passes: 5}\n"})
+    with pytest.raises(ConfigError, match="bench min_passes must be a positive integer"):
+        P.load_profile("halfpass")
+    assert P.load_profile("passes")["bench"]["min_passes"] == 5
     with pytest.raises(ConfigError, match="bench block_s must be a positive number of seconds"):
         P.load_profile("zeroblock")
     assert P.load_profile("tok")["bench"]["max_tokens"] == 4096
     with pytest.raises(ConfigError, match="bench max_tokens must be a positive integer"):
         P.load_profile("zerotok")
     assert P.load_profile("ok")["bench"]["variants"] == ["softmax", "sink"]
-    with pytest.raises(ConfigError, match="unknown bench key.*valid keys: T, repeats, max_repeats, budget_s, max_tokens, block_s, steps, variants"):
+    with pytest.raises(ConfigError, match="unknown bench key.*valid keys: T, repeats, max_repeats, budget_s, max_tokens, block_s, min_passes, steps, variants"):
         P.load_profile("typo")
     for name in ("badv", "notlist"):
         with pytest.raises(ConfigError, match="bench variants must be a non-empty list of softmax, softmax1"):

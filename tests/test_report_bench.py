@@ -27,10 +27,14 @@ def test_speed_macros_read_the_target_lengths_and_the_overhead_at_the_shortest()
     # a bench without the block_s column ran with the first value, 0.2 s; one with it says
     assert M["BenchHasIQR"] == "1" and M["BenchBlockS"] == "0.2" and M["BenchBatch"] == "$B = 8$"
     assert RB.speed_macros(attn.assign(block_s=1.0))["BenchBlockS"] == "1"
+    # passes a round at least: 1 where the column is absent
+    assert M["BenchMinPasses"] == "1"
+    assert RB.speed_macros(attn.assign(min_passes=6))["BenchMinPasses"] == "6"
     assert (M["BenchSoftmaxOneTargetWorstRatio"], M["BenchSoftmaxOneTargetWorstT"]) == ("1.020", "256")
     assert M["BenchSoftmaxOneTargetMet"] == "1"          # upper quartiles 1.04, 1.03
     assert (M["BenchSinkTargetWorstRatio"], M["BenchSinkTargetWorstT"]) == ("1.046", "256")
     assert M["BenchSinkTargetMet"] == "0"                # upper quartile 1.07 at T = 256
+    assert (M["BenchSinkTargetMissTs"], M["BenchSoftmaxOneTargetMissTs"]) == ("256", "none")
     assert (M["BenchSoftmaxOneOverheadUs"], M["BenchSinkOverheadUs"], M["BenchOverheadT"]) == \
         ("480", "900", "64")
     old = RB.speed_macros(attn.drop(columns=["ratio_q1", "ratio_q3", "extra_us", "q1_ms", "q3_ms"]))
@@ -44,6 +48,9 @@ def test_allocator_macros_read_the_rows_and_default_for_older_benches():
     M = RB.speed_macros(attn.assign(steady_allocator=True))
     # the fused cases' worst median, not the reference's
     assert (M["BenchSteadyAllocator"], M["BenchFaultsMax"]) == ("1", "3")
+    assert M["BenchFaultsText"] == "at most 3 minor page faults"
+    none = RB.speed_macros(attn.assign(steady_allocator=True, faults_per_pass=0.0))
+    assert none["BenchFaultsText"] == "no minor page fault"
     assert RB.speed_macros(attn.assign(steady_allocator=False))["BenchSteadyAllocator"] == "0"
     old = RB.speed_macros(attn.drop(columns=["faults_per_pass"]))
     assert (old["BenchSteadyAllocator"], old["BenchFaultsMax"]) == ("0", "n/a")

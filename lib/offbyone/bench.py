@@ -221,7 +221,8 @@ def batch_for(T: int, B: int = 8, max_tokens: int | None = None) -> int:
 def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.0,
                     B: int = 8, H: int = 8, D: int = 64, max_repeats: int | None = None,
                     budget_s: float = 0.0, reference_repeats: int = 5,
-                    max_tokens: int | None = None, block_s: float = BLOCK_S) -> list[dict]:
+                    max_tokens: int | None = None, block_s: float = BLOCK_S,
+                    min_passes: int = 1) -> list[dict]:
     """Times are taken in this process with the cases interleaved round by round (rotating
     their order), so slow drifts of a shared machine hit every case alike; peak memory is
     read in a fresh process per case.
@@ -233,7 +234,11 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
     (`time_ratio` is their median, `ratio_q1` and `ratio_q3` the interquartile range), and the
     median per-round difference in microseconds (`extra_us`): at small T that is the per-call
     overhead. `max_tokens` caps B * T (`batch_for`); each row records the B it ran at.
-    `block_s`: a round's seconds of passes per case, at least (BLOCK_S unless asked)."""
+    `block_s`: a round's seconds of passes per case, at least (BLOCK_S unless asked), and
+    `min_passes` its passes per case, at least: at long T a pass takes half a second on CPU,
+    and a round's median of two passes still moves with one slow pass."""
+    if min_passes < 1:
+        raise ValueError(f"min_passes must be a positive number of passes, got {min_passes}")
     rows = []
     B_max = B
     for T in Ts:
@@ -249,7 +254,8 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
                 continue
             cases.append((label, variant, impl))
         times, passes, faults = _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats,
-                                              budget_s, reference_repeats, block_s)
+                                              budget_s, reference_repeats, block_s,
+                                              min_passes)
         base = times[cases[0]]  # fused softmax, the first case
         for label, variant, impl in cases:
             mem = _peak_memory(variant, impl, T, B, H, D, device)
@@ -258,7 +264,7 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
             row = {"label": label, **mem, "median_ms": 1e3 * med, "q1_ms": 1e3 * q1,
                    "q3_ms": 1e3 * q3, "min_ms": 1e3 * min(t), "repeats": len(t),
                    "passes_per_round": 1 if impl == "reference" else passes,
-                   "block_s": block_s,
+                   "block_s": block_s, "min_passes": min_passes,
                    "faults_per_pass": statistics.median(faults[(label, variant, impl)]),
                    "steady_allocator": _ALLOCATOR["steady"]}
             paired = list(zip(t, base))  # rounds in which both ran
@@ -280,12 +286,12 @@ def bench_attention(Ts, repeats: int, device: str, max_reference_gib: float = 6.
 
 
 def _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s, reference_repeats,
-                  block_s=BLOCK_S):
+                  block_s=BLOCK_S, min_passes=1):
     """({case: [seconds per pass, one median per timed round]}, passes per round,
     {case: [minor page faults a pass, one median per timed round]}): two warm-up rounds of one
     pass per case, then as many timed rounds as `rounds_for` allows at the warm-up's pace, each
     giving every fast case the same number of passes (at least `block_s` seconds of the
-    quickest) and the reference one, in an order rotated round by round."""
+    quickest, and at least `min_passes`) and the reference one, in an order rotated round by round."""
     times = {c: [] for c in cases}
     faults = {c: [] for c in cases}
     warm = {c: [] for c in cases}
@@ -316,10 +322,11 @@ def _timed_rounds(cases, T, B, H, D, device, repeats, max_repeats, budget_s, ref
     for i in range(warmup):
         one_round(i, warm, True)
     # the pace of a timed round: the fast cases' last warm-up times; a round gives each case
-    # passes worth at least block_s seconds, so that its ratio is not one pass's jitter
+    # passes worth at least block_s seconds, and at least min_passes, so that its ratio is not
+    # one pass's jitter
     pass_s = {c: w[-1] for c, w in warm.items() if c[2] != "reference"}
     shortest = min(pass_s.values())
-    passes = max(1, math.ceil(block_s / shortest)) if shortest > 0 else 1
+    passes = max(min_passes, math.ceil(block_s / shortest) if shortest > 0 else 1)
     n = rounds_for(passes * sum(pass_s.values()), repeats, max_repeats, budget_s)
     for i in range(n):
         one_round(warmup + i, times, i < reference_repeats, passes, faults)
@@ -411,7 +418,7 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
 
     prof = load_profile(profile)
     opts = {"T": [256, 1024, 4096], "repeats": 5, "max_repeats": None, "budget_s": 0.0,
-            "max_tokens": None, "block_s": BLOCK_S, "steps": 40, "variants": list(VARIANTS),
+            "max_tokens": None, "block_s": BLOCK_S, "min_passes": 1, "steps": 40, "variants": list(VARIANTS),
             **prof["bench"]}
     device = pick_device("auto").type
     out = repo_root() / out_root / profile / "bench"
@@ -420,7 +427,7 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
     t0 = time.perf_counter()
     attn = bench_attention(opts["T"], opts["repeats"], device, max_repeats=opts["max_repeats"],
                            budget_s=opts["budget_s"], max_tokens=opts["max_tokens"],
-                           block_s=opts["block_s"])
+                           block_s=opts["block_s"], min_passes=opts["min_passes"])
     _write_csv(attn, out / "attention.csv")
     # every variant at the profile's model size, not only those the profile trains
     training = bench_training(profile, opts["variants"], opts["steps"], 3, device)
@@ -450,6 +457,8 @@ def main(argv=None):
                     help="at most this many tokens (B * T) a pass: B shrinks at long T")
     ap.add_argument("--block-s", type=float, default=BLOCK_S,
                     help="seconds of passes a round gives each case, at least")
+    ap.add_argument("--min-passes", type=int, default=1,
+                    help="passes a round gives each case, at least")
     ap.add_argument("--profile", default=None,
                     help="model size for training (default: cpu, or gpu on CUDA)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -475,7 +484,7 @@ def main(argv=None):
         Ts = args.T or ([256, 1024, 4096, 16384] if device == "cuda" else [256, 1024, 4096])
         _write_csv(bench_attention(Ts, args.repeats, device, max_repeats=args.max_repeats,
                                    budget_s=args.budget_s, max_tokens=args.max_tokens,
-                                   block_s=args.block_s),
+                                   block_s=args.block_s, min_passes=args.min_passes),
                    out / f"attention_{device}.csv")
     if args.what in ("training", "both"):
         profile = args.profile or ("gpu" if device == "cuda" else "cpu")

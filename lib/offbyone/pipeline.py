@@ -48,8 +48,8 @@ from .measure import MeasureConfig
 PROFILE_KEYS = ("base", "description", "variants", "seeds", "train", "measure", "bench", "testbed",
                 "ablations", "cited", "retrofit")
 RETROFIT_KEYS = ("from", "variant")
-BENCH_KEYS = ("T", "repeats", "max_repeats", "budget_s", "max_tokens", "block_s", "steps",
-              "variants")
+BENCH_KEYS = ("T", "repeats", "max_repeats", "budget_s", "max_tokens", "block_s", "min_passes",
+              "steps", "variants")
 RUN_FIXED_KEYS = ("out_dir", "attention", "seed")   # set per run, not in a profile's train
 
 
@@ -181,6 +181,10 @@ def load_profile(profile: str, _seen: tuple = (), _as_base: bool = False) -> dic
     if bs is not None and (isinstance(bs, bool) or not isinstance(bs, (int, float)) or bs <= 0):
         raise ConfigError(f"{path}: bench block_s must be a positive number of seconds (passes a "
                           f"case and round) or absent; got {bs!r}")
+    mp = bench.get("min_passes")
+    if mp is not None and (isinstance(mp, bool) or not isinstance(mp, int) or mp < 1):
+        raise ConfigError(f"{path}: bench min_passes must be a positive integer (passes a case "
+                          f"and round, at least) or absent; got {mp!r}")
     bv = bench.get("variants")
     if bv is not None and (not isinstance(bv, list) or not bv
                            or any(not isinstance(v, str) or v not in VARIANTS for v in bv)):

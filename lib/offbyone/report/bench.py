@@ -107,6 +107,7 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
         for key in ("TargetWorstRatio", "TargetWorstT", "TargetWorstQThree", "OverheadUs"):
             M[f"Bench{name}{key}"] = "n/a"
         M[f"Bench{name}TargetMet"] = "0"
+        M[f"Bench{name}TargetMissTs"] = "n/a"
     M["BenchOverheadT"] = "n/a"
     target = fast[fast["T"] >= TARGET_MIN_T]
     for v in FAST_CASES:
@@ -121,6 +122,9 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
             # met when even the upper quartile of every target length's ratios is within it
             upper = t["ratio_q3"].fillna(t["time_ratio"]) if "ratio_q3" in t else t["time_ratio"]
             M[f"Bench{name}TargetMet"] = "1" if bool((upper <= TARGET_RATIO).all()) else "0"
+            # the lengths whose upper quartile is above the target
+            M[f"Bench{name}TargetMissTs"] = ", ".join(
+                str(fmt(int(x))) for x in t.loc[upper > TARGET_RATIO, "T"]) or "none"
         short = fast[fast.variant == v].sort_values("T").head(1)
         if len(short) and "extra_us" in short and not pd.isna(short.extra_us.iloc[0]):
             M[f"Bench{name}OverheadUs"] = str(fmt(short.extra_us.iloc[0], 3))
@@ -131,6 +135,9 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
     # written before that column ran with the first value, 0.2 s
     blocks = attn["block_s"].dropna() if "block_s" in attn else pd.Series([], dtype=float)
     M["BenchBlockS"] = str(fmt(float(blocks.max()) if len(blocks) else LEGACY_BLOCK_S, 1))
+    # passes per case and round at least (1 for benches without the column)
+    least = attn["min_passes"].dropna() if "min_passes" in attn else pd.Series([], dtype=float)
+    M["BenchMinPasses"] = str(int(least.max()) if len(least) else 1)
     M["BenchTargetMinT"] = str(fmt(TARGET_MIN_T))
     M["BenchTargetRatio"] = str(fmt(TARGET_RATIO, 3))
     # the timing process kept the memory it freed (bench.steady_allocator), and the most minor
@@ -141,6 +148,9 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
     faults = (attn[attn.impl.eq("fast")]["faults_per_pass"].dropna()
               if "faults_per_pass" in attn else pd.Series([], dtype=float))
     M["BenchFaultsMax"] = str(fmt(int(round(float(faults.max()))))) if len(faults) else "n/a"
+    worst = int(round(float(faults.max()))) if len(faults) else None
+    M["BenchFaultsText"] = ("n/a" if worst is None else "no minor page fault" if worst == 0
+                            else f"at most {fmt(worst)} minor page faults")
     return M
 
 
