@@ -87,7 +87,7 @@ data: $(STAMP)
 # the profile's run list can be read from configs/$(PROFILE).yaml by the package itself.
 
 # REHEARSAL=1: the profile's every stage and run at toy sizes, on any machine, into folders of
-# its own (profile PROFILE-rehearsal; see offbyone.pipeline.REHEARSAL_CUTS), 2 runs at once of
+# its own (profile PROFILE-rehearsal; see offbyone.profiles.REHEARSAL_CUTS), 2 runs at once of
 # one thread each (its runs are mostly process start-up, which two CPU cores overlap)
 # REHEARSAL=quick: CI's cut form, the first two variants and the first seed of each profile
 THE_PROFILE = $(or $(PROFILE),$(DETECT_PROFILE))$(if $(filter 1,$(REHEARSAL)),-rehearsal)$(if $(filter quick,$(REHEARSAL)),-quickrehearsal)
@@ -155,18 +155,18 @@ ifdef PIPELINE
 ifneq ($(findstring rehearsal,$(PROFILE)),)
 PDF := build/paper/offbyone-$(PROFILE).pdf
 endif
-RUNS   := $(shell $(PY) -m offbyone.pipeline runs $(PROFILE))
+RUNS   := $(shell $(PY) -m offbyone.profiles runs $(PROFILE))
 ifeq ($(RUNS),)
 $(error could not read the runs of profile '$(PROFILE)' (see the message above))
 endif
-TESTBED      := $(shell $(PY) -m offbyone.pipeline testbed $(PROFILE))
-ABLATIONS    := $(shell $(PY) -m offbyone.pipeline ablations $(PROFILE))
+TESTBED      := $(shell $(PY) -m offbyone.profiles testbed $(PROFILE))
+ABLATIONS    := $(shell $(PY) -m offbyone.profiles ablations $(PROFILE))
 # a retrofit (profile key `retrofit:`) starts from another profile's runs, trained first
-SOURCES      := $(shell $(PY) -m offbyone.pipeline sources $(PROFILE))
+SOURCES      := $(shell $(PY) -m offbyone.profiles sources $(PROFILE))
 SOURCE_PROFILE := $(firstword $(SOURCES))
 SOURCE_TRAINS  := $(foreach r,$(wordlist 2,$(words $(SOURCES)),$(SOURCES)),build/$(SOURCE_PROFILE)/notebooks/02_train-$(r).ipynb)
 COMPANION_MEASURES := $(foreach p,$(TESTBED) $(ABLATIONS),\
-  $(foreach r,$(shell $(PY) -m offbyone.pipeline runs $(p)),build/$(p)/notebooks/03_measure-$(r).ipynb))
+  $(foreach r,$(shell $(PY) -m offbyone.profiles runs $(p)),build/$(p)/notebooks/03_measure-$(r).ipynb))
 NB      := build/$(PROFILE)/notebooks
 TIMINGS := build/$(PROFILE)/timings.jsonl
 RUN_NB   = $(PY) -m offbyone.pipeline nb $(1) notebooks/$(2).ipynb $@ --timings $(TIMINGS)
@@ -195,7 +195,7 @@ report: $(NB)/04_report.ipynb
 profile_file = configs/$(patsubst %-rehearsal,%,$(patsubst %-quickrehearsal,%,$(1))).yaml
 define STUDY_RULES
 build/$(1)/notebooks/01_prepare_data.ipynb: notebooks/01_prepare_data.ipynb $(call profile_file,$(1))
-	$$(call RUN_NB,data,01_prepare_data) $$(shell $(PY) -m offbyone.pipeline data-params $(1))
+	$$(call RUN_NB,data,01_prepare_data) $$(shell $(PY) -m offbyone.profiles data-params $(1))
 
 build/$(1)/notebooks/02_train-%.ipynb: notebooks/02_train.ipynb build/$(1)/notebooks/01_prepare_data.ipynb $(call profile_file,$(1))
 	$$(call RUN_NB,train,02_train) -p profile $(1) -p variant $$(call variant,$$*) -p seed $$(call seed,$$*)

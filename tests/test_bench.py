@@ -8,7 +8,7 @@ import pytest
 
 import offbyone.bench as bench
 from offbyone.bench import _quartiles, batch_for, bench_attention, rounds_for, time_attention
-from offbyone.pipeline import load_profile
+from offbyone.profiles import load_profile
 
 
 def test_time_attention_reports_time_and_memory():

@@ -176,7 +176,7 @@ def test_the_fineweb_profile_fits_its_budget_on_the_measured_gpu():
     """configs/gpu_fineweb.yaml (the gpu profile until 2026-12-02, whose rates the committed
     check measured under that name) promises at most 30 minutes on one H100-class GPU with
     JOBS=4: the estimate from results/gpu/check.json for the profile as it is."""
-    from offbyone.pipeline import repo_root
+    from offbyone.profiles import repo_root
     check = json.loads((repo_root() / "results" / "gpu" / "check.json").read_text())
     assert check["provenance"]["device_name"].startswith("NVIDIA")
     est = G.estimate_from(check, "gpu_fineweb", jobs=4)
@@ -188,7 +188,7 @@ def test_the_study_estimate_extrapolates_only_what_the_check_did_not_measure():
     """The gpu study (offbyone.study) on the committed check: its model was never trained
     there, so the step time is extrapolated from the measured utilisation and per-step
     overhead, and the estimate says so; every run of the study and its SGD control counted."""
-    from offbyone.pipeline import repo_root
+    from offbyone.profiles import repo_root
     from offbyone.study import study_runs
     check = json.loads((repo_root() / "results" / "gpu" / "check.json").read_text())
     st = G.study_estimate(check, "gpu", jobs=4)
@@ -214,7 +214,7 @@ def test_the_study_estimate_extrapolates_only_what_the_check_did_not_measure():
 def test_ensembles_share_the_launch_cost_in_the_estimate():
     """--ensemble 5: the 5 seeds of a variant share one step, so the launch-bound training time
     drops about five-fold; measured ensemble rows replace the extrapolation."""
-    from offbyone.pipeline import repo_root
+    from offbyone.profiles import repo_root
     check = json.loads((repo_root() / "results" / "gpu" / "check.json").read_text())
     one = G.study_estimate(check, "gpu", jobs=4)
     ens = G.study_estimate(check, "gpu", jobs=4, ensemble=5)
@@ -275,7 +275,7 @@ def test_an_optional_kernel_that_cannot_run_is_recorded_not_raised(monkeypatch):
         if kernel == "cuda_cudnn":
             raise RuntimeError("cuDNN cannot run this\nmore")
         return real(kernel, dtype, D, T, variant, device="cpu")
-    monkeypatch.setattr(G, "kernel_errors", fake)
+    monkeypatch.setattr(G.kernels, "kernel_errors", fake)
     rows = G.kernel_error_table((7,), (16,), kernels=(("cpu_flash", torch.float32),),
                                 optional=(("cuda_cudnn", torch.bfloat16),))
     assert [r["optional"] for r in rows] == [False, False, True, True]

@@ -15,7 +15,7 @@ from offbyone.report.stats import (NOTHING_TO_FIX, PRIMARY, exploratory_metrics,
                                    permutation_floor, primary_tests)
 from offbyone.report.synthesis import (ABSTRACT_MAX_WORDS, Study, abstract, answer_sentence,
                                        clause, standardised, word_count)
-from offbyone.pipeline import repo_root
+from offbyone.profiles import repo_root
 
 
 def _fin(n, base, other, metric="gap_W8A8"):

@@ -11,7 +11,7 @@ import pytest
 
 from offbyone import report as R
 from offbyone.config import ConfigError
-from offbyone.pipeline import load_profile, run_config, runs
+from offbyone.profiles import load_profile, run_config, runs
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -36,8 +36,8 @@ def test_makefile_passes_only_declared_parameters():
     for name, rest in calls:
         declared = pm.inspect_notebook(str(REPO / "notebooks" / f"{name}.ipynb"))
         passed = re.findall(r"-p (\w+)", rest)
-        if "pipeline data-params" in rest:          # the profile's data keys, printed as -p options
-            from offbyone.pipeline import data_params
+        if "profiles data-params" in rest:          # the profile's data keys, printed as -p options
+            from offbyone.profiles import data_params
             passed += list(data_params("cpu"))
         assert passed, name
         for p in passed:
@@ -116,7 +116,7 @@ def test_macros_and_numbers():
 
 
 def test_results_file_of_another_version_is_refused_by_name(tmp_path, monkeypatch):
-    import offbyone.pipeline as P
+    import offbyone.profiles as P
     root = tmp_path
     (root / "configs").mkdir()
     (root / "lib" / "offbyone").mkdir(parents=True)
@@ -133,8 +133,8 @@ def test_results_file_of_another_version_is_refused_by_name(tmp_path, monkeypatc
 
 
 def _profiles_in(tmp_path, monkeypatch, profiles: dict):
-    """A throwaway repository root holding the given profiles; returns offbyone.pipeline."""
-    import offbyone.pipeline as P
+    """A throwaway repository root holding the given profiles; returns offbyone.profiles."""
+    import offbyone.profiles as P
     (tmp_path / "configs").mkdir()
     (tmp_path / "lib" / "offbyone").mkdir(parents=True)
     for name, text in profiles.items():
@@ -217,7 +217,7 @@ def test_bench_options_are_checked(tmp_path, monkeypatch):
 
 
 def test_a_rehearsal_is_the_profile_with_only_its_costly_sizes_cut():
-    from offbyone.pipeline import REHEARSAL_CUTS, profile_path, rehearsal_of
+    from offbyone.profiles import REHEARSAL_CUTS, profile_path, rehearsal_of
     real, reh = load_profile("gpu_fineweb"), load_profile("gpu_fineweb-rehearsal")
     assert rehearsal_of("gpu_fineweb-rehearsal") == "gpu_fineweb" and rehearsal_of("gpu_fineweb") is None
     assert reh["variants"] == real["variants"] and reh["seeds"] == real["seeds"]
@@ -260,7 +260,7 @@ def test_macro_names_spell_every_digit_and_never_collide():
 
 
 def test_cited_profiles_are_read_not_run():
-    from offbyone.pipeline import load_profile
+    from offbyone.profiles import load_profile
     assert load_profile("cpu")["cited"] == ["testbed_long", "retrofit"]
     assert "cited" not in load_profile("cpu-rehearsal")         # a rehearsal cites nothing real
     long = load_profile("testbed_long")
@@ -277,7 +277,7 @@ def test_make_clean_removes_only_what_the_build_made(tmp_path):
     rehearsals' results and results folders that git does not track."""
     import shutil
     import subprocess
-    from offbyone.pipeline import repo_root
+    from offbyone.profiles import repo_root
     shutil.copy(repo_root() / "Makefile", tmp_path / "Makefile")
     for f in ("results/cpu/runs.csv", "results/smoke/runs.csv", "results/gpu-quickrehearsal/a.csv",
               "runs/cpu/softmax-s0/log.jsonl", "build/paper/x.pdf", "paper/generated/macros.tex",
@@ -308,7 +308,7 @@ def test_retrofit_profiles_start_each_run_from_its_seeds_source(tmp_path, monkey
     # a rehearsal starts from the rehearsed source's rehearsal
     assert run_config("retrofit-quickrehearsal", "softmax", 0).init_from.endswith(
         "runs/testbed_long-quickrehearsal/softmax-s0/ckpt_000004.pt")
-    out = subprocess.run([sys.executable, "-m", "offbyone.pipeline", "sources", "retrofit"],
+    out = subprocess.run([sys.executable, "-m", "offbyone.profiles", "sources", "retrofit"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["testbed_long"] + [f"softmax-s{s}" for s in prof["seeds"]]
     one = "variants: [softmax, softmax1]\nseeds: [0, 1]\n"

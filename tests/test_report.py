@@ -188,7 +188,8 @@ def test_staleness_names_what_changed_since_the_results_commit(tmp_path):
         "These numbers were produced by uncommitted changes")
     first = changed_since(_root_commit())
     if first:                                                        # lib/ has changed since
-        assert f"{len(first)} file(s) under lib/ and configs/ differ" in staleness(_root_commit())
+        assert f"{len(first)} file(s) of the code under configs/ and lib/ that produced them differ" \
+            in staleness(_root_commit())
 
 
 def _root_commit() -> str:

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from offbyone import study as S
-from offbyone.pipeline import load_profile, runs
+from offbyone.profiles import load_profile, runs
 
 PROFILE = "testbed_smoke"          # 4 tiny runs (2 variants x 2 seeds, 30 steps)
 

@@ -49,7 +49,7 @@ from .data import prepare_for
 from .device import autocast_for, pick_device
 from .io import write_csv
 from .model import GPT
-from .pipeline import load_profile, run_config
+from .profiles import load_profile, repo_root, run_config
 from .tokens import TokenData
 from .train import train_step
 
@@ -413,7 +413,6 @@ def run_profile(profile: str, out_root: str = "results") -> Path:
     """The benchmarks a profile asks for (its `bench` options), into results/<profile>/bench/.
     Writes bench.json last, so its presence means the CSVs are complete."""
     from .io import write_json
-    from .pipeline import repo_root
     from .provenance import provenance
 
     prof = load_profile(profile)

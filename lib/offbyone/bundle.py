@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .profiles import repo_root
+
 BUNDLE_LIMIT = 48 * 2**20
 # what a GPU node's PyTorch image ships (KINDS.md of the device tool lists it): never bundled
 STOCK = ("torch", "numpy", "scipy", "pandas", "matplotlib")
@@ -97,7 +99,6 @@ def make_bundle(out: Path, python_version: str | None = NODE_PYTHON, profile: st
                 jobs: int = 4, with_data: list[Path] = ()) -> dict:
     """Write the bundle to `out` (replacing it only once it is whole). `python_version` None:
     wheels for this interpreter and platform (the CPU rehearsal's)."""
-    from .pipeline import repo_root
 
     root = repo_root()
     out = Path(out)

@@ -19,6 +19,7 @@ import yaml
 
 from .device import DEVICES, valid_device
 from .model import OPTIMIZERS, GPTConfig
+from .quant import DEFAULT_SWEEP, QuantConfig
 from .tokenizer import check_tokenizer
 
 
@@ -266,3 +267,73 @@ class TrainConfig:
             overrides = parse_overrides(overrides, cls.keys(), list_keys=("checkpoint_fractions",))
         d.update(overrides or {})
         return cls.from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------
+# What measure() measures (offbyone.measure), beside what train() trains: profiles check both
+
+@dataclass
+class MeasureConfig:
+    act_seqs: int = 64           # validation windows for activation and attention statistics
+    loss_seqs: int = 256         # validation (and test) windows for losses and quantization
+    calib_batches: int = 16      # calibration batches from the training split
+    calib_batch_size: int = 32
+    bit_widths: tuple = DEFAULT_SWEEP     # the sweep at the final checkpoint
+    dose_bit_widths: tuple = ((8, 8), (16, 6))  # at the earlier checkpoints: the primary endpoints'
+    setup: str = "fp32_head"     # offbyone.quant.SETUPS: which activations are quantized
+    weight_granularity: str = "tensor"
+    weight_method: str = "mse"
+    act_method: str = "minmax"
+    compare_legacy: bool = True  # also W8A8 under the earlier setup (linear_inputs, min-max
+                                 # weights), at the final checkpoint
+    windows: tuple = (16, 32, 64)  # sliding-window evaluation (final checkpoint): window sizes
+    keeps: tuple = (0, 1, 2, 4)    # ... and initial positions kept visible
+    seed: int = 0                # the fixed evaluation windows: the same for every checkpoint
+    groups: bool = False         # at the final checkpoint, also which quantized tensor costs
+                                 # what (measure_groups: <checkpoint>.groups.json)
+    groups_seqs: int = 0         # ... on the first this many of the loss windows (0: all of
+                                 # them); its 66 quantized evaluations are most of its cost
+    threads: int = 0
+    device: str = "auto"         # auto (cuda, mps, cpu), or one of them
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("bit_widths", "dose_bit_widths"):
+                ok = (isinstance(v, (list, tuple)) and v and all(
+                    isinstance(p, (list, tuple)) and len(p) == 2 and
+                    all(isinstance(b, int) and 2 <= b <= 16 for b in p) for p in v))
+                if not ok:
+                    raise ConfigError(f"{f.name} must be a list of [wbits, abits] pairs of "
+                                      f"integers from 2 to 16, got {v!r}")
+                setattr(self, f.name, tuple(tuple(p) for p in v))
+            elif f.name in ("windows", "keeps"):
+                lo = 1 if f.name == "windows" else 0
+                if not (isinstance(v, (list, tuple)) and all(
+                        isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)):
+                    raise ConfigError(f"{f.name} must be a list of integers >= {lo}, got {v!r}")
+                setattr(self, f.name, tuple(v))
+            elif f.type in ("bool", bool):
+                if not isinstance(v, bool):
+                    raise ConfigError(f"{f.name} must be true or false, got {v!r}")
+            elif f.type in ("int", int):
+                lo = 0 if f.name in ("seed", "threads", "groups_seqs") else 1
+                if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                    raise ConfigError(f"{f.name} must be a {'non-negative' if lo == 0 else 'positive'} "
+                                      f"integer, got {v!r}")
+        if not valid_device(self.device):
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        try:  # the quantizer options are QuantConfig's: it validates them
+            QuantConfig(setup=self.setup, weight_granularity=self.weight_granularity,
+                        weight_method=self.weight_method, act_method=self.act_method)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MeasureConfig":
+        check_keys(d, cls.keys(), "measurement")
+        return cls(**d)

@@ -33,6 +33,7 @@ from .data import prepare_for
 from .device import autocast_for, pick_device
 from .io import write_json
 from .model import GPT
+from .provenance import git_sha, loaded_code
 from .tokens import TokenData
 from .train import (_Meter, _peak_record, _progress_bar, _RunLog, _set_lr, checkpoint_path,
                     evaluate, list_checkpoints, lr_at)
@@ -261,7 +262,8 @@ def _save_members(cfgs, mconf, params, buffers, opt, names, gens, step, elapsed,
         save_checkpoint(checkpoint_path(Path(c.out_dir), step), config=c.to_dict(),
                         model_config=mconf, model=model, optimizer=own, step=step, rng=rng,
                         extra={"elapsed_s": elapsed[i], "val_loss": val[i], "world_size": 1,
-                               "data_dir": str(Path(data_dir).resolve()), "ensemble_of": len(cfgs)})
+                               "data_dir": str(Path(data_dir).resolve()), "ensemble_of": len(cfgs),
+                               "git_sha": git_sha(), "code": loaded_code()})
 
 
 def _load_stacked_optimizer(opt, params, names, members, states, cfg) -> None:

@@ -15,96 +15,31 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError, load_model
-from .config import ConfigError, check_keys, parse_overrides
-from .device import DEVICES, DeviceError, pick_device, valid_device
+from .config import ConfigError, MeasureConfig, parse_overrides
+from .device import DeviceError, pick_device
 from .io import write_json
 from .corpora import CorpusError
 from .data import corpus_of, fell_back, prepare_for
 from .metrics import (SINK_T, activation_statistics, attention_statistics, bits_per_token,
                       loss_by_class, loss_on, residual_peak, summarize_activations, token_classes,
                       weight_kurtosis, windowed_losses)
-from .provenance import provenance
-from .quant import DEFAULT_SWEEP, GROUP_SETTINGS, QuantConfig, group_cases, group_gaps, sweep
+from .profiles import load_profile, run_config, run_dir, runs
+from .provenance import loaded_code, provenance
+from .quant import GROUP_SETTINGS, group_cases, group_gaps, sweep
 from .tokens import TokenData
 
 RESULTS_FORMAT = "offbyone-metrics"
-RESULTS_VERSION = 7   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data;
+RESULTS_VERSION = 8   # 2: sliding windows, per-class losses, trigger-split attention; 3, 4: data;
 #                       5: the anchor's quantization setup and module set, first position t >= 1;
 #                       6: the first-position residual peak, inf-norm without the last residual
 #                       7: the 99.99th percentile of |x| and kurtosis over active positions
-
-
-@dataclass
-class MeasureConfig:
-    act_seqs: int = 64           # validation windows for activation and attention statistics
-    loss_seqs: int = 256         # validation (and test) windows for losses and quantization
-    calib_batches: int = 16      # calibration batches from the training split
-    calib_batch_size: int = 32
-    bit_widths: tuple = DEFAULT_SWEEP     # the sweep at the final checkpoint
-    dose_bit_widths: tuple = ((8, 8), (16, 6))  # at the earlier checkpoints: the primary endpoints'
-    setup: str = "fp32_head"     # offbyone.quant.SETUPS: which activations are quantized
-    weight_granularity: str = "tensor"
-    weight_method: str = "mse"
-    act_method: str = "minmax"
-    compare_legacy: bool = True  # also W8A8 under the earlier setup (linear_inputs, min-max
-                                 # weights), at the final checkpoint
-    windows: tuple = (16, 32, 64)  # sliding-window evaluation (final checkpoint): window sizes
-    keeps: tuple = (0, 1, 2, 4)    # ... and initial positions kept visible
-    seed: int = 0                # the fixed evaluation windows: the same for every checkpoint
-    groups: bool = False         # at the final checkpoint, also which quantized tensor costs
-                                 # what (measure_groups: <checkpoint>.groups.json)
-    groups_seqs: int = 0         # ... on the first this many of the loss windows (0: all of
-                                 # them); its 66 quantized evaluations are most of its cost
-    threads: int = 0
-    device: str = "auto"         # auto (cuda, mps, cpu), or one of them
-
-    def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name in ("bit_widths", "dose_bit_widths"):
-                ok = (isinstance(v, (list, tuple)) and v and all(
-                    isinstance(p, (list, tuple)) and len(p) == 2 and
-                    all(isinstance(b, int) and 2 <= b <= 16 for b in p) for p in v))
-                if not ok:
-                    raise ConfigError(f"{f.name} must be a list of [wbits, abits] pairs of "
-                                      f"integers from 2 to 16, got {v!r}")
-                setattr(self, f.name, tuple(tuple(p) for p in v))
-            elif f.name in ("windows", "keeps"):
-                lo = 1 if f.name == "windows" else 0
-                if not (isinstance(v, (list, tuple)) and all(
-                        isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)):
-                    raise ConfigError(f"{f.name} must be a list of integers >= {lo}, got {v!r}")
-                setattr(self, f.name, tuple(v))
-            elif f.type in ("bool", bool):
-                if not isinstance(v, bool):
-                    raise ConfigError(f"{f.name} must be true or false, got {v!r}")
-            elif f.type in ("int", int):
-                lo = 0 if f.name in ("seed", "threads", "groups_seqs") else 1
-                if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                    raise ConfigError(f"{f.name} must be a {'non-negative' if lo == 0 else 'positive'} "
-                                      f"integer, got {v!r}")
-        if not valid_device(self.device):
-            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
-        try:  # the quantizer options are QuantConfig's: it validates them
-            QuantConfig(setup=self.setup, weight_granularity=self.weight_granularity,
-                        weight_method=self.weight_method, act_method=self.act_method)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MeasureConfig":
-        check_keys(d, cls.keys(), "measurement")
-        return cls(**d)
+#                       8: quantization gaps after a trigger (testbed); who trained, what ran
 
 
 def results_path(checkpoint) -> Path:
@@ -184,7 +119,8 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
     if last and mc.windows:   # the final checkpoint only
         windowed = _windowed(model, val, test, mc, log)
     wk = weight_kurtosis(model)
-    quant = _quantization(model, data, mc, T, bos, val, losses["val"], device, last)
+    quant = _quantization(model, data, mc, T, bos, val, losses["val"], device, last,
+                          classes.get("trigger"))
     log("quantization: " + ", ".join(f"{r['config']} gap {r['gap']:+.4f}" for r in quant))
     wall = time.perf_counter() - t0
     results = {
@@ -198,8 +134,11 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "attention": attn, "attention_T64": attn64, "residual_peak": peak, "windowed": windowed,
         "data": _data_summary(data, cfg), "quant": quant,
         "quant_notes": QUANT_NOTES[mc.setup],
+        # who trained it, and the code that ran then and now (provenance.staleness_of)
         "provenance": {**provenance(device), "measure_wall_s": wall,
-                       "train_wall_s": state.get("extra", {}).get("elapsed_s")},
+                       "train_wall_s": state.get("extra", {}).get("elapsed_s"),
+                       "trained_by": state.get("extra", {}).get("git_sha"),
+                       "code": sorted(set(loaded_code()) | set(state.get("extra", {}).get("code") or []))},
     }
     write_json(out, results)
     log(f"wrote {out} in {wall:.1f}s")
@@ -257,12 +196,13 @@ def _windowed(model, val, test, mc: MeasureConfig, log) -> dict:
 
 
 def _quantization(model, data, mc: MeasureConfig, T, bos, val, fp_loss, device,
-                  last: bool) -> list[dict]:
+                  last: bool, trigger: torch.Tensor | None = None) -> list[dict]:
     """The sweep (`bit_widths`, and the earlier setup's W8A8) at the final checkpoint;
-    `dose_bit_widths` alone at the earlier ones."""
+    `dose_bit_widths` alone at the earlier ones. On the testbed (a `trigger` class), each gap
+    also over the positions after a trigger, where the copy needs attention (`gap_class`)."""
     calib = _calibration(data, mc, T, bos, device)
     rows = sweep(model, calib, *val, mc.bit_widths if last else mc.dose_bit_widths,
-                 fp_loss=fp_loss, setup=mc.setup, weight_granularity=mc.weight_granularity,
+                 fp_loss=fp_loss, query_mask=trigger, setup=mc.setup, weight_granularity=mc.weight_granularity,
                  weight_method=mc.weight_method, act_method=mc.act_method)
     if mc.compare_legacy and last:   # the earlier setup's W8A8 on the same checkpoint, for comparison
         old = sweep(model, calib, *val, [(8, 8)], fp_loss=fp_loss, setup="linear_inputs",
@@ -339,7 +279,6 @@ def _groups_options(d: dict | None) -> dict | None:
 def profile_final_checkpoints(profile: str, runs_root: str = "runs") -> list[tuple[Path, dict]]:
     """(final checkpoint, the profile's measure options) of every run of `profile` and of its
     testbed; a missing one is refused by name."""
-    from .pipeline import load_profile, run_config, run_dir, runs
     prof = load_profile(profile)
     out = []
     for name in [profile] + ([prof["testbed"]] if prof.get("testbed") else []):

@@ -402,13 +402,27 @@ def residual_peak(model, seqs: torch.Tensor, batch_size: int = 16) -> dict:
 
 def loss_on(model, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int = 32) -> float:
     """Mean next-token cross-entropy (nats) over (N, T) windows."""
-    total, n = 0.0, 0
+    return losses_on(model, seqs, targets, None, batch_size)[0]
+
+
+@torch.no_grad()
+def losses_on(model, seqs: torch.Tensor, targets: torch.Tensor, query_mask: torch.Tensor | None,
+              batch_size: int = 32) -> tuple[float, float | None]:
+    """loss_on's mean loss, and from the same forward passes the mean loss at the positions
+    whose input token is in a class (`query_mask` over ids: on the testbed, the copy after a
+    trigger, where attention is needed); None without a mask or where no position is in it."""
+    total, n, tot_in, n_in = 0.0, 0, 0.0, 0
     for s in range(0, len(seqs), batch_size):
-        _, loss = model(seqs[s:s + batch_size], targets[s:s + batch_size])
-        k = targets[s:s + batch_size].numel()
-        total += loss.item() * k
-        n += k
-    return total / n
+        x, y = seqs[s:s + batch_size], targets[s:s + batch_size]
+        logits, loss = model(x, y)
+        total += loss.item() * y.numel()
+        n += y.numel()
+        if query_mask is not None:
+            m = query_mask[x]
+            nll = torch.nn.functional.cross_entropy(logits.float()[m], y[m], reduction="sum")
+            tot_in += float(nll.double())
+            n_in += int(m.sum())
+    return total / n, (tot_in / n_in if n_in else None)
 
 
 @torch.no_grad()

@@ -5,15 +5,18 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_sha(short: bool = False) -> str:
     """The checkout's commit (with -dirty for uncommitted changes); where there is no git
     repository (a copied tree on a remote machine), OFFBYONE_GIT_SHA names it."""
-    root = Path(__file__).resolve().parents[2]
+    root = REPO_ROOT
     if os.environ.get("OFFBYONE_GIT_SHA") and not (root / ".git").exists():
         return os.environ["OFFBYONE_GIT_SHA"]
     try:
@@ -42,11 +45,25 @@ def provenance(device: torch.device | str | None = None) -> dict:
             "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def changed_since(commit: str, paths=("lib", "configs"), exclude=()) -> list[str] | None:
+def loaded_code(root: Path | None = None) -> list[str]:
+    """The package's source files loaded in this process, relative to the repository root:
+    the code that ran while a checkpoint was trained or measured (recorded beside it)."""
+    root = Path(root or REPO_ROOT).resolve()
+    lib = root / "lib" / "offbyone"
+    files = set()
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if name.startswith("offbyone") and f and Path(f).resolve().is_relative_to(lib):
+            files.add(Path(f).resolve().relative_to(root).as_posix())
+    return sorted(files)
+
+
+def changed_since(commit: str, paths=("lib", "configs"), exclude=(),
+                  root: Path | None = None) -> list[str] | None:
     """Files under `paths` that differ between `commit` and this checkout's working tree (its
     uncommitted changes included); None when there is no git, or the commit is unknown here
     (a shallow clone, a copied tree). A '-dirty' commit is compared as its clean base."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(root or REPO_ROOT)
     base = commit.removesuffix("-dirty")
     try:
         subprocess.run(["git", "cat-file", "-e", f"{base}^{{commit}}"], cwd=root, check=True,
@@ -59,38 +76,53 @@ def changed_since(commit: str, paths=("lib", "configs"), exclude=()) -> list[str
     return [l for l in out.splitlines() if l.strip()]
 
 
-# code that never runs while a checkpoint is trained or measured: the report, the GPU check,
-# the offline bundle's builder and this file (it records, it computes nothing); a change there
-# does not make measured numbers stale
-NOT_MEASURING = ("lib/offbyone/report", "lib/offbyone/gpu_check.py", "lib/offbyone/bundle.py",
+# For results recorded before the code that ran was (provenance "code"): everything under lib/
+# but what never runs while a checkpoint is trained or measured: the report, the GPU check, the
+# offline bundle's builder, and this file (it records, it computes nothing)
+NOT_MEASURING = ("lib/offbyone/report", "lib/offbyone/gpu_check", "lib/offbyone/bundle.py",
                  "lib/offbyone/provenance.py")
 
 
-def staleness_of(prov: dict) -> str:
-    """staleness() of a results folder's provenance.json: of the commit that wrote it and of
-    every commit that measured its checkpoints; '' when all of them had this checkout's code."""
-    # the report ran at `commit`: everything counts; the commits that measured ran the code
-    # that made the numbers, not the report's, so changes under lib/offbyone/report/ since
-    # them do not make the numbers stale
-    notes = [staleness(prov["commit"])]
-    notes += [staleness(c, exclude=NOT_MEASURING)
-              for c in dict.fromkeys(prov.get("measured_by", [])) if c != prov["commit"]]
+def producing_code(prov: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(paths, excluded paths) of the code and profiles that produced a results folder's
+    numbers: the package files recorded as loaded while its checkpoints were trained and
+    measured (else lib/ less NOT_MEASURING), and its profiles' files (provenance "configs",
+    else every profile)."""
+    code = [c for c in prov.get("code") or []
+            if not any(c == x or c.startswith(x + "/") for x in NOT_MEASURING)]
+    configs = prov.get("configs") or ["configs"]
+    if code:
+        return tuple(code) + tuple(configs), ()
+    return ("lib",) + tuple(configs), NOT_MEASURING
+
+
+def staleness_of(prov: dict, root: Path | None = None) -> str:
+    """'' when every commit that trained or measured a results folder's checkpoints
+    (provenance.json's trained_by and measured_by) had this checkout's version of the code that
+    ran then and of the folder's profiles; otherwise a sentence saying how they differ. The
+    commit that wrote the derived files (tables, macros, primary.csv) does not count: make paper
+    derives them again from the measured numbers with this checkout's report code."""
+    paths, exclude = producing_code(prov)
+    commits = dict.fromkeys(list(prov.get("trained_by") or []) + list(prov.get("measured_by") or [])
+                            or [prov["commit"]])
+    notes = [staleness(c, paths, exclude, root) for c in commits if c]
     return next((n for n in notes if n), "")
 
 
-def staleness(commit: str, paths=("lib", "configs"), exclude=()) -> str:
-    """'' when the code and profiles that produced results at `commit` are this checkout's;
-    otherwise a plain sentence saying how they differ."""
-    where = " and ".join(f"{p}/" for p in paths)
+def staleness(commit: str, paths=("lib", "configs"), exclude=(), root: Path | None = None) -> str:
+    """'' when the code and profiles (`paths`, less `exclude`) that produced results at `commit`
+    are this checkout's; otherwise a plain sentence saying how they differ."""
+    where = " and ".join(sorted({f"{p.split('/')[0]}/" for p in paths}))
     if commit.endswith("-dirty"):
         return (f"These numbers were produced by uncommitted changes on top of commit "
                 f"{commit.removesuffix('-dirty')[:10]}; they may not match any commit's code.")
-    changed = changed_since(commit, paths, exclude)
+    changed = changed_since(commit, paths, exclude, root)
     if changed is None:
         return (f"These numbers were produced by commit {commit[:10]}, which this checkout "
-                f"does not have: whether {where} changed since cannot be checked.")
+                f"does not have: whether the code under {where} that produced them changed "
+                f"since cannot be checked.")
     if changed:
         return (f"These numbers were produced by commit {commit[:10]}; {len(changed)} file(s) "
-                f"under {where} differ in this checkout (e.g. {', '.join(changed[:3])}), so "
-                f"they may be stale: make reproduce refreshes them.")
+                f"of the code under {where} that produced them differ in this checkout (e.g. "
+                f"{', '.join(changed[:3])}), so they may be stale: make reproduce refreshes them.")
     return ""

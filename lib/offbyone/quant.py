@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .metrics import loss_on
+from .metrics import loss_on, losses_on
 
 MOMENTUM = 0.9
 BITS = range(2, 17)
@@ -322,22 +322,37 @@ def quantize_model(model, qc: QuantConfig, calib_batches=None, ranges: dict | No
 DEFAULT_SWEEP = ((8, 8), (6, 6), (4, 8), (8, 6), (8, 4), (4, 4), (16, 8), (16, 6), (16, 4))
 
 
-def sweep(model, calib_batches: list, eval_x: torch.Tensor, eval_y: torch.Tensor,
-          bit_widths=DEFAULT_SWEEP, fp_loss: float | None = None, **qkw) -> list[dict]:
-    """Validation loss, perplexity and the gap to full precision for each (wbits, abits)."""
+def _calibrated(model, calib_batches: list, eval_x, eval_y, bit_widths, fp_loss, qkw):
+    """The full-precision loss (unless given), and the QuantConfig of each (wbits, abits) with
+    the activation ranges of one calibration that every setting shares."""
     if fp_loss is None:
         fp_loss = loss_on(model, eval_x, eval_y)
     base = QuantConfig(**qkw)
     ranges = calibrate_ranges(model, calib_batches, base.act_method, base.setup)
+    return fp_loss, ranges, [QuantConfig(wbits=wb, abits=ab, **qkw) for wb, ab in bit_widths]
+
+
+def sweep(model, calib_batches: list, eval_x: torch.Tensor, eval_y: torch.Tensor,
+          bit_widths=DEFAULT_SWEEP, fp_loss: float | None = None,
+          query_mask: torch.Tensor | None = None, **qkw) -> list[dict]:
+    """Validation loss, perplexity and the gap to full precision for each (wbits, abits); with
+    a `query_mask` over token ids, also the loss and gap at the positions whose input token is
+    in it (`loss_class`, `gap_class`: the testbed's positions after a trigger)."""
+    fp_loss, ranges, configs = _calibrated(model, calib_batches, eval_x, eval_y, bit_widths,
+                                           fp_loss, qkw)
+    fp_class = losses_on(model, eval_x, eval_y, query_mask)[1] if query_mask is not None else None
     rows = []
-    for wb, ab in bit_widths:
-        qc = QuantConfig(wbits=wb, abits=ab, **qkw)
-        loss = loss_on(quantize_model(model, qc, ranges=ranges), eval_x, eval_y)
-        rows.append({"config": qc.name, "wbits": wb, "abits": ab, "setup": qc.setup,
+    for qc in configs:
+        loss, in_class = losses_on(quantize_model(model, qc, ranges=ranges), eval_x, eval_y,
+                                   query_mask)
+        rows.append({"config": qc.name, "wbits": qc.wbits, "abits": qc.abits, "setup": qc.setup,
                      "weight_granularity": qc.weight_granularity,
                      "weight_method": qc.weight_method, "act_method": qc.act_method,
                      "loss": loss, "ppl": float(torch.tensor(loss).exp()), "fp_loss": fp_loss,
                      "gap": loss - fp_loss})
+        if fp_class is not None and in_class is not None:
+            rows[-1].update(loss_class=in_class, fp_loss_class=fp_class,
+                            gap_class=in_class - fp_class)
     return rows
 
 
@@ -394,13 +409,11 @@ def group_gaps(model, calib_batches: list, eval_x: torch.Tensor, eval_y: torch.T
     ('all but'); and per setting the gap with every group ('all', the setting's own gap) and
     with none ('none': the weights' own gap, 0 when they keep 16 bits). Weights are quantized
     at the setting's width in every mode. One calibration serves every setting."""
-    if fp_loss is None:
-        fp_loss = loss_on(model, eval_x, eval_y)
-    base = QuantConfig(**qkw)
-    ranges = calibrate_ranges(model, calib_batches, base.act_method, base.setup)
+    fp_loss, ranges, configs = _calibrated(model, calib_batches, eval_x, eval_y, settings,
+                                           fp_loss, qkw)
     rows = []
-    for wb, ab in settings:
-        qc = QuantConfig(wbits=wb, abits=ab, **qkw)
+    for qc in configs:
+        wb, ab = qc.wbits, qc.abits
         q = quantize_model(model, qc, ranges=ranges)
         groups = quantizer_groups(q, qc.setup)
         every = [n for names in groups.values() for n in names]

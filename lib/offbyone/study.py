@@ -33,6 +33,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from .profiles import load_profile, repo_root, run_config, run_dir, runs
+
 STUDY_FORMAT = "offbyone-study"
 ARCHIVE_LIMIT = 16 * 2**20          # what comes back from a node: one file of at most 16 MiB
 RECORD_FILES = ("log.jsonl", "train_summary.json", "measurements.json")
@@ -48,7 +50,6 @@ class StudyError(RuntimeError):
 
 def study_runs(profile: str) -> list[tuple[str, str, int]]:
     """(profile, variant, seed) of every run: the profile's, then its testbed's and ablations'."""
-    from .pipeline import load_profile, runs
 
     main = load_profile(profile)
     names = [profile] + [p for p in [main.get("testbed")] + (main.get("ablations") or []) if p]
@@ -81,7 +82,6 @@ def assign_devices(jobs: int, devices: list[str]) -> list[str]:
 
 
 def run_folder(name: str, variant: str, seed: int, runs_root: str = "runs") -> Path:
-    from .pipeline import run_dir
     return run_dir(name, variant, seed, runs_root)
 
 
@@ -112,7 +112,6 @@ def run_one(name: str, variant: str, seed: int, device: str | None = None,
             runs_root: str = "runs", threads: int = 0) -> dict:
     """Train one run of profile `name` (or resume it, or skip it if finished), measure its
     checkpoints, write its measurements index. Returns its timing record."""
-    from .pipeline import run_config
     from .train import train
 
     device = device or _SLOT.get("device") or "auto"
@@ -133,7 +132,6 @@ def _measure_run(name: str, variant: str, seed: int, folder: Path, device: str) 
     """Measure every checkpoint of a trained run and write its measurements index."""
     from .io import write_json
     from .measure import measure
-    from .pipeline import load_profile, repo_root
     from .train import list_checkpoints
 
     mconf = dict(load_profile(name)["measure"], device=device)
@@ -153,7 +151,6 @@ def run_group(group: list[tuple[str, str, int]], device: str | None = None,
     """Train the seeds of one profile and variant as one ensemble (offbyone.ensemble), then
     measure each. Returns each run's timing record (the ensemble's time shared out)."""
     from .ensemble import train_ensemble
-    from .pipeline import run_config
 
     if len(group) == 1:
         return [run_one(*group[0], device, runs_root, threads)]
@@ -222,7 +219,6 @@ def unpack(archive: Path, root: Path | None = None) -> dict:
     study.json into results/<profile>/study.json, and the stage times into
     build/<profile>/timings.jsonl for the report's provenance. Only record files are accepted."""
     from .io import write_json, write_text
-    from .pipeline import repo_root
 
     root = Path(root or repo_root())
     archive = Path(archive)
@@ -287,7 +283,6 @@ def run_study(profile: str, jobs: int = 1, devices: str = "auto", archive: str |
     import torch
 
     from .data import prepare_for
-    from .pipeline import load_profile, repo_root, run_config
     from .provenance import provenance
 
     load_profile(profile)                          # a bad profile stops here, before any work

@@ -32,7 +32,7 @@ from .device import DeviceError, autocast_for, pick_device
 from .io import write_json, write_text
 from .metrics import residual_peak
 from .model import GPT
-from .provenance import git_sha
+from .provenance import git_sha, loaded_code
 from .tokens import TokenData
 
 # Keys that do not change what is computed: a run may resume with them changed.
@@ -381,6 +381,7 @@ class _Run:
                             model=self.raw_model, optimizer=optimizer, step=step, rng=rng,
                             extra={"elapsed_s": self.elapsed, "val_loss": val_loss,
                                    "world_size": self.world, "git_sha": git_sha(),
+                                   "code": loaded_code(),
                                    "data_dir": str(Path(self.data_dir).resolve())})
         if self.world > 1:
             dist.barrier()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..io import write_text
-from ..pipeline import load_profile, run_config
+from ..profiles import load_profile, run_config
 from .latex import mean_sd
 from .overview import MAIN_ROWS
 from .prose import effect_sentence

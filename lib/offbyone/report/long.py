@@ -9,7 +9,7 @@ import json
 
 import pandas as pd
 
-from ..pipeline import load_profile
+from ..profiles import load_profile
 from .latex import Tex, fmt, latex_escape, macro_name
 from .primary import primary_rows, study_label
 from .prose import _and, primary_sentence, verdict_summary

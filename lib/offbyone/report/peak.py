@@ -11,7 +11,7 @@ from ..io import write_csv
 from . import figures as F
 from .latex import Tex, fmt, latex_escape, macro_name
 from .results import bos_curve, read_csv
-from ..pipeline import rehearsal_of
+from ..profiles import rehearsal_of
 from .stats import (CRITERION_PROFILES, DISEASE_CRITERION, VARIANT_LABELS, disease_appeared,
                     paired_difference)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..measure import RESULTS_FORMAT, RESULTS_VERSION
-from ..pipeline import load_profile, repo_root, run_dir
+from ..profiles import load_profile, repo_root, run_dir
 
 
 def _row(r: dict, profile: str) -> dict:
@@ -24,6 +24,7 @@ def _row(r: dict, profile: str) -> dict:
     row = {
         "profile": profile, "variant": r["variant"], "seed": r["seed"], "step": r["step"],
         "max_steps": r["max_steps"], "fraction": r["step"] / r["max_steps"],
+        "lr": r["config"].get("lr"),
         "val_loss": r["losses"]["val"], "test_loss": r["losses"]["test"],
         "val_bits_per_token": r["losses"]["val_bits_per_token"],
         "avg_kurtosis": a["avg_kurtosis"], "max_kurtosis": a["max_kurtosis"],
@@ -49,7 +50,8 @@ def _row(r: dict, profile: str) -> dict:
         "weight_avg_kurtosis": r["weights"]["avg_kurtosis"],
         "measure_wall_s": r["provenance"]["measure_wall_s"],
         "train_wall_s": r["provenance"].get("train_wall_s"),
-        "git_sha": r["provenance"]["git_sha"], "device": r["provenance"]["device"],
+        "git_sha": r["provenance"]["git_sha"], "trained_by": r["provenance"].get("trained_by"),
+        "device": r["provenance"]["device"],
         "device_name": r["provenance"]["device_name"], "torch": r["provenance"]["torch"],
     }
     trig = r["losses"].get("by_class", {}).get("trigger")
@@ -71,6 +73,8 @@ def _row(r: dict, profile: str) -> dict:
     for q in r["quant"]:
         row[f"gap_{q['config']}"] = q["gap"]
         row[f"loss_{q['config']}"] = q["loss"]
+        if "gap_class" in q:       # the testbed: the gap after a trigger, where heads act
+            row[f"gap_trigger_{q['config']}"] = q["gap_class"]
     # magnitude beside kurtosis (results version 7): the 99.99th percentile of |x| and the
     # kurtosis over active positions, over the anchor's modules and per module kind
     row.update(max_p9999=a.get("max_p9999"), max_active_kurtosis=a.get("max_active_kurtosis"),

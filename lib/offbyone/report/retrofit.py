@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..pipeline import load_profile
+from ..profiles import load_profile
 from .latex import GROUP, Tex, fmt, latex_escape, num
 from .long import committed
 from .primary import primary_rows

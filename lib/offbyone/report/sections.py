@@ -30,7 +30,7 @@ import pandas as pd
 from ..io import write_csv, write_json
 from ..measure import MeasureConfig
 from ..metrics import uniform_first_position_mass
-from ..pipeline import load_profile, repo_root, run_config
+from ..profiles import load_profile, profile_files, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
 from . import ablation, attribution, baseline, magnitude, overview, retrofit, window
 from . import figures as F
@@ -135,8 +135,8 @@ class Report:
             if "softmax" in set(b.variant):
                 speed = float(b[b.variant == "softmax"].tokens_per_s.mean())
         fin = self.fin
-        return {"profile": self.profile, "commit": git_sha(),
-                "measured_by": sorted(set(self.df.git_sha)), "torch": fin.torch.iloc[0],
+        return {"profile": self.profile, "commit": git_sha(), **self._producers(),
+                "torch": fin.torch.iloc[0],
                 # the machine only: the commit and torch are given once, above
                 "machine": {k: v for k, v in provenance(fin.device.iloc[0]).items()
                             if k not in ("git_sha", "torch")} | {"device_name": fin.device_name.iloc[0]},
@@ -144,6 +144,18 @@ class Report:
                 "pipeline_elapsed_s": _elapsed(stages),
                 "train_wall_s": float(fin.train_wall_s.sum()), "missing_runs": self.missing,
                 "bench_softmax_tokens_per_s": speed}
+
+    def _producers(self) -> dict:
+        """The commits that trained and measured every checkpoint of the profile and of its
+        companions, the package files that ran then, and the profiles' files: what
+        provenance.staleness_of compares with this checkout."""
+        records = [json.loads(f.read_text())["provenance"]
+                   for p in [self.profile, self.prof.get("testbed"), *(self.prof.get("ablations") or [])]
+                   if p for _, _, files in measured_files(p, self.runs_root) for f in files]
+        return {"measured_by": sorted({r["git_sha"] for r in records}),
+                "trained_by": sorted({r["trained_by"] for r in records if r.get("trained_by")}),
+                "code": sorted({c for r in records for c in r.get("code") or []}),
+                "configs": profile_files(self.profile)}
 
     def _staleness(self) -> str:
         """Whether the commits that produced these numbers had this checkout's lib/ and

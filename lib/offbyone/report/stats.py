@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ..profiles import rehearsal_of
+
 CONFIDENCE = 0.95
 VARIANT_LABELS = {"softmax": "softmax", "softmax1": "softmax1", "sink": "learned sink",
                   "clipped": "clipped softmax", "softpick": "softpick",
@@ -117,7 +119,6 @@ STUDY_PRIMARY = {"gpu": PRIMARY + (BOS_PEAK,)}
 
 def primary_endpoints(profile: str) -> tuple:
     """A profile's declared primary endpoints (a rehearsal has its profile's)."""
-    from ..pipeline import rehearsal_of
     return STUDY_PRIMARY.get(rehearsal_of(profile) or profile, PRIMARY)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..profiles import load_profile, model_params, run_config
 from . import figures as F
 from .latex import Tex, fmt, macro_name
 from .prose import _and, _fixed, p_value
@@ -497,16 +498,9 @@ def _module_words(name: str) -> str:
 def _params(profile: str, vocab: int | None) -> tuple[int, dict]:
     """A profile's model size (parameters, nanoGPT's count without position embeddings) and
     its run configuration."""
-    import torch
-
-    from ..gpu_check import vocab_guess
-    from ..model import GPT
-    from ..pipeline import load_profile, run_config
     prof = load_profile(profile)
     cfg = run_config(profile, prof["variants"][0], prof["seeds"][0])
-    with torch.device("meta"):
-        n = GPT(cfg.model_config(vocab or vocab_guess(cfg))).num_params()
-    return n, cfg.to_dict()
+    return model_params(cfg, vocab), cfg.to_dict()
 
 
 def _study(key, label, where, tests, fin, profile, vocab, data, table) -> Study:

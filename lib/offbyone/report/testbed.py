@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..corpora.testbed import BigramBackcopy
-from ..pipeline import load_profile, run_config
+from ..profiles import load_profile, run_config
 from . import figures as F
 from .latex import Tex, fmt, latex_escape, macro_name
 from .overview import by_metric, differences_table

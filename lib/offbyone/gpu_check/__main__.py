@@ -1,0 +1,4 @@
+"""python -m offbyone.gpu_check: see offbyone.gpu_check."""
+from .check import main
+
+main()
