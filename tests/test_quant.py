@@ -285,3 +285,28 @@ def test_a_quantizer_switched_off_passes_its_input_through():
     assert not torch.equal(m(x), x)
     m.enabled = False
     assert torch.equal(m(x), x)
+
+
+def test_the_gap_after_a_class_is_the_masked_loss_of_the_same_models(trained):
+    """sweep's gap at the positions after a trigger (query_mask over ids) equals loss_by_class
+    on the quantized and the full-precision model, computed separately; the all-position gap
+    is the same number with and without the mask."""
+    from offbyone.metrics import loss_by_class, losses_on
+    model, x, y = trained
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[[3, 7, 11]] = True                       # a few token ids play the trigger
+    calib = [x[:8], x[8:]]
+    plain = sweep(model, calib, x, y, [(8, 8), (16, 4)])
+    masked = sweep(model, calib, x, y, [(8, 8), (16, 4)], query_mask=mask)
+    assert [r["loss"] for r in plain] == [r["loss"] for r in masked]
+    assert "gap_class" not in plain[0]
+    ranges = calibrate_ranges(model, calib, "minmax", "fp32_head")
+    fp = loss_by_class(model, x, y, mask)["in_class"]
+    for row, (wb, ab) in zip(masked, [(8, 8), (16, 4)]):
+        q = quantize_model(model, QuantConfig(wbits=wb, abits=ab), ranges=ranges)
+        assert row["loss_class"] == pytest.approx(loss_by_class(q, x, y, mask)["in_class"], rel=1e-6)
+        assert row["gap_class"] == pytest.approx(row["loss_class"] - fp, abs=1e-6)
+    assert abs(masked[1]["gap_class"]) > 0        # 4-bit activations cost something there
+    # losses_on's mean is loss_on's, bit for bit; no position in the class gives None
+    assert losses_on(model, x, y, None) == (loss_on(model, x, y), None)
+    assert losses_on(model, x, y, torch.zeros(V, dtype=torch.bool))[1] is None

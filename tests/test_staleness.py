@@ -102,3 +102,6 @@ def test_the_recorded_code_is_the_package_files_that_ran():
     paths, exclude = producing_code(_provenance("x", fresh))
     assert "lib/offbyone/provenance.py" not in paths and exclude == ()
     assert producing_code(_provenance("x")) == (("lib", *profile_files("cpu")), NOT_MEASURING)
+    old = {"profile": "cpu", "commit": "x"}                # a provenance.json from before "configs"
+    assert producing_code(old) == (("lib", *profile_files("cpu")), NOT_MEASURING)
+    assert producing_code({"profile": "gone", "commit": "x"}) == (("lib", "configs"), NOT_MEASURING)

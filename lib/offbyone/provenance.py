@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError
+from .profiles import profile_files
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,13 +90,21 @@ def producing_code(prov: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(paths, excluded paths) of the code and profiles that produced a results folder's
     numbers: the package files recorded as loaded while its checkpoints were trained and
     measured (else lib/ less NOT_MEASURING), and its profiles' files (provenance "configs",
-    else every profile)."""
+    else as its profile names them now)."""
     code = [c for c in prov.get("code") or []
             if not any(c == x or c.startswith(x + "/") for x in NOT_MEASURING)]
-    configs = prov.get("configs") or ["configs"]
+    configs = prov.get("configs") or _profile_files(prov.get("profile"))
     if code:
         return tuple(code) + tuple(configs), ()
     return ("lib",) + tuple(configs), NOT_MEASURING
+
+
+def _profile_files(profile: str | None) -> list[str]:
+    """A profile's files as its profile reads now; every profile where it cannot be read."""
+    try:
+        return profile_files(profile) if profile else ["configs"]
+    except ConfigError:
+        return ["configs"]
 
 
 def staleness_of(prov: dict, root: Path | None = None) -> str:

@@ -16,9 +16,11 @@ from ..bench import BLOCK_S, bench_attention
 from ..io import write_json
 from ..profiles import load_profile, repo_root
 from ..provenance import provenance
-from .estimate import GPU_JOBS, PEAK_BF16_FLOPS, PROFILES_VERSION, estimate_from, measured_flop_budget, normalized, study_estimate
+from .estimate import (GPU_JOBS, PEAK_BF16_FLOPS, PROFILES_VERSION, estimate_from,
+                       measured_flop_budget, normalized, study_estimate)
 from .kernels import kernel_error_table, run_cuda_tests
-from .rates import ensemble_rate, graph_breaks, notebook_overhead_s, parallel_speedup, training_rows
+from .rates import (ensemble_rate, graph_breaks, notebook_overhead_s, parallel_speedup,
+                    training_rows)
 from .summary import print_estimates, summary_lines
 from .sweep import kernel_sweep
 

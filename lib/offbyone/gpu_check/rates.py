@@ -145,10 +145,11 @@ def process_start_s() -> float:
 
 
 def notebook_overhead_s(profile: str = "gpu") -> dict:
-    """The fixed cost of one pipeline notebook: a package CLI process (timed as `offbyone.profiles
-    check`, the size of the `offbyone.pipeline nb` process that drives papermill), plus the kernel's start-up with the package imported and the device initialised.
-    Where papermill is installed, a trivial notebook is run through it; else papermill's own
-    share is the assumed PAPERMILL_EXTRA_S."""
+    """The fixed cost of one pipeline notebook: a package CLI process (timed as
+    `offbyone.profiles check`, the size of the `offbyone.pipeline nb` process that drives
+    papermill), plus the kernel's start-up with the package imported and the device
+    initialised. Where papermill is installed, a trivial notebook is run through it; else
+    papermill's own share is the assumed PAPERMILL_EXTRA_S."""
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "offbyone.profiles", "check", profile], check=True,
                    capture_output=True)

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from ..io import write_figure
-from .figures import plain_log_ticks
 from .latex import Tex, fmt, latex_table
 from .stats import VARIANT_LABELS
 
@@ -59,9 +58,8 @@ def time_table(attn: pd.DataFrame, path) -> None:
                      "/ softmax": _ratio(r["time_ratio"]),
                      "IQR": (Tex(f"{_ratio(r['ratio_q1'])}--{_ratio(r['ratio_q3'])}") if has
                              else Tex("--")),
-                     EXTRA_US: (Tex(f"${fmt(extra, 3)}$")
-                                if not pd.isna(extra) and (r["variant"], r["impl"]) != ("softmax", "fast")
-                                else Tex("--"))})
+                     EXTRA_US: (Tex(f"${fmt(extra, 3)}$") if not pd.isna(extra) and
+                                (r["variant"], r["impl"]) != ("softmax", "fast") else Tex("--"))})
     latex_table(rows, path, column_format="lrrrrrrr")
 
 
@@ -73,7 +71,8 @@ def memory_table(attn: pd.DataFrame, path) -> None:
     for T, g in ok.groupby("T", sort=True):
         row = {T_HEAD: Tex(f"${fmt(int(T))}$"), B_HEAD: Tex(f"${int(g['B'].iloc[0])}$")}
         for r in g.to_dict("records"):
-            row[_short(r)] = Tex(f"${fmt(r['peak_mib'], 3)}$ ($\\times{fmt(r['memory_ratio'], 3)}$)")
+            ratio = fmt(r["memory_ratio"], 3)
+            row[_short(r)] = Tex(f"${fmt(r['peak_mib'], 3)}$ ($\\times{ratio}$)")
         rows.append(row)
     cols = [T_HEAD, B_HEAD] + list(dict.fromkeys(_short(r) for r in ok.to_dict("records")))
     latex_table(rows, path, column_format="r" * len(cols), columns=cols)
@@ -147,8 +146,8 @@ def speed_macros(attn: pd.DataFrame) -> dict[str, str]:
     M["BenchSteadyAllocator"] = "1" if len(steady) and bool(steady.astype(bool).all()) else "0"
     faults = (attn[attn.impl.eq("fast")]["faults_per_pass"].dropna()
               if "faults_per_pass" in attn else pd.Series([], dtype=float))
-    M["BenchFaultsMax"] = str(fmt(int(round(float(faults.max()))))) if len(faults) else "n/a"
     worst = int(round(float(faults.max()))) if len(faults) else None
+    M["BenchFaultsMax"] = "n/a" if worst is None else str(fmt(worst))
     M["BenchFaultsText"] = ("n/a" if worst is None else "no minor page fault" if worst == 0
                             else f"at most {fmt(worst)} minor page faults")
     return M

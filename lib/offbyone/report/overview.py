@@ -6,6 +6,7 @@ their correction, in the primary table) and the published numbers beside ours.
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
@@ -53,7 +54,9 @@ def differences_table(diffs: pd.DataFrame) -> list[dict]:
 
 
 def sweep_columns(fin: pd.DataFrame) -> list[str]:
-    return [c for c in fin.columns if c.startswith("gap_") and "legacy" not in c]
+    """The sweep's all-position gaps (gap_W8A8, ...), not the earlier setup's (legacy) nor
+    those after a trigger (gap_trigger_W8A8: the testbed's own columns)."""
+    return [c for c in fin.columns if re.fullmatch(r"gap_W\d+A\d+", c)]
 
 
 def bits_label(col: str) -> str:

@@ -33,6 +33,7 @@ from ..metrics import uniform_first_position_mass
 from ..profiles import load_profile, profile_files, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
 from . import ablation, attribution, baseline, magnitude, overview, retrofit, window
+from . import lr_dose
 from . import figures as F
 from . import long as long_section
 from . import primary as primary_section
@@ -240,6 +241,12 @@ class Report:
         M = self.sections["peak"] = peak_section(self)
         return pd.Series(M, dtype=object)
 
+    def lr_dose(self) -> pd.Series:
+        """The disease's dose-response in learning rate, from the dose profiles' committed
+        results (report/lr_dose.py)."""
+        M = self.sections["lr_dose"] = lr_dose.lr_dose(self)
+        return pd.Series(M, dtype=object)
+
     def magnitude(self) -> pd.Series:
         """Kurtosis read with magnitude, and the weight on the implicit zero per head
         (report/magnitude.py)."""
@@ -272,7 +279,8 @@ class Report:
         M["HasGroups"] = "0"                     # unless some final checkpoint was measured so
         M["HasMagnitude"] = M["HasAbstentionTable"] = "0"    # unless measured (version 7 on)
         M["HasRetrofit"] = "0"                   # unless a retrofit's results are cited
-        for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak",
+        M["HasLrDose"] = "0"                     # unless a dose profile's results are committed
+        for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak", "lr_dose",
                      "attribution", "magnitude", "retrofit", "synthesis"):
             M.update(self.sections.get(name, {}))
         self._derived("macros.json", write_json, M)

@@ -114,7 +114,13 @@ PRIMARY = (
 # blocks, of the BOS residual's L2 norm to the median other position), on a log scale.
 BOS_PEAK = Endpoint("bos_resid_ratio", "BOS residual peak (ratio to the median position)", "log",
                     math.log(RATIO_MARGIN))
-STUDY_PRIMARY = {"gpu": PRIMARY + (BOS_PEAK,)}
+# The testbed study where the disease grows (configs/testbed_outliers.yaml, issue 36), declared on
+# 2026-12-04 before any of its runs: the same seven, and the share of the activation outliers
+# (> 6 sigma, over the anchor's modules) that sit at the BOS position, equivalent within 5
+# percentage points.
+BOS_SHARE = Endpoint("outlier_share_pos0", "share of activation outliers at BOS", "linear", 0.05)
+STUDY_PRIMARY = {"gpu": PRIMARY + (BOS_PEAK,),
+                 "testbed_outliers": PRIMARY + (BOS_PEAK, BOS_SHARE)}
 
 
 def primary_endpoints(profile: str) -> tuple:
@@ -264,8 +270,9 @@ DISEASE_CRITERION = (
 )
 
 
-# the profiles for which it was fixed before their runs: the GPU study and its CPU pilot
-CRITERION_PROFILES = ("gpu", "pilot_guo")
+# the profiles for which it was fixed before their runs: the GPU study, its CPU pilot, and the
+# CPU testbed study at the dose that grows the disease
+CRITERION_PROFILES = ("gpu", "pilot_guo", "testbed_outliers")
 
 
 def disease_appeared(fin: pd.DataFrame, base: str = "softmax") -> dict:
