@@ -67,9 +67,10 @@ def test_the_section_reads_the_committed_rates_and_says_where_the_peak_passed(tm
     assert text.startswith("In seed means, the BOS peak of softmax first reached")
     assert "first reached 5 times the median position at lr $3\\mathrm{e}{-}2$" in text
     assert "first reached 5 times the median position at lr $1\\mathrm{e}{-}2$" in text
+    assert "its seeds $20.0$ to $20.1$" in text          # softmax1's largest, at 3e-2
     # the softmax runs at 3e-2 did not train, and the sentence names them
     assert "did not train" in text and "seed 0 at lr $3\\mathrm{e}{-}2$" in text
-    assert "testbed\\_lr1e-3" in str(M["LrDoseMissing"])              # left out, and said so
+    assert "rates $1\\mathrm{e}{-}3$ and $3\\mathrm{e}{-}3$ have no committed" in str(M["LrDoseMissing"])
     groups = [r[GROUP] for r in R.tables["lr_dose.tex"] if GROUP in r]
     assert len(groups) == 3
 

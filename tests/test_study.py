@@ -168,3 +168,52 @@ def test_a_study_of_ensembles_leaves_the_same_records(tmp_path):
         folder = S.run_folder(PROFILE, v, s, str(tmp_path / "runs"))
         assert S.record_complete(folder)
         assert json.loads((folder / "train_summary.json").read_text())["ensemble_of"] == 2
+
+
+def _final_numbers(runs_root) -> dict:
+    """Each run's final measurement, the numbers a report reads."""
+    out = {}
+    for v, s in runs(PROFILE):
+        folder = S.run_folder(PROFILE, v, s, runs_root)
+        files = json.loads((folder / "measurements.json").read_text())["files"]
+        r = json.loads((folder / files[-1].split("/")[-1]).read_text())
+        out[(v, s)] = {"val": r["losses"]["val"], "kurtosis": r["activations"]["anchor"]["max_kurtosis"],
+                       **{q["config"]: q["gap"] for q in r["quant"]}}
+    return out
+
+
+def _same_numbers(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
+
+
+def test_the_array_executor_runs_each_run_as_a_task_with_the_local_runs_numbers(finished_study,
+                                                                                 tmp_path):
+    """--executor slurm's path (one task a run, records where the local runner writes them)
+    through submitit's local stand-in for a cluster; the real Slurm is tests/test_slurm.py."""
+    pytest.importorskip("submitit")
+    _, local_root, _, _ = finished_study
+    runs_root = str(tmp_path / "runs")
+    logs = []
+    out = S.run_study(PROFILE, archive=str(tmp_path / "a.tar.gz"), runs_root=runs_root,
+                      executor="slurm", cluster="local", jobs_folder=str(tmp_path / "jobs"),
+                      slurm={"array_parallelism": 2, "cpus_per_task": 1}, log=logs.append)
+    assert out["missing_runs"] == [] and out["finished_runs"] == 4
+    assert out["executor"]["name"] == "slurm" and out["executor"]["array_parallelism"] == 2
+    assert any("submitted 4 task(s) as job array" in m for m in logs)
+    _same_numbers(_final_numbers(runs_root), _final_numbers(local_root))
+    # a resubmission skips finished runs: nothing is submitted
+    submitted = sorted((tmp_path / "jobs").iterdir())
+    again = S.run_study(PROFILE, archive=str(tmp_path / "b.tar.gz"), runs_root=runs_root,
+                        executor="slurm", cluster="local", jobs_folder=str(tmp_path / "jobs"),
+                        log=logs.append)
+    assert again["runs"] == [] and sorted((tmp_path / "jobs").iterdir()) == submitted
+    assert S.status(PROFILE, runs_root)["missing"] == []
+
+
+def test_executor_and_slurm_options_are_checked_by_name(tmp_path):
+    with pytest.raises(S.StudyError, match="unknown executor 'pbs'; valid: local, slurm"):
+        S.run_study(PROFILE, executor="pbs", runs_root=str(tmp_path))
+    with pytest.raises(S.StudyError, match="unknown Slurm option.*valid: partition, time_min"):
+        S.slurm_executor(tmp_path, "x", {"queue": "a"}, cluster="local")

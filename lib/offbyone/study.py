@@ -10,6 +10,8 @@ with no notebook:
     python -m offbyone.study run gpu --ensemble 5   # each variant's seeds as one vmapped ensemble
     python -m offbyone.study status gpu             # which runs are finished, which missing
     python -m offbyone.study unpack ARCHIVE         # on the CPU machine: the records into runs/
+    python -m offbyone.study run gpu --executor slurm --slurm-partition gpu --slurm-gpus 1
+                                                    # on a Slurm cluster: one array task a run
 
 Each run keeps its own record, as the notebooks leave it: `log.jsonl`, `train_summary.json`,
 a `.metrics.json` per checkpoint and `measurements.json` (the report's index). As soon as a run
@@ -17,6 +19,12 @@ is measured, its record goes into one archive (`build/<profile>/study.tar.gz`, a
 `ARCHIVE_LIMIT` bytes: measurements, logs and provenance, no checkpoints), rewritten
 atomically after every run, so a node whose time runs out still hands back every finished run.
 A rerun skips a run whose record is complete, even on a fresh node without its checkpoints.
+
+On a cluster (`--executor slurm`) each unfinished run, or each ensemble of seeds, is one task of
+a Slurm job array submitted through `submitit` (an optional dependency: pip install
+'offbyone[slurm]'); every task writes its run's record where the local runner does, on the
+shared file system, and a preempted or timed-out task is requeued and resumes from its latest
+checkpoint. The job's own files (submitit's pickles and logs) go to build/<profile>/slurm/.
 
 On a node with several GPUs the runs spread over them, `jobs` slots in all, slot i on GPU
 i mod n (`assign_devices`); one large run can still use every GPU through `torchrun`.
@@ -43,6 +51,16 @@ RECORD_SUFFIX = ".metrics.json"
 
 class StudyError(RuntimeError):
     """A study that cannot run, or an archive that cannot be unpacked, with the reason."""
+
+
+EXECUTORS = ("local", "slurm")
+# the Slurm options (flags --slurm-partition, ...), passed to submitit's executor
+SLURM_DEFAULTS = {"partition": None, "time_min": 60, "gpus_per_task": 0, "cpus_per_task": 1,
+                  "array_parallelism": 16}
+SLURM_HELP = {"partition": "the partition (default: the cluster's default partition)",
+              "time_min": "a task's time limit in minutes; a task cut off is requeued and resumes",
+              "gpus_per_task": "GPUs per task", "cpus_per_task": "CPUs per task (and torch threads)",
+              "array_parallelism": "tasks of the array running at once, at most"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +188,79 @@ def run_group(group: list[tuple[str, str, int]], device: str | None = None,
     return out
 
 
+class SlurmTask:
+    """One array task: a group of runs (one run, or an ensemble's seeds) trained and measured
+    by run_group. Requeued on preemption or timeout with the same group (submitit's
+    Checkpointable protocol): train() resumes from the run's latest checkpoint and skips a
+    finished run, so nothing is lost but the steps since that checkpoint."""
+
+    def __init__(self, runs_root: str, threads: int):
+        self.runs_root, self.threads = runs_root, threads
+
+    def __call__(self, group: list) -> list[dict]:
+        return run_group([tuple(g) for g in group], None, self.runs_root, self.threads)
+
+    def checkpoint(self, group: list):
+        import submitit
+        return submitit.helpers.DelayedSubmission(SlurmTask(self.runs_root, self.threads), group)
+
+
+def slurm_executor(folder: Path, name: str, options: dict, cluster: str = "slurm"):
+    """submitit's executor for the study's array: `options` are SLURM_DEFAULTS' keys.
+    `cluster` 'local' runs the same array as local processes (submitit's stand-in, for tests)."""
+    try:
+        import submitit
+    except ImportError:
+        raise StudyError("--executor slurm needs submitit: pip install 'offbyone[slurm]' "
+                         "(or pip install submitit)") from None
+    opts = {**SLURM_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    bad = [k for k in options if k not in SLURM_DEFAULTS]
+    if bad:
+        raise StudyError(f"unknown Slurm option(s) {bad}; valid: {', '.join(SLURM_DEFAULTS)}")
+    ex = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    params = {"name": name, "timeout_min": int(opts["time_min"]),
+              "cpus_per_task": int(opts["cpus_per_task"]),
+              "slurm_array_parallelism": int(opts["array_parallelism"])}
+    if cluster == "slurm":
+        params.update(slurm_partition=opts["partition"],
+                      slurm_gpus_per_task=int(opts["gpus_per_task"]) or None)
+    elif opts["gpus_per_task"]:
+        params["gpus_per_node"] = int(opts["gpus_per_task"])
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def run_array(profile: str, groups: list, finished, runs_root: str = "runs", threads: int = 0,
+              slurm: dict | None = None, cluster: str = "slurm", log=print,
+              folder: Path | None = None) -> list[str]:
+    """Every group as one task of a job array; each finished task's records are handed to
+    `finished` as they come (submitit's as_completed). A task that failed is named with its
+    log once every other task is done. The array's own files go to `folder` (default
+    build/<profile>/slurm/). Returns the tasks' job ids (ARRAY_TASK)."""
+    folder = Path(folder or repo_root() / "build" / profile / "slurm")
+    ex = slurm_executor(folder, f"offbyone-{profile}", slurm or {}, cluster)
+    import submitit                                  # there: slurm_executor checked it
+    task = SlurmTask(runs_root, threads or int((slurm or {}).get("cpus_per_task") or 0))
+    jobs = ex.map_array(task, [[list(g) for g in group] for group in groups])
+    log(f"submitted {len(jobs)} task(s) as job array {jobs[0].job_id.split('_')[0]} "
+        f"({cluster}); their files: {folder}" if jobs else "nothing to submit")
+    failed = []
+    for job in submitit.helpers.as_completed(jobs):
+        try:
+            records = job.result()
+        except Exception as e:                      # the task's own error, with its log
+            first = (str(e).splitlines() or [""])[0]
+            failed.append(f"task {job.job_id}: {type(e).__name__}: {first} "
+                          f"(log: {job.paths.stderr})")
+            continue
+        for rec in records:
+            finished(rec)
+    if failed:
+        raise StudyError(f"{len(failed)} of {len(jobs)} task(s) failed; the finished runs are in "
+                         f"the archive and a resubmission runs the rest:\n  " + "\n  ".join(failed))
+    return [j.job_id for j in jobs]
+
+
 # --------------------------------------------------------------------------------------------
 # The archive that comes back from the node
 
@@ -273,11 +364,17 @@ def status(profile: str, runs_root: str = "runs") -> dict:
 
 
 def run_study(profile: str, jobs: int = 1, devices: str = "auto", archive: str | None = None,
-              runs_root: str = "runs", threads: int = 0, log=print, ensemble: int = 1) -> dict:
+              runs_root: str = "runs", threads: int = 0, log=print, ensemble: int = 1,
+              executor: str = "local", slurm: dict | None = None,
+              cluster: str = "slurm", jobs_folder: str | None = None) -> dict:
     """Prepare the data, then train and measure every unfinished run, `jobs` at once, packing
     the archive after each finished run. With `ensemble` > 1 the seeds of each profile and
-    variant train in ensembles of up to that many (offbyone.ensemble), one job each. Returns
-    the study record (also in the archive)."""
+    variant train in ensembles of up to that many (offbyone.ensemble), one job each. With
+    `executor` 'slurm' each group is one task of a Slurm job array instead (run_array;
+    `slurm`: SLURM_DEFAULTS' keys; the array's files in `jobs_folder`), and `jobs` and
+    `devices` do not apply. Returns the study record (also in the archive)."""
+    if executor not in EXECUTORS:
+        raise StudyError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     from .ensemble import ensemble_groups
 
     import torch
@@ -325,7 +422,13 @@ def run_study(profile: str, jobs: int = 1, devices: str = "auto", archive: str |
             f"{rec['measure_s']:.0f} s; archive {packed['bytes'] / 2**20:.2f} MiB")
 
     groups = ensemble_groups(todo, ensemble) if todo else []
-    if jobs == 1 or len(groups) <= 1:
+    if executor == "slurm":
+        study["executor"] = {"name": "slurm", "cluster": cluster, **SLURM_DEFAULTS,
+                             **{k: v for k, v in (slurm or {}).items() if v is not None}}
+        if groups:
+            study["executor"]["tasks"] = run_array(profile, groups, finished, runs_root,
+                                                   threads, slurm, cluster, log, jobs_folder)
+    elif jobs == 1 or len(groups) <= 1:
         for group in groups:
             for rec in run_group(group, slots[0], runs_root, threads):
                 finished(rec)
@@ -368,6 +471,14 @@ def main(argv=None):
     r.add_argument("--ensemble", type=int, default=1, metavar="N",
                    help="train the seeds of each variant as ensembles of up to N (one vmapped "
                         "model, shared kernel launches; default 1: each run alone)")
+    r.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this machine's processes (default); slurm: one task of a Slurm "
+                        "job array a run (or an ensemble), through submitit")
+    for key, default in SLURM_DEFAULTS.items():
+        r.add_argument(f"--slurm-{key.replace('_', '-')}", dest=f"slurm_{key}",
+                       type=None if key == "partition" else int, default=None,
+                       help=f"with --executor slurm: {SLURM_HELP[key]}"
+                            + ("" if default is None else f" (default {default})"))
     s = sub.add_parser("status", help="which runs of a profile are finished, which missing")
     s.add_argument("profile")
     u = sub.add_parser("unpack", help="a node's archive into runs/ and results/PROFILE/study.json")
@@ -376,8 +487,10 @@ def main(argv=None):
     from .config import ConfigError
     try:
         if args.cmd == "run":
+            slurm = {k: getattr(args, f"slurm_{k}") for k in SLURM_DEFAULTS}
             out = run_study(args.profile, args.jobs, args.devices, args.archive,
-                            threads=args.threads, ensemble=args.ensemble)
+                            threads=args.threads, ensemble=args.ensemble,
+                            executor=args.executor, slurm=slurm)
             if out["missing_runs"]:
                 sys.exit(f"missing runs: {', '.join(out['missing_runs'])}")
         elif args.cmd == "status":

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures as F
+from ..profiles import load_profile
 from .latex import GROUP, Tex, fmt
 from .prose import _and
 from .results import final, read_csv
@@ -44,6 +45,11 @@ def dose_frame(root) -> tuple[pd.DataFrame, list[str]]:
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), missing
 
 
+def missing_rates(names: list[str]) -> list[float]:
+    """The learning rates of dose profiles, as their profiles set them."""
+    return sorted(float(load_profile(n)["train"]["lr"]) for n in names)
+
+
 def _lr(x: float) -> str:
     """A learning rate as a writer prints it: 3e-4, 1e-2."""
     m, e = f"{x:.0e}".split("e")
@@ -64,6 +70,7 @@ def _scatter(ax, fin: pd.DataFrame, col: str, variants, log: bool) -> None:
             ax.scatter(g.lr * shift, g.inner_max_inf_norm, s=12, facecolors="none",
                        edgecolors=F.COLORS[v], alpha=0.8)
     ax.set_xscale("log")
+    ax.set_xlim(min(rates) / 1.8, max(rates) * 1.8)
     if log:
         ax.set_yscale("log")
         F.plain_log_ticks(ax)
@@ -122,12 +129,16 @@ def dose_sentences(means: pd.DataFrame, fin: pd.DataFrame, variants) -> Tex:
         at = first_dose(means, v, "bos_resid_ratio", PEAK.threshold)
         name = VARIANT_LABELS[v]
         top = means[means.variant == v].bos_resid_ratio.max()
+        lr_top = float(means[means.variant == v].set_index("lr").bos_resid_ratio.idxmax())
+        seeds = fin[(fin.variant == v) & (fin.lr == lr_top)].bos_resid_ratio
+        spread = (f"; its seeds ${fmt(seeds.min())}$ to ${fmt(seeds.max())}$"
+                  if len(seeds) > 1 else "")
         if at is None:
             out.append(f"{name}'s stayed below {_n(PEAK.threshold)} times the median position "
-                       f"at every rate (largest ${fmt(top, 2)}$)")
+                       f"at every rate (largest ${fmt(top, 2)}$ at lr ${_lr(lr_top)}${spread})")
         else:
             out.append(f"{name}'s first reached {_n(PEAK.threshold)} times the median position "
-                       f"at lr ${_lr(at)}$ (largest ${fmt(top, 2)}$)")
+                       f"at lr ${_lr(at)}$ (largest ${fmt(top, 2)}$ at lr ${_lr(lr_top)}${spread})")
     text = "In seed means, the BOS peak of " + "; ".join(out).replace("'s ", " ", 1) + "."
     best = fin.val_loss.min()
     bad = fin[fin.val_loss > best + NOT_TRAINED_NATS]
@@ -163,6 +174,8 @@ def lr_dose(R) -> dict:
          "LrDoseSeeds": str(seeds), "LrDoseSteps": fmt(int(fin.max_steps.iloc[0])),
          "LrDoseText": dose_sentences(means, fin, variants),
          "LrDoseMissing": Tex("" if not missing else
-                            f" The rates of {_and([m.replace('_', chr(92) + '_') for m in missing])} "
-                            f"have no committed results yet and are left out.")}
+                            f" The {'rates' if len(missing) > 1 else 'rate'} "
+                            f"{_and([f'${_lr(x)}$' for x in missing_rates(missing)])} "
+                            f"{'have' if len(missing) > 1 else 'has'} no committed results yet "
+                            f"and {'are' if len(missing) > 1 else 'is'} left out.")}
     return M
