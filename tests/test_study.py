@@ -217,3 +217,15 @@ def test_executor_and_slurm_options_are_checked_by_name(tmp_path):
         S.run_study(PROFILE, executor="pbs", runs_root=str(tmp_path))
     with pytest.raises(S.StudyError, match="unknown Slurm option.*valid: partition, time_min"):
         S.slurm_executor(tmp_path, "x", {"queue": "a"}, cluster="local")
+
+
+def test_a_preempted_task_is_requeued_with_its_own_runs():
+    """submitit's checkpoint protocol: on preemption or timeout the task hands back itself with
+    the same group, which train() resumes from its latest checkpoint."""
+    submitit = pytest.importorskip("submitit")
+    task = S.SlurmTask("runs-x", 2)
+    group = [[PROFILE, "softmax", 0], [PROFILE, "softmax", 1]]
+    again = task.checkpoint(group)
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert again.args == (group,) and isinstance(again.function, S.SlurmTask)
+    assert (again.function.runs_root, again.function.threads) == ("runs-x", 2)

@@ -10,7 +10,7 @@ with no notebook:
     python -m offbyone.study run gpu --ensemble 5   # each variant's seeds as one vmapped ensemble
     python -m offbyone.study status gpu             # which runs are finished, which missing
     python -m offbyone.study unpack ARCHIVE         # on the CPU machine: the records into runs/
-    python -m offbyone.study run gpu --executor slurm --slurm-partition gpu --slurm-gpus 1
+    python -m offbyone.study run gpu --executor slurm --slurm-partition gpu --slurm-gpus-per-task 1
                                                     # on a Slurm cluster: one array task a run
 
 Each run keeps its own record, as the notebooks leave it: `log.jsonl`, `train_summary.json`,
@@ -59,7 +59,8 @@ SLURM_DEFAULTS = {"partition": None, "time_min": 60, "gpus_per_task": 0, "cpus_p
                   "array_parallelism": 16}
 SLURM_HELP = {"partition": "the partition (default: the cluster's default partition)",
               "time_min": "a task's time limit in minutes; a task cut off is requeued and resumes",
-              "gpus_per_task": "GPUs per task", "cpus_per_task": "CPUs per task (and torch threads)",
+              "gpus_per_task": "GPUs per task",
+              "cpus_per_task": "CPUs per task (and torch threads)",
               "array_parallelism": "tasks of the array running at once, at most"}
 
 
