@@ -73,6 +73,10 @@ def test_the_section_reads_the_committed_rates_and_says_where_the_peak_passed(tm
     assert "rates $1\\mathrm{e}{-}3$ and $3\\mathrm{e}{-}3$ have no committed" in str(M["LrDoseMissing"])
     groups = [r[GROUP] for r in R.tables["lr_dose.tex"] if GROUP in r]
     assert len(groups) == 3
+    # every number is typeset in math mode (an exponent outside it stops LaTeX)
+    cells = [str(c) for r in R.tables["lr_dose.tex"] if GROUP not in r
+             for k, c in r.items() if k != "variant"]
+    assert cells and all(c.startswith("$") and c.endswith("$") or c == "n/a" for c in cells)
 
 
 def test_a_peak_below_the_threshold_everywhere_is_said_so(tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import figures as F
 from ..profiles import load_profile
-from .latex import GROUP, Tex, fmt
+from .latex import GROUP, Tex, fmt, num
 from .prose import _and
 from .results import final, read_csv
 from .stats import DISEASE_CRITERION, VARIANT_LABELS
@@ -107,12 +107,12 @@ def dose_rows(means: pd.DataFrame, variants) -> list[dict]:
             if not len(r):
                 continue
             r = r.iloc[0]
-            rows.append({"variant": VARIANT_LABELS[v], "loss": fmt(r.val_loss),
-                         "BOS peak": fmt(r.bos_resid_ratio), "inf-norm": fmt(r.max_inf_norm),
-                         "w/o last": fmt(r.inner_max_inf_norm), "kurtosis": fmt(r.max_kurtosis),
-                         "W8A8": fmt(r.gap_W8A8), "W16A6": fmt(r.gap_W16A6),
-                         "W16A6 copy": fmt(r.get("gap_trigger_W16A6", float("nan"))),
-                         "W8A4": fmt(r.gap_W8A4)})
+            rows.append({"variant": VARIANT_LABELS[v], "loss": num(r.val_loss),
+                         "BOS peak": num(r.bos_resid_ratio), "inf-norm": num(r.max_inf_norm),
+                         "w/o last": num(r.inner_max_inf_norm), "kurtosis": num(r.max_kurtosis),
+                         "W8A8": num(r.gap_W8A8), "W16A6": num(r.gap_W16A6),
+                         "W16A6 copy": num(r.get("gap_trigger_W16A6", float("nan"))),
+                         "W8A4": num(r.gap_W8A4)})
     return rows
 
 
