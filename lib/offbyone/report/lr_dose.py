@@ -87,8 +87,10 @@ def dose_figure(R, fin: pd.DataFrame, variants) -> None:
             ax.axhline(PEAK.threshold, ls="--", lw=0.8, color="k")
     for ax in axes[1]:
         ax.set_xlabel("learning rate")
-    axes[0][0].legend(fontsize=8, frameon=False)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     R.figure(fig, "lr-dose")
 
 
@@ -148,8 +150,11 @@ def dose_sentences(means: pd.DataFrame, fin: pd.DataFrame, variants) -> Tex:
         text += (f" Some runs did not train, ending more than {_n(NOT_TRAINED_NATS)} nats above "
                  f"the best run's validation loss of ${fmt(best, 3)}$: {_and(runs)}.")
     else:
-        text += (f" Every run trained: the final validation losses lie within "
-                 f"${fmt(fin.val_loss.max() - best, 2)}$ nats of each other.")
+        worst = fin.loc[fin.val_loss.idxmax()]
+        text += (f" Every run trained: no final validation loss lies more than "
+                 f"{_n(NOT_TRAINED_NATS)} nats above the best run's ${fmt(best, 3)}$; the highest, "
+                 f"${fmt(worst.val_loss, 3)}$, is {VARIANT_LABELS[worst.variant]} seed "
+                 f"{int(worst.seed)} at lr ${_lr(worst.lr)}$.")
     return Tex(text)
 
 
