@@ -131,7 +131,7 @@ gpu-unpack: $(STAMP)
 
 # The paper from a profile's committed results (results/$(PAPER_PROFILE)/), with no training:
 # the report and bench notebooks, then LaTeX; it says which commit produced the numbers and
-# warns when lib/ or configs/ have changed since.
+# warns when the code that trained and measured them, or their profiles, have changed since.
 PAPER_PROFILE = $(or $(PROFILE),cpu)
 paper: $(STAMP) tex
 	@test -f results/$(PAPER_PROFILE)/runs.csv || { echo "results/$(PAPER_PROFILE)/ holds no results: run make reproduce PROFILE=$(PAPER_PROFILE)"; exit 1; }

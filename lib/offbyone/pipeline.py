@@ -134,7 +134,8 @@ def plan(profile: str, variant: str, seed: int, stage: str, results_dir: str = "
 
 def results_provenance(profile: str, results_dir: str = "results") -> str:
     """Which commit, machine and torch produced results/<profile>/, how long it took, and
-    whether lib/ and configs/ have changed since (printed by `make paper`)."""
+    whether the code and profiles that trained and measured them have changed since (printed
+    by `make paper`)."""
     path = repo_root() / results_dir / profile / "provenance.json"
     if not path.exists():
         return f"{path.parent} holds no provenance.json: run `make reproduce PROFILE={profile}`"
@@ -147,7 +148,8 @@ def results_provenance(profile: str, results_dir: str = "results") -> str:
             + f"; its notebooks took {p['pipeline_wall_s'] / 60:.0f} min summed"
             + (f", {p['pipeline_elapsed_s'] / 60:.0f} min of wall time while at least one ran"
                if p.get("pipeline_elapsed_s") else "") + ")\n"
-            + (f"WARNING: {note}" if note else "lib/ and configs/ are unchanged since that commit"))
+            + (f"WARNING: {note}" if note else "the code that trained and measured them and their "
+               "profiles are unchanged since"))
 
 
 def main(argv=None):

@@ -79,11 +79,12 @@ def changed_since(commit: str, paths=("lib", "configs"), exclude=(),
     return [l for l in out.splitlines() if l.strip()]
 
 
-# For results recorded before the code that ran was (provenance "code"): everything under lib/
-# but what never runs while a checkpoint is trained or measured: the report, the GPU check, the
-# offline bundle's builder, and this file (it records, it computes nothing)
+# Code that computes no measured number: the report, the GPU check and the offline bundle's
+# builder never run while a checkpoint is trained or measured; the notebook runner (pipeline.py:
+# parameters, plan lines, papermill) and this file (it records) run then but compute nothing.
+# Left out of the recorded code, and of lib/ for results recorded before the code list was.
 NOT_MEASURING = ("lib/offbyone/report", "lib/offbyone/gpu_check", "lib/offbyone/bundle.py",
-                 "lib/offbyone/provenance.py")
+                 "lib/offbyone/pipeline.py", "lib/offbyone/provenance.py")
 
 
 def producing_code(prov: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
