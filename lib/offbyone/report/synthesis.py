@@ -19,10 +19,12 @@ from ..profiles import load_profile, model_params, run_config
 from . import figures as F
 from .latex import Tex, fmt, macro_name
 from .prose import _and, _fixed, p_value
-from .stats import (ALPHA, NOTHING_TO_FIX, PRIMARY, RATIO_MARGIN, VARIANT_LABELS,
-                    permutation_floor)
+from .stats import (ALPHA, DISEASE_CRITERION, NOTHING_TO_FIX, PRIMARY, RATIO_MARGIN,
+                    VARIANT_LABELS, permutation_floor)
 
 ABSTRACT_MAX_WORDS = 200
+# the W8A8 gap (nats) at which the disease criterion says the baseline has quantization damage
+GAP_THRESHOLD = next(sg.threshold for sg in DISEASE_CRITERION if sg.metric == "gap_W8A8")
 
 
 @dataclass
@@ -241,63 +243,50 @@ def _study_groups(studies) -> list[str]:
     return out
 
 
-def _abstract_effect(r: dict) -> str:
-    if r["scale"] == "log":
-        return f"ratio ${fmt(r['ratio'], 2)}$"
-    unit = f" {r['unit']}" if r.get("unit") else ""
-    return f"${fmt(r['base_mean'], 2)}$ to ${fmt(r['other_mean'], 2)}${unit}"
-
-
-ABSTRACT_LABELS = {"first_position": "attention on the first position",
-                   "max_kurtosis": "maximum kurtosis", "max_inf_norm": "inf-norm",
-                   "bos_resid_ratio": "BOS residual peak", "gap_W8A8": "W8A8 gap",
-                   "gap_W16A6": "W16A6 gap", "val_loss": "full-precision loss"}
-
-
-def _groups(studies, metric: str, numbers: bool, variant: str = "softmax1") -> list[tuple]:
-    """An endpoint's verdicts as (verdict, direction, wheres, effect) groups: studies with the
-    same verdict (and, when inconclusive, the same direction) together; with numbers, each
-    decided verdict on its own with its effect."""
-    groups: dict = {}
-    for s, r in _rows(studies, metric, variant):
-        v = r["verdict"]
-        if v in ("lower", "higher") and numbers:
-            groups[(v, None, s.where)] = ([s.where], _abstract_effect(r))
-            continue
-        key = (v, direction(r) if v == "inconclusive" else None)
-        groups.setdefault(key, ([], None))[0].append(s.where)
-    return [(k[0], k[1], wheres, eff) for k, (wheres, eff) in groups.items()]
-
-
-def _group_text(v, d, wheres, eff) -> str:
-    note = (f" ({eff})" if eff else
-            f" (estimate{'s' if len(wheres) > 1 else ''} {d})" if d else "")
-    return f"{v} {_and(wheres)}{note}"
-
-
-def abstract_question(studies, metrics, numbers: bool, variant: str = "softmax1") -> str:
-    """A question's endpoints for the abstract; a verdict shared by every endpoint in the same
-    studies is said once for all of them ('both nothing to fix on the testbed and ...')."""
-    per = {m: _groups(studies, m, numbers, variant) for m in metrics}
-    per = {m: g for m, g in per.items() if g}
-    if not per:
+def baseline_sentence(studies) -> str:
+    """What the softmax baselines gave softmax1 to cure, from their own values: the W8A8 gap
+    against the disease criterion's threshold, and the largest activation (geometric means)."""
+    gaps = [r["base_mean"] for _, r in _rows(studies, "gap_W8A8")]
+    norms = [r.get("base_gmean", math.exp(r["base_mean"])) for _, r in _rows(studies, "max_inf_norm")]
+    if not gaps or not norms:
         return ""
-    shared = set.intersection(*[{(v, d, tuple(w)) for v, d, w, e in g if e is None}
-                                for g in per.values()]) if len(per) > 1 else set()
-    parts = []
-    for m, g in per.items():
-        own = [_group_text(v, d, w, e) for v, d, w, e in g if (v, d, tuple(w)) not in shared]
-        if own:
-            parts.append(f"{ABSTRACT_LABELS[m]} {_and(own)}")
-    for v, d, w in sorted(shared):
-        parts.append(f"{'both' if len(per) == 2 else 'all'} {_group_text(v, d, list(w), None)}")
-    return "; ".join(parts)
+    def plain(x: float) -> str:                     # two significant digits, as written
+        return fmt(int(round(x))) if x >= 10 else f"{x:.2g}"
+
+    def span(xs) -> str:
+        lo, hi = plain(min(xs)), plain(max(xs))
+        return f"${lo}$" if lo == hi else f"${lo}$ to ${hi}$"
+    had = ("had little for softmax1 to cure" if max(gaps) < GAP_THRESHOLD
+           else "had quantization damage for softmax1 to cure")
+    return (f"The softmax baselines {had}: W8A8 loss gaps of {span(gaps)} nats and largest "
+            f"activations of {span(norms)}.")
+
+
+def cost_sentence(studies, throughput: float | None, variant: str = "softmax1") -> str:
+    """The price in full-precision loss, by verdict, and the measured training throughput."""
+    higher = _any(studies, "val_loss", "higher", variant)
+    price = (f"It raised the full-precision loss {_wheres(higher)}" if higher else
+             "It raised the full-precision loss in no study")
+    speed = (f" and trained at ${fmt(throughput, 2)}\\times$ softmax's throughput"
+             if throughput is not None else "")
+    return price + speed + "."
+
+
+def caveat_sentence(studies) -> str:
+    """How much the seeds could decide: the inconclusive share of softmax1's primary tests."""
+    variant = "softmax1"
+    rows = [r for s in studies for r in s.tests[s.tests.other == variant].to_dict("records")]
+    open_ = sum(r["verdict"] == "inconclusive" for r in rows)
+    seeds = sorted({s.seeds for s in studies})
+    few = (f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}")
+    return (f"With {few} seeds, {open_} of softmax1's {len(rows)} primary tests stay "
+            f"inconclusive (Figure~\\ref{{fig:forest}}).")
 
 
 def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
-    """At most ABSTRACT_MAX_WORDS words, in the order question, method and scale, answer per
-    question, answer to the title: the richest form that fits (effects with their numbers,
-    else verdicts alone)."""
+    """At most ABSTRACT_MAX_WORDS words of prose, in the order question, method and scale, what
+    the baselines had to cure, what softmax1 did, its price, the caveat, and the answer to the
+    title. The verdicts themselves live in the forest plot and the primary tables."""
     q = ("Softmax1 adds a zero logit to attention so that a head can abstain; Miller claimed it "
          "removes the outliers that make transformers hard to quantize.")
     others = {v: [s for s in studies if v in set(s.tests.other)]
@@ -306,19 +295,11 @@ def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
     m = (f"We train nanoGPT-style decoders from scratch with softmax and softmax1{also}: "
          + " and ".join(_study_groups(studies))
          + f", testing {n_endpoints} pre-declared, Holm-corrected endpoints per study.")
-    text = ""
-    for numbers in (True, False):
-        answers = []
-        for key, title, metrics in QUESTIONS:
-            sentence = abstract_question(studies, metrics, numbers)
-            if key == "cost" and throughput is not None:
-                sentence += f"; training throughput ${fmt(throughput, 2)}\\times$ softmax's"
-            if sentence:
-                answers.append(f"{title}: {sentence}.")
-        text = " ".join([q, m] + answers + [title_answer(studies)])
-        if word_count(text) <= ABSTRACT_MAX_WORDS:
-            break
-    return Tex(text)
+    answer = answer_sentence(studies)
+    answer = f"Across the studies, {answer}."
+    parts = [q, m, baseline_sentence(studies), answer, cost_sentence(studies, throughput),
+             caveat_sentence(studies), title_answer(studies)]
+    return Tex(" ".join(p for p in parts if p))
 
 
 def title_answer(studies, variant: str = "softmax1") -> str:
