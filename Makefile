@@ -31,7 +31,7 @@ DETECT_JOBS = $(shell $(PY) -c 'import torch; print(4 if torch.cuda.is_available
 ON_CPU = $(shell $(PY) -c 'import torch; print("" if torch.cuda.is_available() else "1")' 2>/dev/null || echo 1)
 
 .PHONY: FORCE help setup test test-all test-slow data reproduce pipeline figures paper bench gpu-check tex lab clean \
-        gpu-bundle gpu-bundle-rehearsal gpu-study gpu-unpack
+        gpu-bundle gpu-bundle-rehearsal gpu-study gpu-node gpu-unpack
 
 help:
 	@echo "make reproduce  everything: set-up, data, every run of the profile, measurement,"
@@ -49,6 +49,7 @@ help:
 	@echo "                lacks (wheels, the repository); on the node: bash run.sh"
 	@echo "make gpu-bundle-rehearsal  the bundle installed and run on this CPU, network refused"
 	@echo "make gpu-study  the gpu profile's every run in one process per stage (JOBS=4 at once)"
+	@echo "make gpu-node OUT=...  on a GPU node: its one script (smoke, study, sweep; 11 minutes at most)"
 	@echo "make gpu-unpack ARCHIVE=...  a node's archive into runs/, then results/gpu and figures"
 	@echo "make lab        open JupyterLab on notebooks/ (installs it on first use)"
 	@echo "make setup      create $(VENV) and install everything"
@@ -123,6 +124,12 @@ gpu-bundle-rehearsal: $(STAMP)
 
 gpu-study: $(STAMP)
 	$(PY) -m offbyone.study run $(or $(PROFILE),gpu) --jobs $(or $(JOBS),$(DETECT_JOBS))
+
+# The GPU node's one prepared script (issue 38): kernel tests and a smoke, the gpu study, the
+# kernel sweep, each under a hard limit (11 minutes in all); OUT comes back. REHEARSAL=1: the
+# same on this CPU at toy sizes.
+gpu-node: $(STAMP)
+	$(PY) -m offbyone.gpu_check.node --out $(or $(OUT),build/gpu-node) $(if $(REHEARSAL),--cpu-rehearsal --jobs 1 --ensemble 1)
 
 gpu-unpack: $(STAMP)
 	@test -n "$(ARCHIVE)" || { echo "usage: make gpu-unpack ARCHIVE=path/to/study.tar.gz"; exit 1; }

@@ -2,6 +2,7 @@
 one (--estimate-from)."""
 from __future__ import annotations
 
+from ..profiles import load_profile
 from .estimate import compiled_training_ratio, estimate_from, flop_budget, model_sizes, study_estimate
 
 
@@ -65,7 +66,7 @@ def summary_lines(check: dict) -> list[str]:
 def print_estimates(check: dict, profile: str, jobs: int) -> None:
     """The study runner's estimate for `profile`, and the notebook pipeline's where the check
     measured that profile's model (with the written FLOP count of its training)."""
-    for e in (1, 5):
+    for e in sorted({1, 5, len(load_profile(profile)["seeds"])}):   # and all its seeds at once
         _print_study_estimate(check, profile, jobs, e)
     try:
         est = estimate_from(check, profile, jobs)

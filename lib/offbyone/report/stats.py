@@ -119,7 +119,9 @@ BOS_PEAK = Endpoint("bos_resid_ratio", "BOS residual peak (ratio to the median p
 # (> 6 sigma, over the anchor's modules) that sit at the BOS position, equivalent within 5
 # percentage points.
 BOS_SHARE = Endpoint("outlier_share_pos0", "share of activation outliers at BOS", "linear", 0.05)
-STUDY_PRIMARY = {"gpu": PRIMARY + (BOS_PEAK,),
+# The GPU study, redesigned on 2026-12-04 (issue 38) at the CPU study's dose before any of its
+# runs, declares the CPU study's eight.
+STUDY_PRIMARY = {"gpu": PRIMARY + (BOS_PEAK, BOS_SHARE),
                  "testbed_outliers": PRIMARY + (BOS_PEAK, BOS_SHARE)}
 
 
