@@ -14,7 +14,7 @@ from offbyone.report.primary import primary_rows, study_label
 from offbyone.report.stats import (NOTHING_TO_FIX, PRIMARY, exploratory_metrics,
                                    permutation_floor, primary_tests)
 from offbyone.report.synthesis import (ABSTRACT_MAX_WORDS, Study, abstract, answer_sentence,
-                                       clause, standardised, word_count)
+                                       clause, standardised, title_answer, word_count)
 from offbyone.profiles import repo_root
 
 
@@ -131,6 +131,43 @@ def test_the_abstract_is_prose_that_fits_covers_every_study_and_answers_first():
     # 5 of the text study's 6 tests are inconclusive and 1 of the testbed's
     assert "With 3 to 5 seeds, 6 of softmax1's 12 primary tests stay inconclusive" in text
     assert "It raised the full-precision loss in no study and trained at $0.97" in text
+
+
+def _lead(peak_verdict="higher", inf_verdict="higher"):
+    rows = [_row("bos_resid_ratio", peak_verdict, 0.7, 0.3, 1.1, "log"),
+            _row("max_inf_norm", inf_verdict, 1.1, 0.6, 1.6, "log"),
+            _row("max_kurtosis", "inconclusive", 0.3, -0.5, 1.1, "log"),
+            _row("gap_W16A6", "higher", 0.2, 0.05, 0.35, base=0.014, unit="nats"),
+            _row("gap_W8A8", NOTHING_TO_FIX, 0.0001, -0.00003, 0.0003, base=0.001, unit="nats")]
+    rows += [{**r, "other": "sink"} for r in rows]
+    fin = pd.DataFrame({"variant": ["softmax"] * 3, "seed": [0, 1, 2],
+                        "max_inf_norm": [1200.0, 26000.0, 3100.0]})
+    return Study("outliers", "testbed at lr 0.01", "at lr 0.01", pd.DataFrame(rows), fin, 5,
+                 600_000, 6_000_000, 3000, "synthetic Bigram-Backcopy at lr 0.01",
+                 "tab:outlier-primary", extra={"diseased": False, "peak": 4.2})
+
+
+def test_the_study_where_the_disease_grows_answers_first():
+    studies = [_lead()] + _studies()
+    text = abstract(studies, 6, 0.97)
+    assert word_count(text) <= ABSTRACT_MAX_WORDS, word_count(text)
+    order = [text.index(k) for k in ("Miller", "We train", "At lr 0.01, the softmax baseline",
+                                     "There, softmax1 raised", "In the other studies, whose",
+                                     "full-precision loss", "stay inconclusive")]
+    assert order == sorted(order)
+    assert "of 405k to 800k parameters" in text and "3 to 5 paired seeds" in text
+    assert "activations of $1{,}200$ to $26{,}000$" in text
+    assert "$4.20$ times the median position, below the pre-declared criterion of $5$" in text
+    # verdicts grouped by verb, an open one with its direction
+    assert ("raised the first-token residual peak (ratio $2.01$), the largest activation "
+            "(ratio $3.0$) and the 6-bit activation gap") in text
+    assert "left the maximum kurtosis (estimate higher) undecided" in text
+    assert "whose baselines had little to cure (W8A8 gaps $\\le 0.012$ nats" in text
+    # the title's question is answered by the lead study, not repeated
+    assert "Is attention off by one?" not in text
+    assert title_answer(studies).endswith("there softmax1 made them larger.")
+    studies[0] = _lead("inconclusive", "inconclusive")
+    assert "at this scale softmax1 moves weight off the first position" in title_answer(studies)
 
 
 def test_clauses_say_the_verdict_and_the_direction():

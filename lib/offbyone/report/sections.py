@@ -17,6 +17,7 @@ sentences together) and is called through a method here:
     magnitude  kurtosis read with magnitude; the weight on the implicit zero per head
     retrofit   softmax checkpoints fine-tuned as softmax1 or a learned sink (a cited profile)
     baseline   the signs the softmax baseline shows
+    outlier_study  the study where the disease grows (lr 1e-2), from its committed results
     synthesis  the abstract, the forest plot, one paragraph per question, the limitations
 
 `write_macros()` writes every macro the paper prints.
@@ -33,7 +34,7 @@ from ..metrics import uniform_first_position_mass
 from ..profiles import load_profile, profile_files, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
 from . import ablation, attribution, baseline, magnitude, overview, retrofit, window
-from . import lr_dose
+from . import lr_dose, outlier_study
 from . import figures as F
 from . import long as long_section
 from . import primary as primary_section
@@ -96,6 +97,7 @@ class Report:
         self.cited_runs: dict[str, pd.DataFrame] = {}        # study label -> every checkpoint
         self.cited_fin: dict[str, pd.DataFrame] = {}         # profile -> final checkpoints
         self.testbed_fin, self._tb, self.long_name = None, None, None
+        self.outlier_data: dict | None = None                # set by outlier_study()
         F.style()
 
     # loading: from runs/ (then saved under results/<profile>/), or from results/<profile>/ ----
@@ -247,6 +249,12 @@ class Report:
         M = self.sections["lr_dose"] = lr_dose.lr_dose(self)
         return pd.Series(M, dtype=object)
 
+    def outlier_study(self) -> pd.Series:
+        """The study where the disease grows (lr 1e-2, testbed_outliers), from its committed
+        results (report/outlier_study.py); the synthesis reads it first."""
+        M = self.sections["outlier_study"] = outlier_study.outlier_study(self)
+        return pd.Series(M, dtype=object)
+
     def magnitude(self) -> pd.Series:
         """Kurtosis read with magnitude, and the weight on the implicit zero per head
         (report/magnitude.py)."""
@@ -280,8 +288,9 @@ class Report:
         M["HasMagnitude"] = M["HasAbstentionTable"] = "0"    # unless measured (version 7 on)
         M["HasRetrofit"] = "0"                   # unless a retrofit's results are cited
         M["HasLrDose"] = "0"                     # unless a dose profile's results are committed
+        M["HasOutlierStudy"] = "0"               # unless testbed_outliers' results are committed
         for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak", "lr_dose",
-                     "attribution", "magnitude", "retrofit", "synthesis"):
+                     "outlier_study", "attribution", "magnitude", "retrofit", "synthesis"):
             M.update(self.sections.get(name, {}))
         self._derived("macros.json", write_json, M)
         write_macros(M, self.gen / "macros.tex")     # written last: the Makefile's target

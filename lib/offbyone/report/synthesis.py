@@ -47,13 +47,15 @@ class Study:
 # the questions the paper answers, each with the primary endpoints that answer it
 QUESTIONS = (
     ("sink", "Attention sinks", ("first_position",)),
-    ("outliers", "Outliers", ("max_kurtosis", "max_inf_norm", "bos_resid_ratio")),
+    ("outliers", "Outliers", ("max_kurtosis", "max_inf_norm", "bos_resid_ratio",
+                              "outlier_share_pos0")),
     ("quantization", "Quantization", ("gap_W8A8", "gap_W16A6")),
     ("cost", "Cost", ("val_loss",)),
 )
 SHORT_LABELS = {"first_position": "attention on the first position",
                 "max_kurtosis": "maximum kurtosis", "max_inf_norm": "largest activation (inf-norm)",
                 "bos_resid_ratio": "first-position residual peak",
+                "outlier_share_pos0": "share of outliers at the first position",
                 "gap_W8A8": "8-bit loss gap (W8A8)",
                 "gap_W16A6": "6-bit activation-only gap (W16A6)",
                 "val_loss": "full-precision loss"}
@@ -181,7 +183,7 @@ def _wheres(studies) -> str:
     return _and(list(dict.fromkeys(s.where for s in studies)))
 
 
-def answer_sentence(studies, variant: str = "softmax1") -> str:
+def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True) -> str:
     """The title's question answered from the verdicts: what the variant did to the sink, to
     the magnitudes, to kurtosis and to the quantization gap, across the studies."""
     name = VARIANT_LABELS[variant]
@@ -213,7 +215,7 @@ def answer_sentence(studies, variant: str = "softmax1") -> str:
     nothing = {s.key for m in gaps for s in _any(studies, m, NOTHING_TO_FIX, variant)}
     if lower:
         q = f"narrows a quantization gap only {_wheres(lower)}"
-        if nothing and nothing | {s.key for s in lower} >= {s.key for s in studies}:
+        if note_none and nothing and nothing | {s.key for s in lower} >= {s.key for s in studies}:
             q += (", the only study whose softmax baseline had one to close" if len({s.key for s in lower}) == 1
                   else ", the only studies whose softmax baseline had one to close")
     elif higher:
@@ -262,6 +264,19 @@ def baseline_sentence(studies) -> str:
             f"activations of {span(norms)}.")
 
 
+def other_baselines(studies) -> str:
+    """The other studies' baselines in a clause: 'whose baselines had little to cure (W8A8
+    gaps of at most 0.012 nats, largest activations of at most 26)'."""
+    gaps = [r["base_mean"] for _, r in _rows(studies, "gap_W8A8")]
+    norms = [r.get("base_gmean", math.exp(r["base_mean"])) for _, r in _rows(studies, "max_inf_norm")]
+    if not gaps or not norms:
+        return "whose baselines we describe below"
+    had = "had little to cure" if max(gaps) < GAP_THRESHOLD else "had quantization damage"
+    big = max(norms)
+    return (f"whose baselines {had} (W8A8 gaps $\\le {max(gaps):.2g}$ nats, activations "
+            f"$\\le {fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$)")
+
+
 def cost_sentence(studies, throughput: float | None, variant: str = "softmax1") -> str:
     """The price in full-precision loss, by verdict, and the measured training throughput."""
     higher = _any(studies, "val_loss", "higher", variant)
@@ -283,27 +298,155 @@ def caveat_sentence(studies) -> str:
             f"inconclusive (Figure~\\ref{{fig:forest}}).")
 
 
+def brief(r: dict) -> str:
+    """An endpoint's verdict with its estimate and nothing else, for the abstract: 'higher
+    (ratio 2.1)', 'inconclusive (estimate lower, ratio 0.80)', 'nothing to fix'."""
+    if r["n"] < 3 or r["p"] != r["p"]:
+        return "untestable"
+    v = r["verdict"]
+    if v == NOTHING_TO_FIX:
+        return "nothing to fix"
+    if r["scale"] == "log":
+        est = f"ratio ${_fixed(r['ratio'], r['ratio_low'], r['ratio_high'])}$"
+    else:
+        d = _decimals(r["ci_low"], r["ci_high"])
+        unit = f" {r['unit']}" if r.get("unit") else ""
+        est = f"${r['base_mean']:.{d}f}$ to ${r['other_mean']:.{d}f}${unit}"
+    if v == "inconclusive":
+        return f"inconclusive (estimate {direction(r)}, {est})"
+    return f"{v} ({est})"
+
+
+# the endpoints the lead study's sentence gives, softmax1's all, the other variants' first two
+LEAD = (("bos_resid_ratio", "first-token residual peak"), ("max_inf_norm", "largest activation"),
+        ("max_kurtosis", "maximum kurtosis"), ("gap_W16A6", "6-bit activation gap"))
+VERBS = {"higher": "raised", "lower": "lowered", "equivalent": "kept within the margin",
+         "inconclusive": "left undecided", NOTHING_TO_FIX: "had nothing to fix in"}
+
+
+def _estimate(r: dict) -> str:
+    if r["scale"] == "log":
+        return f"ratio ${_fixed(r['ratio'], r['ratio_low'], r['ratio_high'])}$"
+    d = _decimals(r["ci_low"], r["ci_high"])
+    unit = f" {r['unit']}" if r.get("unit") else ""
+    return f"${r['base_mean']:.{d}f}$ to ${r['other_mean']:.{d}f}${unit}"
+
+
+def verb_clauses(rows: list[tuple[str, dict]]) -> str:
+    """Endpoints grouped by what the variant did to them, in the order they come: 'raised the
+    BOS residual peak (ratio 2.0) and the largest activation (ratio 3.0), and left the maximum
+    kurtosis undecided (estimate higher, ratio 1.3)'."""
+    groups: dict[str, list[str]] = {}
+    for label, r in rows:
+        v = r["verdict"] if r["n"] >= 3 and r["p"] == r["p"] else None
+        if v is None:
+            continue
+        if v == NOTHING_TO_FIX:
+            groups.setdefault(v, []).append(f"the {label}")
+        elif v == "inconclusive":                  # its direction, always
+            groups.setdefault(v, []).append(f"the {label} (estimate {direction(r)})")
+        else:
+            groups.setdefault(v, []).append(f"the {label} ({_estimate(r)})")
+    out = []
+    for v, items in groups.items():
+        if v in ("equivalent", "inconclusive"):
+            head, _, tail = VERBS[v].partition(" ")
+            out.append(f"{head} {_and(items)} {tail}" if len(items) == 1
+                       else f"{head} {_and(items)} {tail}")
+        else:
+            out.append(f"{VERBS[v]} {_and(items)}")
+    return _and(out) if out else ""
+
+
+def lead_sentence(study: Study) -> str:
+    """What softmax1 did in the study where the disease grows, endpoints grouped by their
+    verdicts."""
+    parts = []
+    for variant in ("softmax1",):      # the other variants live in the forest plot and table
+        t = study.tests[study.tests.other == variant]
+        keep = LEAD
+        rows = [(label, t[t.metric == m].iloc[0].to_dict()) for m, label in keep
+                if (t.metric == m).any()]
+        said = verb_clauses(rows)
+        if said:
+            parts.append(f"{VARIANT_LABELS[variant]} {said}")
+    if not parts:
+        return ""
+    return f"There, {'; '.join(parts)}."
+
+
+def lead_baseline(study: Study) -> str:
+    """The lead study's softmax baseline against the criterion fixed before its runs."""
+    f = study.fin[study.fin.variant == "softmax"]
+    inf = f.max_inf_norm
+    peak, met = study.extra.get("peak"), study.extra.get("diseased")
+    threshold = next(sg.threshold for sg in DISEASE_CRITERION if sg.metric == "bos_resid_ratio")
+    crit = f"{'reaching' if met else 'below'} the pre-declared criterion of ${threshold:g}$"
+    return (f"{study.where[0].upper() + study.where[1:]}, the softmax baseline "
+            f"grew activations of ${fmt(int(round(inf.min())))}$ to ${fmt(int(round(inf.max())))}$ "
+            f"and a first-token residual peak of ${fmt(peak)}$ times the median position, {crit}.")
+
+
+def _n_endpoints(studies) -> str:
+    counts = sorted({int(s.tests.metric.nunique()) for s in studies})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+
+
 def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
     """At most ABSTRACT_MAX_WORDS words of prose, in the order question, method and scale, what
-    the baselines had to cure, what softmax1 did, its price, the caveat, and the answer to the
-    title. The verdicts themselves live in the forest plot and the primary tables."""
+    the baselines had to cure, what softmax1 did (first where the disease grows, when a study
+    grew it), its price, the caveat, and the answer to the title. The verdicts themselves live
+    in the forest plot and the primary tables."""
+    lead = next((s for s in studies if s.key == "outliers"), None)
     q = ("Softmax1 adds a zero logit to attention so that a head can abstain; Miller claimed it "
          "removes the outliers that make transformers hard to quantize.")
     others = {v: [s for s in studies if v in set(s.tests.other)]
               for v in dict.fromkeys(v for s in studies for v in s.tests.other) if v != "softmax1"}
     also = "".join(f" (and a {VARIANT_LABELS[v]} {_wheres(ss)})" for v, ss in others.items())
-    m = (f"We train nanoGPT-style decoders from scratch with softmax and softmax1{also}: "
-         + " and ".join(_study_groups(studies))
-         + f", testing {n_endpoints} pre-declared, Holm-corrected endpoints per study.")
-    answer = answer_sentence(studies)
-    answer = f"Across the studies, {answer}."
-    parts = [q, m, baseline_sentence(studies), answer, cost_sentence(studies, throughput),
-             caveat_sentence(studies), title_answer(studies)]
+    n_ep = _n_endpoints(studies) if any(s.key == "outliers" for s in studies) else str(n_endpoints)
+    if lead is None:
+        m = (f"We train nanoGPT-style decoders from scratch with softmax and softmax1{also}: "
+             + ", ".join(_study_groups(studies))
+             + f", testing {n_ep} pre-declared, Holm-corrected endpoints per study.")
+    else:                              # the scale in brief: the studies' table has the rest
+        sizes = sorted(s.params for s in studies)
+        data = _and(list(dict.fromkeys(s.data.split(" at lr")[0] for s in studies)))
+        seeds = sorted({s.seeds for s in studies})
+        m = (f"We train nanoGPT-style decoders of {_millions(sizes[0])} to "
+             f"{_millions(sizes[-1])} parameters from scratch on {data} with softmax and "
+             f"softmax1{also}, {seeds[0]} to {seeds[-1]} paired seeds a study, with "
+             "pre-declared, Holm-corrected endpoints.")
+    rest = [s for s in studies if s is not lead]
+    if lead is not None:
+        base = lead_baseline(lead) + " " + lead_sentence(lead)
+        answer = (f"In the other studies, {other_baselines(rest)}, "
+                  f"{answer_sentence(rest, note_none=False)}."
+                  if rest else "")
+    else:
+        base = baseline_sentence(studies)
+        answer = f"Across the studies, {answer_sentence(studies)}."
+    # where a study grew the disease, what softmax1 did there is the answer (said above)
+    title = title_answer(studies) if lead is None else ""
+    parts = [q, m, base, answer, cost_sentence(studies, throughput),
+             caveat_sentence(studies), title]
     return Tex(" ".join(p for p in parts if p))
 
 
 def title_answer(studies, variant: str = "softmax1") -> str:
-    """'Is attention off by one?' in one sentence: the sink and the magnitudes, by verdict."""
+    """'Is attention off by one?' in one sentence: first where the disease grows (when a study
+    grew it), then the sink and the magnitudes elsewhere, by verdict."""
+    lead = next((s for s in studies if s.key == "outliers"), None)
+    if lead is not None:
+        t = lead.tests[lead.tests.other == variant]
+        v = {m: t[t.metric == m].verdict.iloc[0] for m in ("bos_resid_ratio", "max_inf_norm")
+             if (t.metric == m).any()}
+        if "higher" in v.values():
+            return ("Is attention off by one? Not where the outliers grow: there softmax1 made "
+                    "them larger.")
+        if "lower" in v.values():
+            return ("Is attention off by one? Where the outliers grow, softmax1 made them "
+                    "smaller.")
+        studies = [s for s in studies if s is not lead]
     sink = _any(studies, "first_position", "lower", variant)
     mag_lower = _any(studies, "max_inf_norm", "lower", variant)
     if sink and not mag_lower:
@@ -333,16 +476,14 @@ VERDICT_STYLE = {"lower": ("o", True), "higher": ("o", True), "equivalent": ("s"
 
 FOREST_LABELS = {"first_position": "attention on position 0", "max_kurtosis": "max. kurtosis",
                  "max_inf_norm": "max. inf-norm", "bos_resid_ratio": "BOS residual peak",
+                 "outlier_share_pos0": "outliers at BOS",
                  "gap_W8A8": "W8A8 gap", "gap_W16A6": "W16A6 gap",
                  "val_loss": "full-precision loss"}
 
 
-def forest_figure(studies, path_saver, height: float = 3.25) -> None:
-    """Every study's primary endpoints, each variant against softmax, as effect / margin with
-    its 95% interval; the band is the equivalence margin. Filled: a verdict (lower, higher,
-    equivalent); open: inconclusive, or nothing to fix (diamond)."""
-    fig, ax = F.plt.subplots(figsize=(6.5, height))
-    y, yticks, ylabels, heads, colors, extent = 0.0, [], [], [], {}, [2.0]
+def _forest_axis(ax, studies, colors: dict, extent: list) -> float:
+    """Draw the studies' rows on one axis, top down; return the lowest y used."""
+    y, yticks, ylabels, heads = 0.0, [], [], []
     for s in studies:
         heads.append((y, s.label))
         y -= 0.75
@@ -363,24 +504,45 @@ def forest_figure(studies, path_saver, height: float = 3.25) -> None:
             ylabels.append(FOREST_LABELS.get(metric, metric))
             y -= 0.3 * (len(sub) - 1) + 0.55
         y -= 0.15
+    ax.set_yticks(yticks, ylabels)
+    ax._forest_heads = heads
+    return y
+
+
+def forest_figure(studies, path_saver, height: float | None = None) -> None:
+    """Every study's primary endpoints, each variant against softmax, as effect / margin with
+    its 95% interval; the band is the equivalence margin. Filled: a verdict (lower, higher,
+    equivalent); open: inconclusive, or nothing to fix (diamond). The study where the disease
+    grows, when there is one, gets its own panel on the left, the others share the right one;
+    the height follows the rows (0.2 inch a row unit: 7-point labels never overlap)."""
+    lead = [s for s in studies if s.key == "outliers"]
+    columns = [lead, [s for s in studies if s.key != "outliers"]] if lead else [studies]
+    columns = [c for c in columns if c]
+    fig, axes = F.plt.subplots(1, len(columns), figsize=(6.5, 3.0), squeeze=False)
+    axes = list(axes[0])
+    colors, extent, lows = {}, [2.0], []
+    for ax, col in zip(axes, columns):
+        lows.append(_forest_axis(ax, col, colors, extent))
+    low = min(lows)
+    fig.set_size_inches(6.5, height or max(2.0, 0.2 * -low + 0.9))
     lim = next(t for t in (3, 10, 30, 100, 300, 1000, float("inf")) if t >= 1.1 * max(extent))
     lim = lim if lim != float("inf") else 1.1 * max(extent)
-    ax.axvspan(-1, 1, color="0.88", zorder=0, lw=0)
-    ax.axvline(0, color="k", lw=0.6)
-    ax.set_xscale("symlog", linthresh=1, linscale=1.0)
-    ax.set_xlim(-lim, lim)
     ticks = [t for t in (-300, -100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100, 300) if abs(t) <= lim]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.xaxis.set_minor_locator(F.matplotlib.ticker.NullLocator())
-    ax.set_yticks(yticks, ylabels)
-    for yy, label in heads:
-        ax.text(-lim, yy - 0.1, label, fontsize=7.5, fontweight="bold", va="center")
-    ax.set_ylim(y + 0.35, 0.25)
-    ax.set_xlabel("effect of the variant against softmax, in units of the equivalence margin",
+    for ax in axes:
+        ax.axvspan(-1, 1, color="0.88", zorder=0, lw=0)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.set_xscale("symlog", linthresh=1, linscale=1.0)
+        ax.set_xlim(-lim, lim)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(F.matplotlib.ticker.NullLocator())
+        for yy, label in ax._forest_heads:
+            ax.text(-lim, yy - 0.1, label, fontsize=7.5, fontweight="bold", va="center")
+        ax.set_ylim(low + 0.35, 0.25)
+        ax.tick_params(labelsize=7)
+        ax.tick_params(axis="y", length=0)
+        ax.spines["left"].set_visible(False)
+    fig.supxlabel("effect of the variant against softmax, in units of the equivalence margin",
                   fontsize=7.5)
-    ax.tick_params(labelsize=7)
-    ax.tick_params(axis="y", length=0)
-    ax.spines["left"].set_visible(False)
     Line2D = F.matplotlib.lines.Line2D
     handles = [Line2D([], [], color=c, marker="o", lw=1.0, ms=4, label=VARIANT_LABELS[v])
                for v, c in colors.items()]
@@ -390,9 +552,9 @@ def forest_figure(studies, path_saver, height: float = 3.25) -> None:
                        label="inconclusive"),
                 Line2D([], [], color="0.3", marker="D", mfc="white", ms=4, ls="none",
                        label=NOTHING_TO_FIX)]
-    ax.legend(handles=handles, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
-              ncol=len(handles), frameon=False, handletextpad=0.3, columnspacing=1.0)
-    fig.tight_layout(pad=0.3)
+    fig.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.0),
+               ncol=len(handles), frameon=False, handletextpad=0.3, columnspacing=1.0)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.25 / fig.get_size_inches()[1]))
     path_saver(fig)
 
 
@@ -501,7 +663,14 @@ def studies_of(R) -> list[Study]:
     steps = int(R.cfg["max_steps"])
     main_data = ("synthetic Bigram-Backcopy" if synthetic else
                  f"{R.corpus_words}")
-    out = [_study("main", R.study_label, f"at {fmt(steps)} steps" if synthetic else "on text",
+    out = []
+    od = getattr(R, "outlier_data", None)
+    if od:                     # the study where the disease grows answers first
+        s = _study("outliers", od["label"], od["where"], od["tests"], od["fin"], od["profile"],
+                   None, f"synthetic Bigram-Backcopy {od['where']}", "tab:outlier-primary")
+        s.extra.update(diseased=od["diseased"], peak=od["peak"])
+        out.append(s)
+    out += [_study("main", R.study_label, f"at {fmt(steps)} steps" if synthetic else "on text",
                   R.primary_tests[R.study_label], R.fin, R.profile,
                   int(R.corpus["vocab_size"]), main_data, "tab:primary")]
     if R.testbed_fin is not None and "testbed" in R.primary_tests:
@@ -550,6 +719,7 @@ def synthesis(R) -> pd.Series:
     M = R.sections["synthesis"] = {
         "Abstract": text, "AbstractWords": fmt(word_count(text)),
         "Answer": Tex(answer_sentence(studies)),
+        "TitleAnswer": Tex(title_answer(studies)),
         "Limitations": limitations(studies, published_table()),
         "Confound": Tex(confound_sentence(studies)),
         "NStudies": fmt(len(studies))}

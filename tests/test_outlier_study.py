@@ -1,0 +1,160 @@
+"""The section on the study where the disease grows reads the committed results of
+testbed_outliers (and of its companions when they are there), tests its declared endpoints, and
+says what the numbers say (report/outlier_study.py)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from offbyone.report import outlier_study as O
+from offbyone.report.latex import GROUP
+from offbyone.report.stats import STUDY_PRIMARY
+
+
+class FakeReport:
+    """What the section uses of a Report (tables, figures and derived files kept here)."""
+
+    def __init__(self, root: Path, profile: str = "cpu"):
+        self.root, self.profile = root, profile
+        self.tables, self.figures, self.files = {}, [], {}
+
+    def derived(self, name, frame):
+        self.files[name] = frame
+
+    def table(self, rows, name, column_format=None):
+        self.tables[name] = rows
+
+    def figure(self, fig, name):
+        self.figures.append(name)
+
+
+PEAKS = {"softmax": [9.0, 1.4, 6.0, 2.0, 3.0], "softmax1": [17.0, 18.0, 16.0, 19.0, 17.5],
+         "sink": [12.0, 11.0, 13.0, 10.0, 12.5]}
+
+
+def _runs(variants=("softmax", "softmax1", "sink"), seeds=range(5), profile="testbed_outliers",
+          peaks=PEAKS) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for v in variants:
+        for seed in seeds:
+            peak = peaks.get(v, [4.0] * 5)[seed]
+            u, e = 1 + 0.05 * rng.standard_normal(), 0.002 * rng.standard_normal()
+            for frac in (0.25, 0.5, 1.0):
+                k = (3.0 if v == "softmax1" else 1.0) * u
+                rows.append({"profile": profile, "variant": v, "seed": seed,
+                             "step": int(3000 * frac), "max_steps": 3000, "fraction": frac,
+                             "lr": 0.01, "val_loss": 2.30 + 0.002 * seed + 0.001 * rng.random(),
+                             "copy_loss": 0.2 + 0.01 * seed, "bos_resid_ratio": peak * frac,
+                             "max_inf_norm": 1000 * k * frac * (1 + 0.1 * seed),
+                             "max_kurtosis": 50 * k * (1 + 0.2 * seed),
+                             "first_position": 0.1 + 0.001 * seed + e,
+                             "outlier_share_pos0": 0.5 + 0.05 * seed + e,
+                             "outlier_share_delimiter": 0.0,
+                             "gap_W8A8": 0.001 * u + 0.0001 * seed,
+                             "gap_trigger_W8A8": 0.002 + 0.0001 * seed,
+                             "gap_W16A6": 0.01 * k + 0.001 * seed,
+                             "gap_trigger_W16A6": 0.05 * k + 0.002 * seed,
+                             "gap_W8A4": 0.5 * k + 0.01 * seed,
+                             "gap_trigger_W8A4": 0.9 * k + 0.01 * seed})
+    return pd.DataFrame(rows)
+
+
+def _commit(root: Path, name: str, df: pd.DataFrame, **files) -> None:
+    d = root / "results" / name
+    d.mkdir(parents=True, exist_ok=True)
+    df.to_csv(d / "runs.csv", index=False)
+    (d / "provenance.json").write_text(json.dumps(
+        {"commit": "abcdef1234567", "pipeline_wall_s": 3600.0,
+         "bench_softmax_tokens_per_s": 17000.0}))
+    for fname, frame in files.items():
+        frame.to_csv(d / f"{fname}.csv", index=False)
+
+
+def test_nothing_committed_leaves_the_section_out(tmp_path):
+    R = FakeReport(tmp_path)
+    assert O.outlier_study(R) == {"HasOutlierStudy": "0"}
+    assert getattr(R, "outlier_data", None) is None
+
+
+def test_its_own_paper_does_not_cite_it(tmp_path):
+    _commit(tmp_path, "testbed_outliers", _runs())
+    for p in ("testbed_outliers", "testbed_outliers-quickrehearsal", "testbed_outliers_rivals"):
+        assert O.outlier_study(FakeReport(tmp_path, p))["HasOutlierStudy"] == "0"
+
+
+def test_the_study_is_tested_on_its_declared_endpoints_and_read_first(tmp_path):
+    _commit(tmp_path, "testbed_outliers", _runs())
+    R = FakeReport(tmp_path)
+    M = O.outlier_study(R)
+    assert M["HasOutlierStudy"] == "1" and M["OutNSeeds"] == "5" and M["OutLr"] == "0.01"
+    tests = R.files["cited_testbed_outliers_primary.csv"]
+    declared = [ep.metric for ep in STUDY_PRIMARY["testbed_outliers"]]
+    assert sorted(set(tests.metric)) == sorted(declared)            # all eight, Holm within
+    assert set(tests.other) == {"softmax1", "sink"}
+    assert tests.p.notna().all() and (tests.p_holm >= tests.p - 1e-12).all()
+    # softmax1's inf-norm is 3 times softmax's in every seed: a higher verdict, ratio 3
+    r = tests[(tests.metric == "max_inf_norm") & (tests.other == "softmax1")].iloc[0]
+    assert r.verdict == "higher" and r.ratio == pytest.approx(3.0, rel=0.1)
+    # the synthesis gets the study, its label and whether the criterion was met
+    od = R.outlier_data
+    assert od["label"] == "testbed at lr 0.01" and od["where"] == "at lr 0.01"
+    assert od["peak"] == pytest.approx(np.mean(PEAKS["softmax"]))
+    groups = [r[GROUP] for r in R.tables["outlier_primary.tex"] if GROUP in r]
+    assert len(groups) == 2
+    assert R.figures == ["outlier-study"]
+
+
+def test_the_criterion_is_said_with_the_seeds_that_passed(tmp_path):
+    _commit(tmp_path, "testbed_outliers", _runs())
+    M = O.outlier_study(FakeReport(tmp_path))
+    text = str(M["OutCriterion"])
+    # seed mean 4.28 < 5 and a W8A8 gap far below 0.05: not met, though two seeds passed
+    assert M["OutDiseased"] == "0"
+    assert "does not have the disease" in text and "$4.28$ times the median" in text
+    assert "2 of its 5 seeds passed the threshold on their own (seeds 0 and 2)" in text
+    assert "from $1.40$ to $9.00$" in text
+    # inf-norms in the thousands are said as such
+    assert "those of a diseased model all the same" in text
+    peaks = {**PEAKS, "softmax": [9.0, 6.0, 7.0, 5.5, 8.0]}
+    _commit(tmp_path, "testbed_outliers", _runs(peaks=peaks))
+    M = O.outlier_study(FakeReport(tmp_path))
+    assert M["OutDiseased"] == "1"
+    assert "has the disease (first-position residual peak)" in str(M["OutCriterion"])
+    assert "5 of its 5 seeds passed" in str(M["OutCriterion"])
+
+
+def test_trigger_gaps_beside_every_position(tmp_path):
+    _commit(tmp_path, "testbed_outliers", _runs())
+    R = FakeReport(tmp_path)
+    M = O.outlier_study(R)
+    rows = R.tables["outlier_gaps.tex"]
+    assert [r["bit widths"] for r in rows] == ["W8A8", "W16A6", "W8A4"]   # the measured ones
+    assert len(rows[0]) == 1 + 2 * 3
+    text = str(M["OutGaps"])
+    assert "exceeded the gap over every position at 3 of 3 settings" in text
+    assert "exploratory" in text
+
+
+def test_companions_when_committed_and_said_missing_when_not(tmp_path):
+    _commit(tmp_path, "testbed_outliers", _runs())
+    M = O.outlier_study(FakeReport(tmp_path))
+    assert M["OutHasExplore"] == "0" and "have no committed results yet" in str(M["OutExploreMissing"])
+    sgd = O.final(_runs(("softmax", "softmax1"), range(2), "testbed_outliers_sgd",
+                        {"softmax": [1.2, 1.1], "softmax1": [1.3, 1.2]}))
+    _commit(tmp_path, "testbed_outliers", _runs(), **{"ablation_testbed_outliers_sgd": sgd})
+    _commit(tmp_path, "testbed_outliers_rivals",
+            _runs(("softmax", "clipped", "gated", "softpick"), range(2), "testbed_outliers_rivals"))
+    R = FakeReport(tmp_path)
+    M = O.outlier_study(R)
+    assert M["OutHasExplore"] == "1" and str(M["OutExploreMissing"]) == ""
+    head = R.tables["outlier_explore.tex"][0]
+    assert list(head)[1:] == ["softmax", "softmax1", "learned sink", "clipped softmax",
+                              "softpick", "gated attention", "softmax, SGD", "softmax1, SGD"]
+    assert head["softmax"] == "5" and head["clipped softmax"] == "2"
+    text = str(M["OutExplore"])
+    # SGD's softmax against AdamW's on the same two seeds: peaks 1.15 against (9 + 1.4) / 2
+    assert "Under SGD" in text and "$1.15$ against $5.20$" in text
+    assert "Two seeds allow no test" in text
