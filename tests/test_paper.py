@@ -189,6 +189,27 @@ def test_the_answer_is_chosen_by_the_verdicts():
     assert "does not measurably shrink the first-position sink" in answer_sentence(studies)
 
 
+def test_verdicts_are_quoted_with_the_test_that_decides_them():
+    # a significant difference whose interval lies inside the margin says so
+    r = _row("val_loss", "higher", 0.004, 0.002, 0.006)
+    assert clause(r, "on text", True).startswith("higher, within the equivalence margin on text")
+    assert clause(_row("val_loss", "higher", 0.02, 0.005, 0.035), "on text").startswith(
+        "higher on text")
+    # an equivalence is quoted with its TOST p, not the difference test's
+    r = {**_row("val_loss", "equivalent", 0.0002, -0.0002, 0.0007), "p_tost_holm": 0.001}
+    c = clause(r, "on text", True)
+    assert "TOST Holm $p = 0.0010$" in c and "Holm $p = 0.030$" not in c
+
+
+def test_an_open_gap_estimate_that_points_lower_is_said():
+    studies = _studies()
+    studies[0].tests.loc[studies[0].tests.metric == "gap_W8A8", "verdict"] = "inconclusive"
+    a = answer_sentence(studies)
+    assert ("narrows no quantization gap significantly (on text the W8A8 estimate fell from "
+            "$0.0120$ to $0.0070$ nats, inconclusive after Holm; at 3,000 steps the baseline had "
+            "none to close)") in a
+
+
 def test_word_count_counts_numbers_and_not_commands():
     # a, the number, b, the reference (one word), the number in scientific notation, c
     assert word_count(r"a $-0.0056$ b \cref{tab:x} $2.8\times 10^{-6}$ c") == 6

@@ -102,6 +102,11 @@ def _effect(r: dict, detail: bool) -> str:
     return s
 
 
+def _inside_margin(r: dict) -> bool:
+    """Whether the whole 95% interval lies inside the equivalence margin."""
+    return -r["margin"] < r["ci_low"] and r["ci_high"] < r["margin"]
+
+
 def direction(r: dict) -> str:
     """Which way an estimate points, in words: 'higher' or 'lower' (or 'unchanged')."""
     d = r["diff"]
@@ -116,12 +121,14 @@ def clause(r: dict, where: str, detail: bool = False) -> str:
     if r["n"] < 3 or r["p"] != r["p"]:
         return f"untestable {where} ($n = {r['n']}$)"
     if v in ("lower", "higher"):
-        return f"{v} {where} ({_effect(r, detail)})"
+        within = ", within the equivalence margin" if _inside_margin(r) else ""
+        return f"{v}{within} {where} ({_effect(r, detail)})"
     if v == NOTHING_TO_FIX:
         unit = f" {r['unit']}" if r.get("unit") else ""
         return f"nothing to fix {where} (softmax's own value ${fmt(r['base_mean'], 2)}${unit})"
-    if v == "equivalent":
-        return f"equivalent {where}" + (f" ({_effect(r, True)})" if detail else "")
+    if v == "equivalent":          # quoted with the test that decides it: TOST
+        return f"equivalent {where}" + (f" ({_effect(r, False)}; TOST Holm "
+                                        f"${p_value(r['p_tost_holm'])}$)" if detail else "")
     # inconclusive: the direction is always given, with the interval that leaves it open
     if r["scale"] == "log":
         lo, hi = r["ratio_low"], r["ratio_high"]
@@ -221,9 +228,21 @@ def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True) 
     elif higher:
         q = f"widens a quantization gap {_wheres(higher)}"
     else:
-        q = "narrows no quantization gap"
+        # no verdict either way: an open estimate that points lower is said, not dropped
+        leaning = [(s, r) for m in gaps for s, r in _rows(studies, m, variant)
+                   if r["verdict"] == "inconclusive" and r["diff"] < 0]
+        notes = []
+        if leaning:
+            s, r = leaning[0]
+            d = _decimals(r["ci_low"], r["ci_high"])
+            notes.append(f"{s.where} the {r['metric'].removeprefix('gap_')} estimate fell from "
+                         f"${r['base_mean']:.{d}f}$ to ${r['other_mean']:.{d}f}$ nats, "
+                         "inconclusive after Holm")
         if nothing:
-            q += f" (the baseline had none to close {_wheres([s for s in studies if s.key in nothing])})"
+            notes.append(f"{_wheres([s for s in studies if s.key in nothing])} the baseline had "
+                         "none to close")
+        q = ("narrows no quantization gap" + (" significantly" if leaning else "")
+             + (f" ({'; '.join(notes)})" if notes else ""))
     out.append(q)
     return _and(out)
 
