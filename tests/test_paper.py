@@ -210,6 +210,23 @@ def test_an_open_gap_estimate_that_points_lower_is_said():
             "none to close)") in a
 
 
+def test_the_abstention_claim_is_chosen_by_the_active_kurtosis():
+    from offbyone.report.synthesis import confound_sentence
+    studies = _studies()
+    studies[0].fin = pd.DataFrame({"variant": ["softmax", "softmax1"] * 2, "seed": [0, 0, 1, 1],
+                                   "abstention": [0, 0.05, 0, 0.06],
+                                   "max_kurtosis": [8, 7.5, 8, 7.6],
+                                   "max_active_kurtosis": [8, 7.5, 8, 7.6],
+                                   "max_kurtosis_module": ["blocks.1.resid"] * 4})
+    text = confound_sentence(studies)
+    assert text.startswith("On text softmax1 left $5.5\\%$ of its attention on the implicit zero")
+    assert "Abstention did not inflate that kurtosis" in text and "$7.55$ against $7.55$" in text
+    studies[0].fin["max_active_kurtosis"] = [8, 3, 8, 3]
+    assert "Abstention inflated that kurtosis" in confound_sentence(studies)
+    studies[0].fin = studies[0].fin.drop(columns="max_active_kurtosis")   # not measured: no claim
+    assert confound_sentence(studies) == ""
+
+
 def test_word_count_counts_numbers_and_not_commands():
     # a, the number, b, the reference (one word), the number in scientific notation, c
     assert word_count(r"a $-0.0056$ b \cref{tab:x} $2.8\times 10^{-6}$ c") == 6
