@@ -115,15 +115,22 @@ def figure(R, studies: list[tuple[str, pd.DataFrame]]) -> None:
             ax.set_yticks(range(len(groups)), groups)
             ax.invert_yaxis()
             ax.set_xscale("symlog", linthresh=0.001)
-            ax.xaxis.set_major_formatter(F.matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_major_formatter(F.matplotlib.ticker.FuncFormatter(_tick))
             ax.axvline(0, color="k", lw=0.5)
-            ax.tick_params(labelsize=7)
+            ax.tick_params(labelsize=8)
             ax.set_title(f"{label}: {setting}", fontsize=8)
-    for ax in axes[-1]:
-        ax.set_xlabel("own cost (nats)", fontsize=7.5)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig.supxlabel("loss gap with the group alone quantized, less the weights' own (nats; "
+                  "symmetric log scale)", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=len(labels), frameon=False,
+               bbox_to_anchor=(0.5, 1.0))                 # above the panels, never over a bar
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_size_inches()[1]))
     R.figure(fig, "attribution")
+
+
+def _tick(x: float, _pos=None) -> str:
+    """A symlog tick as a writer prints it: 0, 0.001, -0.01, 0.1 (two significant digits)."""
+    return "0" if x == 0 else f"{x:.2g}"
 
 
 def windows_text(frames) -> str:

@@ -125,8 +125,10 @@ def figures(R) -> None:
     fig, axes = F.panels(2)
     for ax, col, lab in zip(axes, ["first_position", "delimiter_attention"],
                             ["attention on position 0", "attention on delimiters"]):
+        # the dashed line: what attention spread without preference would give (uniform causal
+        # attention on position 0; the share of delimiter positions)
         F.head_bars(ax, heads, col, V, R.fin.uniform_first_position.iloc[0]
-                    if col == "first_position" else None)
+                    if col == "first_position" else R.fin.delimiter_base_rate.mean())
         ax.set(ylabel=lab)
     axes[0].legend()
     fig.tight_layout()
