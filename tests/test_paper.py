@@ -174,7 +174,7 @@ def test_clauses_say_the_verdict_and_the_direction():
     r = _row("max_kurtosis", "inconclusive", 1.85, 0.64, 3.05, "log")
     assert clause(r, "at 3,000 steps").startswith("inconclusive at 3,000 steps (estimate higher")
     r = _row("gap_W8A8", NOTHING_TO_FIX, 0.0001, -0.00003, 0.0003, base=0.0003, unit="nats")
-    assert clause(r, "on the testbed").startswith("nothing to fix on the testbed")
+    assert clause(r, "on the testbed").startswith("no gap to close on the testbed")
     eff, lo, hi = standardised(_row("gap_W8A8", "lower", -0.005, -0.007, -0.003))
     assert (eff, lo, hi) == pytest.approx((-0.5, -0.7, -0.3))
 

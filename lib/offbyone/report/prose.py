@@ -68,7 +68,7 @@ def primary_sentence(r: dict) -> Tex:
         return Tex(f"{other} had a {r['verdict']} {r['label']}: {eff}, {holm_p}{small}")
     if r["verdict"] == NOTHING_TO_FIX:
         unit = f" {r['unit']}" if r.get("unit") else ""
-        return Tex(f"the {r['label']} had nothing to fix: {base}'s own value "
+        return Tex(f"the {r['label']} had no gap to close: {base}'s own value "
                    f"${fmt(r['base_mean'])}${unit} lies within the margin ({margin}) of zero, so "
                    f"no equivalence is claimed ({eff}, {holm_p})")
     if r["verdict"] == "equivalent":
@@ -120,7 +120,7 @@ def verdict_summary(tests: pd.DataFrame, other: str) -> Tex:
         rest.append(f"was equivalent to {base} within the stated margins in "
                     + _and(groups["equivalent"]))
     if groups[NOTHING_TO_FIX]:
-        rest.append(f"had nothing to fix in {_and(groups[NOTHING_TO_FIX])} ({base}'s own value "
+        rest.append(f"had no gap to close in {_and(groups[NOTHING_TO_FIX])} ({base}'s own value "
                     "within the margin of zero)")
     if groups["inconclusive"]:
         rest.append("was inconclusive in " + _and(groups["inconclusive"]))

@@ -186,7 +186,7 @@ def endpoint_test(fin: pd.DataFrame, ep: Endpoint, other: str, base: str = "soft
     return res
 
 
-NOTHING_TO_FIX = "nothing to fix"
+NOTHING_TO_FIX = "no gap to close"
 VERDICTS = ("lower", "higher", "equivalent", NOTHING_TO_FIX, "inconclusive")
 
 
@@ -200,7 +200,7 @@ def nothing_to_fix(r: dict, ep: Endpoint) -> bool:
 
 def verdict(r: dict, ep: Endpoint) -> str:
     """What the numbers allow one to say of one endpoint: 'lower' or 'higher' (Holm p below
-    ALPHA), else 'nothing to fix' (the baseline within the margin of the floor), else
+    ALPHA), else 'no gap to close' (the baseline within the margin of the floor), else
     'equivalent' (Holm-corrected TOST p below ALPHA), else 'inconclusive'."""
     if r["p_holm"] < ALPHA:
         return "lower" if r["diff"] < 0 else "higher"
@@ -220,7 +220,7 @@ def primary_tests(fin: pd.DataFrame, others, base: str = "softmax",
     """Every primary endpoint for each variant against the baseline. Holm's correction runs
     within each comparison's family (its endpoints), on the t-test p-values (`p_holm`) and on
     the TOST p-values (`p_tost_holm`); `verdict` is what the numbers allow one to say
-    (`verdict()`): 'lower', 'higher', 'nothing to fix', 'equivalent' or 'inconclusive';
+    (`verdict()`): 'lower', 'higher', 'no gap to close', 'equivalent' or 'inconclusive';
     `perm_floor` is the smallest p the sign-flip test could give with these seeds."""
     rows = []
     for other in others:

@@ -5,7 +5,7 @@ longer testbed and the GPU study when its results exist).
 
 Every sentence is chosen by the numbers it states: a verdict is said as the statistics give it
 (`stats.verdict`), an inconclusive endpoint always says which way its estimate points, and an
-endpoint whose baseline had nothing to fix says that instead of "equivalent".
+endpoint whose baseline had no gap to close says that instead of "equivalent".
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def direction(r: dict) -> str:
 def clause(r: dict, where: str, detail: bool = False) -> str:
     """One endpoint of one study as its verdict allows, e.g. 'lower on the testbed (ratio
     0.50)', 'inconclusive at 3,000 steps (estimate higher: ratio 6.4, 95% CI 1.9 to 21)',
-    'nothing to fix on the testbed (softmax's gap 0.00027 nats)'."""
+    'no gap to close on the testbed (softmax's 0.00027 nats)'."""
     v = r["verdict"]
     if r["n"] < 3 or r["p"] != r["p"]:
         return f"untestable {where} ($n = {r['n']}$)"
@@ -126,7 +126,7 @@ def clause(r: dict, where: str, detail: bool = False) -> str:
         return f"{v}{within} {where} ({_effect(r, detail)})"
     if v == NOTHING_TO_FIX:
         unit = f" {r['unit']}" if r.get("unit") else ""
-        return f"nothing to fix {where} (softmax's own value ${fmt(r['base_mean'], 2)}${unit})"
+        return f"no gap to close {where} (softmax's own ${fmt(r['base_mean'], 2)}${unit})"
     if v == "equivalent":          # quoted with the test that decides it: TOST
         return f"equivalent {where}" + (f" ({_effect(r, False)}; TOST Holm "
                                         f"${p_value(r['p_tost_holm'])}$)" if detail else "")
@@ -169,7 +169,7 @@ def endpoint_sentence(studies, metric: str, variant: str = "softmax1", detail: b
     if same[NOTHING_TO_FIX]:
         rs = same[NOTHING_TO_FIX]
         unit = f" {rs[0][1]['unit']}" if rs[0][1].get("unit") else ""
-        parts.append(f"nothing to fix {_and([s.where for s, _ in rs])} (softmax's own "
+        parts.append(f"no gap to close {_and([s.where for s, _ in rs])} (softmax's own "
                      f"value{'s' if len(rs) > 1 else ''} "
                      f"{_and(['$' + fmt(r['base_mean'], 2) + '$' for _, r in rs])}{unit})")
     return f"{label} {_and(parts)}"
@@ -320,12 +320,12 @@ def caveat_sentence(studies) -> str:
 
 def brief(r: dict) -> str:
     """An endpoint's verdict with its estimate and nothing else, for the abstract: 'higher
-    (ratio 2.1)', 'inconclusive (estimate lower, ratio 0.80)', 'nothing to fix'."""
+    (ratio 2.1)', 'inconclusive (estimate lower, ratio 0.80)', 'no gap to close'."""
     if r["n"] < 3 or r["p"] != r["p"]:
         return "untestable"
     v = r["verdict"]
     if v == NOTHING_TO_FIX:
-        return "nothing to fix"
+        return "no gap to close"
     if r["scale"] == "log":
         est = f"ratio ${_fixed(r['ratio'], r['ratio_low'], r['ratio_high'])}$"
     else:
@@ -341,7 +341,7 @@ def brief(r: dict) -> str:
 LEAD = (("bos_resid_ratio", "first-token residual peak"), ("max_inf_norm", "largest activation"),
         ("max_kurtosis", "maximum kurtosis"), ("gap_W16A6", "6-bit activation gap"))
 VERBS = {"higher": "raised", "lower": "lowered", "equivalent": "kept within the margin",
-         "inconclusive": "left undecided", NOTHING_TO_FIX: "had nothing to fix in"}
+         "inconclusive": "left undecided", NOTHING_TO_FIX: "had no gap to close in"}
 
 
 def _estimate(r: dict) -> str:
@@ -532,7 +532,7 @@ def _forest_axis(ax, studies, colors: dict, extent: list) -> float:
 def forest_figure(studies, path_saver, height: float | None = None) -> None:
     """Every study's primary endpoints, each variant against softmax, as effect / margin with
     its 95% interval; the band is the equivalence margin. Filled: a verdict (lower, higher,
-    equivalent); open: inconclusive, or nothing to fix (diamond). The study where the disease
+    equivalent); open: inconclusive, or no gap to close (diamond). The study where the disease
     grows, when there is one, gets its own panel on the left, the others share the right one;
     the height follows the rows (0.2 inch a row unit: 7-point labels never overlap)."""
     lead = [s for s in studies if s.key == "outliers"]
