@@ -227,6 +227,32 @@ def test_the_abstention_claim_is_chosen_by_the_active_kurtosis():
     assert confound_sentence(studies) == ""
 
 
+@pytest.mark.parametrize("n", [2, 3, 5, 10, 20])
+def test_the_minimum_detectable_effect_is_statsmodels(n):
+    from statsmodels.stats.power import TTestPower
+
+    from offbyone.report.stats import minimum_detectable
+    want = TTestPower().solve_power(nobs=n, alpha=0.05, power=0.8, alternative="two-sided")
+    assert minimum_detectable(n) == pytest.approx(want, rel=1e-6)
+    assert math.isnan(minimum_detectable(1))
+
+
+def test_the_detectable_effects_table_gives_units_and_factors():
+    from offbyone.report.latex import GROUP
+    from offbyone.report.stats import minimum_detectable
+    from offbyone.report.synthesis import mde_rows, mde_sentence
+    studies = _studies()
+    for s in studies:
+        s.tests["sd"] = 0.1
+    rows = mde_rows(studies)
+    assert sum(GROUP in r for r in rows) == 2
+    gap = next(r for r in rows if r.get("endpoint") == "W8A8 gap")
+    assert gap["detectable"] == f"$\\pm{minimum_detectable(5) * 0.1:.2g}$ nats"   # 2 digits
+    kurt = next(r for r in rows if r.get("endpoint") == "max. kurtosis")
+    assert kurt["detectable"].startswith("$\\times") and kurt["margin"] == "$\\times1.25$"
+    assert "$d_z = 1.68$ with 5 seeds" in mde_sentence(studies)
+
+
 def test_word_count_counts_numbers_and_not_commands():
     # a, the number, b, the reference (one word), the number in scientific notation, c
     assert word_count(r"a $-0.0056$ b \cref{tab:x} $2.8\times 10^{-6}$ c") == 6

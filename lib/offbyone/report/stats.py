@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 from ..profiles import rehearsal_of
 
@@ -207,6 +208,25 @@ def verdict(r: dict, ep: Endpoint) -> str:
     if nothing_to_fix(r, ep):
         return NOTHING_TO_FIX
     return "equivalent" if r["p_tost_holm"] < ALPHA else "inconclusive"
+
+
+POWER = 0.8
+
+
+def minimum_detectable(n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest standardised paired effect d_z (mean difference over its sd) that a
+    two-sided paired t-test at `alpha` detects with probability `power` on n pairs, from
+    scipy's noncentral t (the tests check it against statsmodels' TTestPower); NaN below 2."""
+    if n < 2:
+        return math.nan
+    df, crit = n - 1, sps.t.ppf(1 - alpha / 2, n - 1)
+
+    def reach(d: float) -> float:
+        nc = d * math.sqrt(n)
+        up, down = sps.nct.sf(crit, df, nc), sps.nct.cdf(-crit, df, nc)
+        # far in the tail scipy's noncentral t gives NaN: there the power is 1 (and 0 below)
+        return (1.0 if up != up else up) + (0.0 if down != down else down) - power
+    return float(brentq(reach, 1e-9, 50.0))     # d_z of 50: far past any effect here
 
 
 def permutation_floor(n: int) -> float:

@@ -20,8 +20,8 @@ from ..profiles import load_profile, model_params, run_config
 from . import figures as F
 from .latex import Tex, fmt, macro_name
 from .prose import _and, _fixed, p_value
-from .stats import (ALPHA, DISEASE_CRITERION, NOTHING_TO_FIX, PRIMARY, RATIO_MARGIN,
-                    VARIANT_LABELS, permutation_floor)
+from .stats import (ALPHA, DISEASE_CRITERION, NOTHING_TO_FIX, POWER, PRIMARY, RATIO_MARGIN,
+                    VARIANT_LABELS, minimum_detectable, permutation_floor)
 
 ABSTRACT_MAX_WORDS = 200
 # the W8A8 gap (nats) at which the disease criterion says the baseline has quantization damage
@@ -731,6 +731,48 @@ def studies_table(studies) -> list[dict]:
             for s in studies]
 
 
+def mde_rows(studies, variant: str = "softmax1") -> list[dict]:
+    """Per study and primary endpoint of `variant` against softmax: the paired seeds, the sd of
+    the paired differences and the smallest effect the paired t-test detects with POWER at
+    ALPHA (two-sided, before Holm's correction), in the endpoint's units (a factor on the log
+    scale), beside the equivalence margin."""
+    from .latex import GROUP, num
+    rows = []
+    for s in studies:
+        t = s.tests[s.tests.other == variant]
+        if not len(t):
+            continue
+        rows.append({GROUP: Tex(f"{s.label}: {VARIANT_LABELS[variant]} against softmax")})
+        for r in t.to_dict("records"):
+            dz = minimum_detectable(int(r["n"]))
+            sd = r["sd"]
+            log = r["scale"] == "log"
+            unit = f" {r['unit']}" if r.get("unit") else ""
+            if sd == sd and dz == dz:
+                mde = (Tex(f"$\\times{fmt(math.exp(dz * sd), 2)}$") if log
+                       else Tex(f"$\\pm{fmt(dz * sd, 2)}${unit}"))
+            else:
+                mde = "--"
+            margin = (Tex(f"$\\times{fmt(math.exp(r['margin']), 3)}$") if log
+                      else Tex(f"$\\pm{fmt(r['margin'])}${unit}"))
+            rows.append({"endpoint": FOREST_LABELS.get(r["metric"], r["label"]),
+                         "seeds": str(int(r["n"])), Tex("$d_z$"): num(dz, 3),
+                         "sd of differences": num(sd) if sd == sd else "--",
+                         "detectable": mde, "margin": margin})
+    return rows
+
+
+def mde_sentence(studies) -> str:
+    """The standardised effects the seed counts can detect, in words."""
+    ns = sorted({int(r["n"]) for s in studies for r in s.tests.to_dict("records") if r["n"] > 1})
+    if not ns:
+        return ""
+    parts = [f"$d_z = {fmt(minimum_detectable(n), 3)}$ with {n} seeds" for n in ns]
+    return (f"With {100 * POWER:g}\\% power at $\\alpha = {ALPHA:g}$, before Holm's correction, the paired "
+            f"$t$-test detects only effects of at least {_and(parts)} standard deviations of the "
+            "paired differences (\\cref{tab:mde} gives them in each endpoint's units).")
+
+
 def synthesis(R) -> pd.Series:
     """The abstract, the forest plot, the per-question paragraphs and the limitations."""
     from .results import published_table
@@ -744,6 +786,7 @@ def synthesis(R) -> pd.Series:
         "TitleAnswer": Tex(title_answer(studies)),
         "Limitations": limitations(studies, published_table()),
         "Confound": Tex(confound_sentence(studies)),
+        "MdeSentence": Tex(mde_sentence(studies)),
         "NStudies": fmt(len(studies))}
     if word_count(text) > ABSTRACT_MAX_WORDS:
         print(f"warning: the abstract has {word_count(text)} words (at most "
@@ -762,5 +805,6 @@ def synthesis(R) -> pd.Series:
         "tokens per second (\\cref{sec:cost})." if ratio is not None else "")
     R.table(studies_table(studies), "studies.tex", "l>{\\raggedright\\arraybackslash}p{2.5cm}lrrrr"
             ">{\\raggedright\\arraybackslash}p{2.4cm}")
+    R.table(mde_rows(studies), "mde.tex", "lrrrrr")
     forest_figure(studies, lambda fig: R.figure(fig, "forest"))
     return pd.Series(M)
