@@ -767,10 +767,11 @@ def mde_sentence(studies) -> str:
     ns = sorted({int(r["n"]) for s in studies for r in s.tests.to_dict("records") if r["n"] > 1})
     if not ns:
         return ""
-    parts = [f"$d_z = {fmt(minimum_detectable(n), 3)}$ with {n} seeds" for n in ns]
-    return (f"With {100 * POWER:g}\\% power at $\\alpha = {ALPHA:g}$, before Holm's correction, the paired "
-            f"$t$-test detects only effects of at least {_and(parts)} standard deviations of the "
-            "paired differences (\\cref{tab:mde} gives them in each endpoint's units).")
+    parts = [f"${fmt(minimum_detectable(n), 3)}$ ({n} seeds)" for n in ns]
+    return (f"With {100 * POWER:g}\\% power at $\\alpha = {ALPHA:g}$, before Holm's "
+            f"correction, the paired $t$-test detects only effects of at least {_and(parts)} "
+            "standard deviations of the paired differences ($d_z$; \\cref{tab:mde} gives them "
+            "in each endpoint's units).")
 
 
 def synthesis(R) -> pd.Series:
