@@ -250,6 +250,7 @@ def test_the_detectable_effects_table_gives_units_and_factors():
     assert gap["detectable"] == f"$\\pm{minimum_detectable(5) * 0.1:.2g}$ nats"   # 2 digits
     kurt = next(r for r in rows if r.get("endpoint") == "max. kurtosis")
     assert kurt["detectable"].startswith("$\\times") and kurt["margin"] == "$\\times1.25$"
+    studies[0].tests["n"] = 3
     assert "at least $3.26$ (3 seeds) and $1.68$ (5 seeds) standard deviations" in mde_sentence(
         studies)
 
