@@ -99,7 +99,7 @@ def differences(c: pd.DataFrame) -> pd.DataFrame:
 def figure(R, studies: list[tuple[str, pd.DataFrame]]) -> None:
     settings = [s for s in SETTINGS if any(s in set(c.setting) for _, c in studies)]
     fig, axes = F.plt.subplots(len(studies), len(settings), squeeze=False, sharey=True,
-                               figsize=(7.2, 2.6 * len(studies) + 0.4))
+                               figsize=(6.5, 2.6 * len(studies) + 0.4))
     for (label, c), row in zip(studies, axes):
         V = [v for v in VARIANT_LABELS if v in set(c.variant)]
         groups = list(dict.fromkeys(c.group))

@@ -17,7 +17,7 @@ def style() -> None:
                                 "axes.spines.right": False})
 
 
-def panels(n: int, width: float = 7, height: float = 2.6, **kw):
+def panels(n: int, width: float = 6.5, height: float = 2.6, **kw):
     fig, axes = plt.subplots(1, n, figsize=(width, height), squeeze=False, **kw)
     return fig, list(axes[0])
 

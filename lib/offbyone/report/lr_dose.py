@@ -79,7 +79,7 @@ def _scatter(ax, fin: pd.DataFrame, col: str, variants, log: bool) -> None:
 
 
 def dose_figure(R, fin: pd.DataFrame, variants) -> None:
-    fig, axes = F.plt.subplots(2, 3, figsize=(7, 4.4))
+    fig, axes = F.plt.subplots(2, 3, figsize=(6.5, 4.4))
     for ax, (col, label, log) in zip(axes.flat, PANELS):
         _scatter(ax, fin, col, variants, log and bool((fin[col] > 0).all()))
         ax.set_title(label, fontsize=9)

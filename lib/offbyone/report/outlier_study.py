@@ -223,7 +223,7 @@ def _seeds(n: int) -> str:
 def figure(R, df: pd.DataFrame, curve: pd.DataFrame, variants) -> None:
     """The BOS peak over training (one line per seed), the largest activation at a quarter,
     half and all of training, and the W16A6 gap over every position and after a trigger."""
-    fig, axes = F.panels(3, width=7.2, height=2.5)
+    fig, axes = F.panels(3, width=6.5, height=2.5)
     ax = axes[0]
     for v in variants:
         for _, g in curve[curve.variant == v].groupby("seed"):
@@ -232,7 +232,7 @@ def figure(R, df: pd.DataFrame, curve: pd.DataFrame, variants) -> None:
     ax.axhline(PEAK.threshold, ls="--", lw=0.8, color="k")
     ax.set(xlabel="step", ylabel="BOS peak (ratio to median)", yscale="log")
     F.plain_log_ticks(ax)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     ax = axes[1]
     for i, v in enumerate(variants):
         g = df[df.variant == v]
@@ -252,14 +252,14 @@ def figure(R, df: pd.DataFrame, curve: pd.DataFrame, variants) -> None:
             if col in g:
                 ax.scatter(np.full(len(g), i + (j - 0.5) * 0.3), g[col], s=14, marker=marker,
                            color=F.COLORS[v], alpha=0.8)
-    ax.set_xticks(range(len(variants)), [VARIANT_LABELS[v] for v in variants], fontsize=7)
+    ax.set_xticks(range(len(variants)), [VARIANT_LABELS[v] for v in variants], fontsize=8)
     ax.set(ylabel="W16A6 gap (nats)")
     ax.set_yscale("symlog", linthresh=0.01)
     ax.yaxis.set_major_formatter(F.matplotlib.ticker.FormatStrFormatter("%g"))
     Line2D = F.matplotlib.lines.Line2D
     ax.legend(handles=[Line2D([], [], color="0.3", marker="o", ls="none", ms=4, label="all positions"),
                        Line2D([], [], color="0.3", marker="^", ls="none", ms=4, label="after a trigger")],
-              fontsize=7)
+              fontsize=8)
     fig.tight_layout()
     R.figure(fig, "outlier-study")
 

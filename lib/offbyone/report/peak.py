@@ -60,7 +60,7 @@ def peak_section(report) -> dict:
     if curve is None:
         return {"HasPeak": "0"}
     V = [v for v in VARIANT_LABELS if v in set(curve.variant)]
-    fig, axes = F.panels(2, width=7, height=2.6)
+    fig, axes = F.panels(2, width=6.5, height=2.6)
     for v in V:
         for _, g in curve[curve.variant == v].groupby("seed"):
             axes[0].plot(g.step, g.bos_ratio, color=F.COLORS[v], lw=0.9, alpha=0.8)
@@ -71,7 +71,7 @@ def peak_section(report) -> dict:
     axes[0].yaxis.set_major_locator(ticker.FixedLocator([0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 50, 100]))
     axes[0].yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
     axes[0].yaxis.set_minor_formatter(ticker.NullFormatter())
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=8)
     F.seed_lines(axes[1], curve, "step", "val_loss", V)
     axes[1].set(xlabel="step", ylabel="validation loss (nats)")
     fig.tight_layout()

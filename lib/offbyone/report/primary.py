@@ -111,7 +111,7 @@ def dose(R) -> None:
     tdf, _, _ = R.testbed_frames()
     rows = [(R.study_label, R.df)] + ([("testbed", tdf)] if tdf is not None else [])
     rows += [(label, df) for label, df in R.cited_runs.items()]
-    fig, axes = F.plt.subplots(len(rows), len(PRIMARY), figsize=(7.2, 1.75 * len(rows) + 0.5),
+    fig, axes = F.plt.subplots(len(rows), len(PRIMARY), figsize=(6.5, 1.75 * len(rows) + 0.5),
                                squeeze=False)
     shown = []
     for (study, df), row in zip(rows, axes):
@@ -123,14 +123,14 @@ def dose(R) -> None:
             if ep.scale == "log":
                 F.plain_log_ticks(ax)
             ax.set_xticks([0.25, 0.5, 1.0], ["¼", "½", "1"] if study == rows[-1][0] else [])
-            ax.tick_params(labelsize=7)
+            ax.tick_params(labelsize=8)
             ax.yaxis.get_offset_text().set_fontsize(7)
             if study == rows[0][0]:
                 ax.set_title(TABLE_LABELS[ep.metric].replace(" (nats)", "").replace(" (geom.)", ""),
-                             fontsize=7.5)
+                             fontsize=8)
         row[0].set_ylabel(study, fontsize=8)
     for ax in axes[-1]:
-        ax.set_xlabel("training", fontsize=7.5)
+        ax.set_xlabel("training", fontsize=8)
     handles = [F.matplotlib.lines.Line2D([], [], color=F.COLORS[v], marker="o",
                                          label=VARIANT_LABELS[v]) for v in shown]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8,

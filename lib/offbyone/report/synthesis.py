@@ -501,12 +501,23 @@ FOREST_LABELS = {"first_position": "attention on position 0", "max_kurtosis": "m
                  "val_loss": "full-precision loss"}
 
 
+# the forest plot's vertical layout, in row units (FOREST_INCH inches each): a study's heading,
+# an endpoint's row, the offset between the variants on one row, the gap after a study
+HEAD, ROW, OFFSET, TAIL = 0.6, 0.55, 0.16, 0.1
+FOREST_INCH = 0.21          # 0.55 rows = 0.116 in: 8-point labels one above the other never touch
+
+
+def _rows_of(studies) -> float:
+    return sum(HEAD + TAIL + sum(ROW + OFFSET * (s.tests[s.tests.metric == m].other.nunique() - 1)
+                                 for m in dict.fromkeys(s.tests.metric)) for s in studies)
+
+
 def _forest_axis(ax, studies, colors: dict, extent: list) -> float:
     """Draw the studies' rows on one axis, top down; return the lowest y used."""
     y, yticks, ylabels, heads = 0.0, [], [], []
     for s in studies:
         heads.append((y, s.label))
-        y -= 0.75
+        y -= HEAD
         for metric in dict.fromkeys(s.tests.metric):
             sub = s.tests[s.tests.metric == metric]
             for j, (_, r) in enumerate(sub.iterrows()):
@@ -514,40 +525,47 @@ def _forest_axis(ax, studies, colors: dict, extent: list) -> float:
                 eff, lo, hi = standardised(r)
                 marker, filled = VERDICT_STYLE[r["verdict"]]
                 c = colors.setdefault(r["other"], F.COLORS[r["other"]])
-                yy = y - 0.3 * j
+                yy = y - OFFSET * j
                 if lo == lo:
                     ax.plot([lo, hi], [yy, yy], color=c, lw=1.0)
                     extent += [abs(lo), abs(hi)]
                 ax.plot([eff], [yy], marker=marker, ms=4, color=c, mfc=c if filled else "white",
                         mew=1.0, ls="none")
-            yticks.append(y - 0.15 * (len(sub) - 1))
+            yticks.append(y - OFFSET * (len(sub) - 1) / 2)
             ylabels.append(FOREST_LABELS.get(metric, metric))
-            y -= 0.3 * (len(sub) - 1) + 0.55
-        y -= 0.15
+            y -= OFFSET * (len(sub) - 1) + ROW
+        y -= TAIL
     ax.set_yticks(yticks, ylabels)
     ax._forest_heads = heads
     return y
 
 
+def forest_columns(studies) -> list[list]:
+    """The studies in two columns of about equal height, in their order (one column if one
+    study)."""
+    if len(studies) < 2:
+        return [studies]
+    best = min(range(1, len(studies)),
+               key=lambda k: max(_rows_of(studies[:k]), _rows_of(studies[k:])))
+    return [studies[:best], studies[best:]]
+
+
 def forest_figure(studies, path_saver, height: float | None = None) -> None:
     """Every study's primary endpoints, each variant against softmax, as effect / margin with
     its 95% interval; the band is the equivalence margin. Filled: a verdict (lower, higher,
-    equivalent); open: inconclusive, or no gap to close (diamond). The study where the disease
-    grows, when there is one, gets its own panel on the left, the others share the right one;
-    the height follows the rows (0.2 inch a row unit: 7-point labels never overlap)."""
-    lead = [s for s in studies if s.key == "outliers"]
-    columns = [lead, [s for s in studies if s.key != "outliers"]] if lead else [studies]
-    columns = [c for c in columns if c]
+    equivalent); open: inconclusive, or no gap to close (diamond). The studies fill two columns
+    of about equal height, in the order the paper reads them; the height follows the rows."""
+    columns = forest_columns(studies)
     fig, axes = F.plt.subplots(1, len(columns), figsize=(6.5, 3.0), squeeze=False)
     axes = list(axes[0])
     colors, extent, lows = {}, [2.0], []
     for ax, col in zip(axes, columns):
         lows.append(_forest_axis(ax, col, colors, extent))
     low = min(lows)
-    fig.set_size_inches(6.5, height or max(2.0, 0.2 * -low + 0.9))
+    fig.set_size_inches(6.5, height or max(2.0, FOREST_INCH * -low + 0.75))
     lim = next(t for t in (3, 10, 30, 100, 300, 1000, float("inf")) if t >= 1.1 * max(extent))
     lim = lim if lim != float("inf") else 1.1 * max(extent)
-    ticks = [t for t in (-300, -100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100, 300) if abs(t) <= lim]
+    ticks = [t for t in (-1000, -100, -10, -1, 0, 1, 10, 100, 1000) if abs(t) <= lim]
     for ax in axes:
         ax.axvspan(-1, 1, color="0.88", zorder=0, lw=0)
         ax.axvline(0, color="k", lw=0.6)
@@ -556,13 +574,12 @@ def forest_figure(studies, path_saver, height: float | None = None) -> None:
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_locator(F.matplotlib.ticker.NullLocator())
         for yy, label in ax._forest_heads:
-            ax.text(-lim, yy - 0.1, label, fontsize=7.5, fontweight="bold", va="center")
-        ax.set_ylim(low + 0.35, 0.25)
-        ax.tick_params(labelsize=7)
+            ax.text(-lim, yy - 0.1, label, fontsize=8, fontweight="bold", va="center")
+        ax.set_ylim(low + 0.3, 0.25)
+        ax.tick_params(labelsize=8)
         ax.tick_params(axis="y", length=0)
         ax.spines["left"].set_visible(False)
-    fig.supxlabel("effect of the variant against softmax, in units of the equivalence margin",
-                  fontsize=7.5)
+    fig.supxlabel("effect against softmax, in units of the equivalence margin", fontsize=8)
     Line2D = F.matplotlib.lines.Line2D
     handles = [Line2D([], [], color=c, marker="o", lw=1.0, ms=4, label=VARIANT_LABELS[v])
                for v, c in colors.items()]
@@ -572,9 +589,10 @@ def forest_figure(studies, path_saver, height: float | None = None) -> None:
                        label="inconclusive"),
                 Line2D([], [], color="0.3", marker="D", mfc="white", ms=4, ls="none",
                        label=NOTHING_TO_FIX)]
-    fig.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.0),
-               ncol=len(handles), frameon=False, handletextpad=0.3, columnspacing=1.0)
-    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.25 / fig.get_size_inches()[1]))
+    fig.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.0),
+               ncol=len(handles), frameon=False, handletextpad=0.2, columnspacing=0.8,
+               handlelength=1.5)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.32 / fig.get_size_inches()[1]))
     path_saver(fig)
 
 

@@ -54,7 +54,7 @@ def windowed(R) -> pd.Series:
 
 
 def figure(R, wt: pd.DataFrame, W_LIST, K_LIST) -> None:
-    fig, axes = F.panels(len(W_LIST), 2.2 * len(W_LIST) + 0.6, sharey=True)
+    fig, axes = F.panels(len(W_LIST), min(6.5, 2.2 * len(W_LIST) + 0.6), sharey=True)
     for ax, w in zip(axes, W_LIST):
         cell = wt[wt.window == w]
         F.seed_lines(ax, cell, "keep", "ppl", R.variants)
