@@ -79,7 +79,7 @@ def test_profiles_are_valid_and_runs_are_paired():
         diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
         assert diff == {"attention", "out_dir"}     # same seed, data order and recipe
     assert len(load_profile("cpu")["seeds"]) >= 3
-    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_fineweb, gpu_sgd, gpu_wd01, pilot_guo, retrofit, rivals, smoke, smoke_wd, testbed, "):
+    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_fineweb, gpu_lr1e-3, gpu_lr3e-3, gpu_sgd, gpu_wd01, pilot_guo, retrofit, rivals, smoke, smoke_wd, testbed, "):
         load_profile("laptop")
 
 
@@ -172,9 +172,13 @@ def test_ablation_profiles_change_one_key_and_are_checked(tmp_path, monkeypatch)
     b = run_config("gpu_wd01", "softmax", 0).to_dict()
     assert {k for k in a if a[k] != b[k]} == {"weight_decay", "out_dir"}
     # the GPU study's control: the same model and data, SGD instead of AdamW
-    assert load_profile("gpu")["ablations"] == ["gpu_sgd"]
+    assert load_profile("gpu")["ablations"] == ["gpu_lr1e-3", "gpu_lr3e-3", "gpu_sgd"]
     a, b = run_config("gpu", "softmax", 0).to_dict(), run_config("gpu_sgd", "softmax", 0).to_dict()
     assert {k for k in a if a[k] != b[k]} == {"optimizer", "lr", "min_lr", "out_dir"}
+    # and the two exploratory rates below its dose: the learning rate alone
+    for name, lr in (("gpu_lr1e-3", 1e-3), ("gpu_lr3e-3", 3e-3)):
+        b = run_config(name, "softmax", 0).to_dict()
+        assert {k for k in a if a[k] != b[k]} == {"lr", "min_lr", "out_dir"} and b["lr"] == lr
     assert load_profile("smoke")["ablations"] == ["smoke_wd"]
     one = "variants: [softmax]\nseeds: [0]\n"
     P = _profiles_in(tmp_path, monkeypatch, {"m": one + "ablations: [n]\n",
