@@ -125,3 +125,24 @@ def test_checkpoint_fractions_admit_step_zero_only_when_asked():
     assert TrainConfig(max_steps=10, checkpoint_fractions=[0.01, 1.0]).checkpoint_steps() == [1, 10]
     with pytest.raises(ConfigError, match=r"\[0, 1\] and include 1.0"):
         TrainConfig(checkpoint_fractions=[-0.5, 1.0])
+
+
+def test_retrained_sources_are_said_with_how_much_they_moved(tmp_path):
+    """One quantity, one number: sources trained again are compared with the source study's
+    committed checkpoints of the same seeds, and the sentence gives both."""
+    import pandas as pd
+    from offbyone.report import retrofit as RF
+
+    class R:
+        root = tmp_path
+    (tmp_path / "results" / "src").mkdir(parents=True)
+    committed = pd.DataFrame({"variant": ["softmax"] * 2, "seed": [0, 1], "step": [30, 30],
+                              "max_steps": [30, 30], "first_position": [0.24, 0.242],
+                              "gap_W8A8": [0.0003, 0.0004], "val_loss": [2.2971, 2.2975]})
+    committed.to_csv(tmp_path / "results" / "src" / "runs.csv", index=False)
+    (tmp_path / "results" / "src" / "provenance.json").write_text('{"commit": "abc"}')
+    F = committed.assign(variant=RF.SOURCE, first_position=[0.25, 0.248])
+    text = RF.sources_sentence(R, "src", "softmax", F, {"commit": "def"})
+    assert "trained again" in text and "$0.249$ against $0.241$" in text
+    same = RF.sources_sentence(R, "src", "softmax", committed.assign(variant=RF.SOURCE), {})
+    assert same.startswith("The sources are the committed checkpoints")

@@ -123,7 +123,39 @@ def _section(R, name: str, df: pd.DataFrame, prov: dict) -> dict:
             "RetrofitNSeeds": fmt(n),
             "RetrofitCommit": latex_escape(prov["commit"][:10]),
             "RetrofitPipelineMin": fmt(prov["pipeline_wall_s"] / 60, 2),
-            "RetrofitText": Tex(text(tests, by, arms, steps))}
+            "RetrofitText": Tex(text(tests, by, arms, steps)),
+            "RetrofitSources": Tex(sources_sentence(R, src_name, src_variant, F, prov))}
+
+
+SOURCE_CHECK = (("first_position", "attention on the first position", "", 3),
+                ("gap_W8A8", "W8A8 gap", " nats", 3), ("val_loss", "validation loss", " nats", 4))
+
+
+def sources_sentence(R, src_name: str, src_variant: str, F: pd.DataFrame, prov: dict) -> str:
+    """Whether the retrofit's sources are the source study's committed checkpoints, from the
+    numbers: the same seeds' final measurements in results/<src_name>/ against the sources'
+    (seed means). Retrained sources differ; the sentence says by how much, so that one quantity
+    is not read as two."""
+    got = committed(R, src_name)
+    if got is None:
+        return ""
+    theirs = final(got[0])
+    theirs = theirs[theirs.variant == src_variant]
+    ours = F[F.variant == SOURCE]
+    seeds = sorted(set(ours.seed) & set(theirs.seed))
+    if not seeds:
+        return ""
+    pairs = [(lab, unit, d, ours[ours.seed.isin(seeds)][m].mean(),
+              theirs[theirs.seed.isin(seeds)][m].mean())
+             for m, lab, unit, d in SOURCE_CHECK if m in ours and m in theirs]
+    if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for _, _, _, a, b in pairs):
+        return (f"The sources are the committed checkpoints of that study: their numbers equal "
+                f"its own on the {len(seeds)} seeds.")
+    said = _and([f"{lab} ${fmt(a, d)}$ against ${fmt(b, d)}${unit}" for lab, unit, d, a, b in pairs])
+    return (f"The sources were trained again for this study rather than read from the source "
+            f"study's committed checkpoints, and the same seeds and recipe gave slightly "
+            f"different models: {said} (seed means, retrained first). Every comparison in this "
+            f"section is against its own sources.")
 
 
 def _sci(x: float) -> Tex:
