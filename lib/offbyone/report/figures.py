@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from ..io import write_figure
@@ -22,12 +23,22 @@ def panels(n: int, width: float = 6.5, height: float = 2.6, **kw):
     return fig, list(axes[0])
 
 
-def seed_lines(ax, df: pd.DataFrame, x: str, y: str, variants) -> None:
-    """One line per variant: the mean of `y` over seeds at each `x`, the sd as error bars."""
+def seed_lines(ax, df: pd.DataFrame, x: str, y: str, variants, log: bool = False) -> None:
+    """One line per variant: the mean of `y` over seeds at each `x`, the sd as error bars; with
+    `log`, the geometric mean and the geometric sd as a factor either way, so that the bars stay
+    on a log axis."""
     for v in variants:
         g = df[df.variant == v].groupby(x)[y]
-        ax.errorbar(g.mean().index, g.mean(), yerr=g.std().fillna(0), marker="o", capsize=2,
-                    color=COLORS[v], label=VARIANT_LABELS[v])
+        if log:
+            sub = df[df.variant == v]
+            lg = pd.Series(np.log(sub[y].astype(float).to_numpy()), index=sub[x].to_numpy())
+            lg = lg.groupby(level=0)
+            mid, spread = np.exp(lg.mean()), np.exp(lg.std().fillna(0))
+            err = [mid - mid / spread, mid * spread - mid]
+        else:
+            mid, err = g.mean(), g.std().fillna(0)
+        ax.errorbar(mid.index, mid, yerr=err, marker="o", capsize=2, color=COLORS[v],
+                    label=VARIANT_LABELS[v])
 
 
 def head_bars(ax, heads: pd.DataFrame, y: str, variants, baseline: float | None = None) -> None:

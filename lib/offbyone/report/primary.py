@@ -22,6 +22,10 @@ TABLE_LABELS = {"gap_W8A8": "W8A8 loss gap (nats)", "gap_W16A6": "W16A6 loss gap
                 "val_loss": "validation loss (nats)",
                 "bos_resid_ratio": "BOS residual peak (geom.)"}
 PRIMARY_COLUMNS = "lrrrrrrl"
+# the dose figure's panel titles: short enough for six panels side by side at 8 points
+PANEL_TITLES = {"gap_W8A8": "W8A8 gap", "gap_W16A6": "W16A6 gap", "max_kurtosis": "max. kurt.",
+                "max_inf_norm": "max. inf-norm", "first_position": "attn. on pos. 0",
+                "val_loss": "val. loss"}
 
 
 def study_label(corpus_kind: str | None, steps: int | None = None) -> str:
@@ -118,7 +122,7 @@ def dose(R) -> None:
         V = [v for v in VARIANT_LABELS if v in set(df.variant)]
         shown += [v for v in V if v not in shown]
         for ax, ep in zip(row, PRIMARY):
-            F.seed_lines(ax, df, "fraction", ep.metric, V)
+            F.seed_lines(ax, df, "fraction", ep.metric, V, log=ep.scale == "log")
             ax.set_yscale("log" if ep.scale == "log" else "linear")
             if ep.scale == "log":
                 F.plain_log_ticks(ax)
@@ -126,8 +130,7 @@ def dose(R) -> None:
             ax.tick_params(labelsize=8)
             ax.yaxis.get_offset_text().set_fontsize(7)
             if study == rows[0][0]:
-                ax.set_title(TABLE_LABELS[ep.metric].replace(" (nats)", "").replace(" (geom.)", ""),
-                             fontsize=8)
+                ax.set_title(PANEL_TITLES.get(ep.metric, ep.metric), fontsize=8)
         row[0].set_ylabel(study, fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("training", fontsize=8)
