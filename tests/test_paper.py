@@ -423,3 +423,11 @@ def test_retrofit_text_says_when_no_retrofit_lowered_the_first_position():
     words = text(tests, {}, ["softmax", "softmax1", "sink"], 300)
     assert "In 300 steps no retrofit lowered the attention on the first position" in words
     assert "was inconclusive on the attention on the first position" in words
+
+
+def test_section_one_answers_in_brief_from_the_lead_study():
+    from offbyone.report.synthesis import brief_answer
+    text = brief_answer([_lead()] + _studies())
+    assert text.startswith("In brief: At lr 0.01, the softmax baseline grew activations")
+    assert "There, softmax1 raised" in text and "In the other studies, whose baselines" in text
+    assert brief_answer(_studies()).startswith("In brief: at this scale, softmax1")

@@ -318,25 +318,6 @@ def caveat_sentence(studies) -> str:
             f"inconclusive (Figure~\\ref{{fig:forest}}).")
 
 
-def brief(r: dict) -> str:
-    """An endpoint's verdict with its estimate and nothing else, for the abstract: 'higher
-    (ratio 2.1)', 'inconclusive (estimate lower, ratio 0.80)', 'no gap to close'."""
-    if r["n"] < 3 or r["p"] != r["p"]:
-        return "untestable"
-    v = r["verdict"]
-    if v == NOTHING_TO_FIX:
-        return "no gap to close"
-    if r["scale"] == "log":
-        est = f"ratio ${_fixed(r['ratio'], r['ratio_low'], r['ratio_high'])}$"
-    else:
-        d = _decimals(r["ci_low"], r["ci_high"])
-        unit = f" {r['unit']}" if r.get("unit") else ""
-        est = f"${r['base_mean']:.{d}f}$ to ${r['other_mean']:.{d}f}${unit}"
-    if v == "inconclusive":
-        return f"inconclusive (estimate {direction(r)}, {est})"
-    return f"{v} ({est})"
-
-
 # the endpoints the lead study's sentence gives, softmax1's all, the other variants' first two
 LEAD = (("bos_resid_ratio", "first-token residual peak"), ("max_inf_norm", "largest activation"),
         ("max_kurtosis", "maximum kurtosis"), ("gap_W16A6", "6-bit activation gap"))
@@ -450,6 +431,21 @@ def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
     parts = [q, m, base, answer, cost_sentence(studies, throughput),
              caveat_sentence(studies), title]
     return Tex(" ".join(p for p in parts if p))
+
+
+def brief_answer(studies) -> Tex:
+    """Section 1's answer in two or three sentences: where a study grew the disease, what its
+    baseline grew and what softmax1 did there, then the other studies; else the answer across
+    the studies."""
+    lead = next((s for s in studies if s.key == "outliers"), None)
+    if lead is None:
+        return Tex(f"In brief: at this scale, {answer_sentence(studies)}.")
+    rest = [s for s in studies if s is not lead]
+    out = [f"In brief: {lead_baseline(lead)}", lead_sentence(lead)]
+    if rest:
+        out.append(f"In the other studies, {other_baselines(rest)}, "
+                   f"{answer_sentence(rest, note_none=False)}.")
+    return Tex(" ".join(x for x in out if x))
 
 
 def title_answer(studies, variant: str = "softmax1") -> str:
@@ -802,6 +798,7 @@ def synthesis(R) -> pd.Series:
     M = R.sections["synthesis"] = {
         "Abstract": text, "AbstractWords": fmt(word_count(text)),
         "Answer": Tex(answer_sentence(studies)),
+        "Brief": brief_answer(studies),
         "TitleAnswer": Tex(title_answer(studies)),
         "Limitations": limitations(studies, published_table()),
         "Confound": Tex(confound_sentence(studies)),
