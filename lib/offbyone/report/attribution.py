@@ -142,7 +142,7 @@ def windows_text(frames) -> str:
         return "on the sweep's own validation windows and calibration"
     counts = _and([f"the first {w} of its {n}" for w, n in cut])
     return (f"on the sweep's calibration and {counts} validation windows (to keep the "
-            "attribution within the profile's time; the gap with every group on is then the "
+            "attribution affordable; the gap with every group on is then the "
             "setting's gap on those windows)")
 
 
@@ -166,7 +166,8 @@ def attribution(R) -> pd.Series:
             if best:
                 text.append(f"{wheres[label]} at {setting}, the group whose paired difference "
                             f"from softmax has the smallest uncorrected $p$ is the {best['group']}: "
-                            + effect_sentence(best, f"own cost of the {best['group']} (nats)")
+                            + effect_sentence(best, f"gap of the {best['group']} alone, less "
+                                                    "the weights' (nats)")
                             + ".")
     R.derived("quant_groups_differences.csv", pd.concat(diffs, ignore_index=True))
     figure(R, studies)
