@@ -27,7 +27,7 @@ from .primary import PRIMARY_COLUMNS, primary_rows
 from .prose import _and, primary_sentence, verdict_summary
 from .results import final, read_csv
 from .synthesis import _millions, _params
-from .stats import (DISEASE_CRITERION, STUDY_PRIMARY, VARIANT_LABELS, disease_appeared,
+from .stats import (ALPHA, DISEASE_CRITERION, STUDY_PRIMARY, VARIANT_LABELS, disease_appeared,
                     paired_difference, primary_tests)
 
 PROFILE = "testbed_outliers"
@@ -103,6 +103,27 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
              f" Its largest activations reached ${fmt(inf.min())}$ to ${fmt(inf.max())}$ in inf-norm")
     text += "."
     return Tex(text), verdict
+
+
+def uncorrected_sentence(tests: pd.DataFrame) -> Tex:
+    """The endpoints whose paired t-test is below ALPHA before Holm's correction but not after:
+    said with their estimate, interval and both p-values, so that a reader sees what the
+    correction took away (and nothing is claimed from it)."""
+    rows = tests[(tests.p < ALPHA) & (tests.p_holm >= ALPHA)].to_dict("records")
+    if not rows:
+        return Tex("")
+    parts = []
+    for r in rows:
+        if r["scale"] == "log":
+            eff = (f"{fmt(r['ratio'], 3)} times softmax's (95\\% CI ${fmt(r['ratio_low'], 3)}$ "
+                   f"to ${fmt(r['ratio_high'], 3)}$)")
+        else:
+            eff = (f"${fmt(r['diff'], 2)}$ {'above' if r['diff'] > 0 else 'below'} softmax's "
+                   f"(95\\% CI ${fmt(r['ci_low'], 2)}$ to ${fmt(r['ci_high'], 2)}$)")
+        parts.append(f"{VARIANT_LABELS[r['other']]}'s {r['label']} was {eff}, $p = "
+                     f"{fmt(r['p'], 2)}$ uncorrected and ${fmt(r['p_holm'], 2)}$ after Holm")
+    return Tex("Before the correction " + "; ".join(parts) + ". None of these is a finding: "
+               f"each comparison's family has {tests.metric.nunique()} endpoints.")
 
 
 def gap_rows(fin: pd.DataFrame, variants) -> list[dict]:
@@ -315,7 +336,8 @@ def outlier_study(R) -> dict:
     for r in tests.to_dict("records"):
         M[macro_name("OutPrimary", *r["metric"].split("_"), r["other"])] = primary_sentence(r)
     summaries = [str(verdict_summary(tests, other)) for other in others]
-    M["OutAgainst"] = Tex(" ".join(x[0].upper() + x[1:] + "." for x in summaries if x))
+    M["OutAgainst"] = Tex(" ".join(x[0].upper() + x[1:] + "." for x in summaries if x)
+                          + " " + str(uncorrected_sentence(tests)))
     M["OutParams"] = _millions(_params(PROFILE, None)[0])
     R.outlier_data = {"profile": PROFILE, "label": label, "where": f"at lr {lr_words(lr)}",
                        "tests": tests, "fin": fin, "diseased": verdict["appeared"],

@@ -20,7 +20,8 @@ TABLE_LABELS = {"gap_W8A8": "W8A8 loss gap (nats)", "gap_W16A6": "W16A6 loss gap
                 "max_kurtosis": "max. kurtosis (geom.)", "max_inf_norm": "max. inf-norm (geom.)",
                 "first_position": "attention on position 0",
                 "val_loss": "validation loss (nats)",
-                "bos_resid_ratio": "BOS residual peak (geom.)"}
+                "bos_resid_ratio": "BOS residual peak (geom.)",
+                "outlier_share_pos0": "outliers at BOS (share)"}
 PRIMARY_COLUMNS = "lrrrrrrl"
 # the dose figure's panel titles: short enough for six panels side by side at 8 points
 PANEL_TITLES = {"gap_W8A8": "W8A8 gap", "gap_W16A6": "W16A6 gap", "max_kurtosis": "max. kurt.",

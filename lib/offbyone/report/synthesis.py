@@ -237,9 +237,9 @@ def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True) 
             s, r = leaning[0]
             d = _decimals(r["ci_low"], r["ci_high"])
             notes.append(f"{s.where} the {r['metric'].removeprefix('gap_')} estimate fell from "
-                         f"${r['base_mean']:.{d}f}$ to ${r['other_mean']:.{d}f}$ nats, "
-                         "inconclusive after Holm")
-        if nothing:
+                         f"${r['base_mean']:.{d}f}$ to ${r['other_mean']:.{d}f}$ nats"
+                         + (", inconclusive after Holm" if note_none else ""))
+        if nothing and note_none:
             notes.append(f"{_wheres([s for s in studies if s.key in nothing])} the baseline had "
                          "none to close")
         q = ("narrows no quantization gap" + (" significantly" if leaning else "")
@@ -284,7 +284,7 @@ def baseline_sentence(studies) -> str:
             f"activations of {span(norms)}.")
 
 
-def other_baselines(studies) -> str:
+def other_baselines(studies, short: bool = False) -> str:
     """The other studies' baselines in a clause: 'whose baselines had little to cure (W8A8
     gaps of at most 0.012 nats, largest activations of at most 26)'."""
     gaps = [r["base_mean"] for _, r in _rows(studies, "gap_W8A8")]
@@ -293,6 +293,10 @@ def other_baselines(studies) -> str:
         return "whose baselines we describe below"
     had = "had little to cure" if max(gaps) < GAP_THRESHOLD else "had quantization damage"
     big = max(norms)
+    if short:
+        had = "with little to cure" if max(gaps) < GAP_THRESHOLD else "with quantization damage"
+        return (f"{had} (W8A8 gaps $\\le {max(gaps):.2g}$ nats, activations "
+                f"$\\le {fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$)")
     return (f"whose baselines {had} (W8A8 gaps $\\le {max(gaps):.2g}$ nats, activations "
             f"$\\le {fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$)")
 
@@ -300,8 +304,8 @@ def other_baselines(studies) -> str:
 def cost_sentence(studies, throughput: float | None, variant: str = "softmax1") -> str:
     """The price in full-precision loss, by verdict, and the measured training throughput."""
     higher = _any(studies, "val_loss", "higher", variant)
-    price = (f"It raised the full-precision loss {_wheres(higher)}" if higher else
-             "It raised the full-precision loss in no study")
+    price = (f"It raised full-precision loss {_wheres(higher)}" if higher else
+             "It raised full-precision loss in no study")
     speed = (f" and trained at ${fmt(throughput, 2)}\\times$ softmax's throughput"
              if throughput is not None else "")
     return price + speed + "."
@@ -359,21 +363,35 @@ def verb_clauses(rows: list[tuple[str, dict]]) -> str:
     return _and(out) if out else ""
 
 
-def lead_sentence(study: Study) -> str:
-    """What softmax1 did in the study where the disease grows, endpoints grouped by their
-    verdicts."""
-    parts = []
-    for variant in ("softmax1",):      # the other variants live in the forest plot and table
-        t = study.tests[study.tests.other == variant]
-        keep = LEAD
-        rows = [(label, t[t.metric == m].iloc[0].to_dict()) for m, label in keep
-                if (t.metric == m).any()]
-        said = verb_clauses(rows)
-        if said:
-            parts.append(f"{VARIANT_LABELS[variant]} {said}")
-    if not parts:
+def lead_sentence(study: Study, variant: str = "softmax1") -> str:
+    """What softmax1 did in the study where the disease grows: the decided endpoints grouped by
+    their verdicts, then the open ones with the way their estimates point."""
+    t = study.tests[study.tests.other == variant]
+    rows = [(label, t[t.metric == m].iloc[0].to_dict()) for m, label in LEAD
+            if (t.metric == m).any()]
+    rows = [(label, r) for label, r in rows if r["n"] >= 3 and r["p"] == r["p"]]
+    if not rows:
         return ""
-    return f"There, {'; '.join(parts)}."
+    decided = [(label, r) for label, r in rows if r["verdict"] != "inconclusive"]
+    open_ = [(label, r) for label, r in rows if r["verdict"] == "inconclusive"]
+    name = VARIANT_LABELS[variant]
+    out = []
+    if decided:
+        out.append(f"There, {name} {verb_clauses(decided)}.")
+    if open_:
+        ways = {direction(r) for _, r in open_}
+        many = len(open_) > 1
+        way = (f"{'all ' if many else ''}pointed {next(iter(ways))}" if len(ways) == 1
+               else "pointed both ways")
+        items = _and([f"the {label} ({_estimate(r)})" for label, r in open_])
+        noun = "estimates" if many else "estimate"
+        if decided:
+            out.append(f"Its {noun} for {items} {way} but stayed inconclusive after Holm's "
+                       "correction.")
+        else:
+            out.append(f"There, {name}'s {noun} for {items} {way}, "
+                       f"{'none' if many else 'not'} significant after Holm's correction.")
+    return " ".join(out)
 
 
 def lead_baseline(study: Study) -> str:
@@ -382,10 +400,12 @@ def lead_baseline(study: Study) -> str:
     inf = f.max_inf_norm
     peak, met = study.extra.get("peak"), study.extra.get("diseased")
     threshold = next(sg.threshold for sg in DISEASE_CRITERION if sg.metric == "bos_resid_ratio")
-    crit = f"{'reaching' if met else 'below'} the pre-declared criterion of ${threshold:g}$"
-    return (f"{study.where[0].upper() + study.where[1:]}, the softmax baseline "
-            f"grew activations of ${fmt(int(round(inf.min())))}$ to ${fmt(int(round(inf.max())))}$ "
-            f"and a first-token residual peak of ${fmt(peak)}$ times the median position, {crit}.")
+    span = (f"${fmt(int(round(inf.min())))}$" if round(inf.min()) == round(inf.max()) else
+            f"${fmt(int(round(inf.min())))}$ to ${fmt(int(round(inf.max())))}$")
+    crit = f"{'past' if met else 'below'} the pre-declared threshold of ${threshold:g}$"
+    return (f"{study.where[0].upper() + study.where[1:]}, the softmax baseline grew "
+            f"activations of {span} and a first-token residual peak of ${fmt(peak)}$ times the "
+            f"median position, {crit}.")
 
 
 def _n_endpoints(studies) -> str:
@@ -414,13 +434,15 @@ def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
         data = _and(list(dict.fromkeys(s.data.split(" at lr")[0] for s in studies)))
         seeds = sorted({s.seeds for s in studies})
         m = (f"We train nanoGPT-style decoders of {_millions(sizes[0])} to "
-             f"{_millions(sizes[-1])} parameters from scratch on {data} with softmax and "
-             f"softmax1{also}, {seeds[0]} to {seeds[-1]} paired seeds a study, with "
-             "pre-declared, Holm-corrected endpoints.")
+             f"{_millions(sizes[-1])} parameters on {data} with softmax, softmax1"
+             f"{' and a learned sink' if others else ''}, {seeds[0]} to {seeds[-1]} paired "
+             "seeds and pre-declared endpoints.")
     rest = [s for s in studies if s is not lead]
     if lead is not None:
+        q = ("Miller proposed softmax1, a zero logit that lets an attention head abstain, to "
+             "remove the outliers that make transformers hard to quantize.")
         base = lead_baseline(lead) + " " + lead_sentence(lead)
-        answer = (f"In the other studies, {other_baselines(rest)}, "
+        answer = (f"Elsewhere, {other_baselines(rest, short=True)}, "
                   f"{answer_sentence(rest, note_none=False)}."
                   if rest else "")
     else:
@@ -819,8 +841,9 @@ def synthesis(R) -> pd.Series:
     M["CostThroughput"] = Tex(
         f"Training the main study's model, softmax1 ran at ${fmt(ratio, 3)}$ times softmax's "
         "tokens per second (\\cref{sec:cost})." if ratio is not None else "")
-    R.table(studies_table(studies), "studies.tex", "l>{\\raggedright\\arraybackslash}p{2.5cm}lrrrr"
-            ">{\\raggedright\\arraybackslash}p{2.4cm}")
+    rag = ">{\\raggedright\\arraybackslash}"
+    R.table(studies_table(studies), "studies.tex",
+            f"{rag}p{{2.1cm}}{rag}p{{2.6cm}}lrrrr{rag}p{{2.4cm}}")
     R.table(mde_rows(studies), "mde.tex", "lrrrrr")
     forest_figure(studies, lambda fig: R.figure(fig, "forest"))
     return pd.Series(M)
