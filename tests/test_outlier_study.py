@@ -157,4 +157,9 @@ def test_companions_when_committed_and_said_missing_when_not(tmp_path):
     text = str(M["OutExplore"])
     # SGD's softmax against AdamW's on the same two seeds: peaks 1.15 against (9 + 1.4) / 2
     assert "Under SGD" in text and "$1.15$ against $5.20$" in text
-    assert "Two seeds allow no test" in text
+    assert "Two seeds allow no test" in text and "confounds the optimiser" not in text
+    # an SGD control that trained less is said to confound the optimiser with training
+    slow = sgd.assign(val_loss=sgd.val_loss + 0.15)
+    _commit(tmp_path, "testbed_outliers", _runs(), **{"ablation_testbed_outliers_sgd": slow})
+    assert "confounds the optimiser with how far training got" in str(
+        O.outlier_study(FakeReport(tmp_path))["OutExplore"])

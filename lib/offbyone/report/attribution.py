@@ -45,6 +45,12 @@ def contributions(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _the(v: str) -> str:
+    """A variant's name as a sentence uses it: 'softmax', 'the learned sink'."""
+    return VARIANT_LABELS[v] if v.startswith("softmax") or v == "softpick" else \
+        f"the {VARIANT_LABELS[v]}"
+
+
 def top_groups(c: pd.DataFrame, variant: str, setting: str, k: int = 2) -> list[tuple]:
     """The k groups whose own cost (mean over seeds) is largest: (group, mean own cost)."""
     sub = c[(c.variant == variant) & (c.setting == setting)]
@@ -63,7 +69,7 @@ def carry_sentence(c: pd.DataFrame, where: str) -> str:
             whole = sub.groupby("seed").whole.first().mean()
             weights = sub.groupby("seed").weights.first().mean()
             tops = top_groups(c, v, setting)
-            parts.append(f"{VARIANT_LABELS[v]}'s gap (${fmt(whole, 2)}$ nats, the weights alone "
+            parts.append(f"{_the(v)}'s gap (${fmt(whole, 2)}$ nats, the weights alone "
                          f"${fmt(weights, 2)}$) comes mostly from "
                          + _and([f"the {g} (${fmt(x, 2)}$ alone)" for g, x in tops]))
         out.append(f"{where} at {setting}, " + "; ".join(parts) + ".")

@@ -34,6 +34,8 @@ PROFILE = "testbed_outliers"
 RIVALS = "testbed_outliers_rivals"
 SGD = "testbed_outliers_sgd"
 PEAK, GAP = DISEASE_CRITERION            # the BOS peak (threshold 5) and the W8A8 gap (0.05)
+# a companion whose loss is this far above AdamW's softmax on the same seeds trained less: said
+UNDERTRAINED_NATS = 0.05
 # the settings whose gap is reported over every position and after a trigger
 GAP_SETTINGS = ("W8A8", "W16A6", "W8A6", "W16A4", "W8A4", "W4A4")
 # the exploratory table's rows: (column, label)
@@ -98,10 +100,10 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
                 f"${fmt(gap)}$ nats against ${GAP.threshold:g}$; {seeds}.")
     inf = base.max_inf_norm
     text += (f" Its largest activations were those of a diseased model all the same: "
-             f"${fmt(inf.min())}$ to ${fmt(inf.max())}$ in inf-norm"
-             if inf.min() >= 100 else
-             f" Its largest activations reached ${fmt(inf.min())}$ to ${fmt(inf.max())}$ in inf-norm")
-    text += "."
+             f"${fmt(inf.min())}$ to ${fmt(inf.max())}$ in inf-norm."
+             if inf.min() >= 100 and not verdict["appeared"] else
+             f" Its largest activations reached ${fmt(inf.min())}$ to ${fmt(inf.max())}$ in "
+             "inf-norm.")
     return Tex(text), verdict
 
 
@@ -213,7 +215,10 @@ def explore_sentence(fin: pd.DataFrame, sgd: pd.DataFrame, rivals: pd.DataFrame)
                    f"under AdamW on the same {_seeds(len(s))}, its largest activation "
                    f"${fmt(s.max_inf_norm.mean())}$ against ${fmt(a.max_inf_norm.mean())}$, and "
                    f"its validation loss ${fmt(s.val_loss.mean(), 4)}$ against "
-                   f"${fmt(a.val_loss.mean(), 4)}$ nats")
+                   f"${fmt(a.val_loss.mean(), 4)}$ nats"
+                   + (", so at this rate SGD also trained less, and the control confounds the "
+                      "optimiser with how far training got"
+                      if s.val_loss.mean() - a.val_loss.mean() > UNDERTRAINED_NATS else ""))
     if len(rivals) and "softmax" in set(rivals.variant):
         base = rivals[rivals.variant == "softmax"]
         parts = []
