@@ -141,7 +141,7 @@ def test_trigger_gaps_beside_every_position(tmp_path):
 def test_companions_when_committed_and_said_missing_when_not(tmp_path):
     _commit(tmp_path, "testbed_outliers", _runs())
     M = O.outlier_study(FakeReport(tmp_path))
-    assert M["OutHasExplore"] == "0" and "have no committed results yet" in str(M["OutExploreMissing"])
+    assert M["OutHasExplore"] == "0" and "are not committed yet" in str(M["OutExploreMissing"])
     sgd = O.final(_runs(("softmax", "softmax1"), range(2), "testbed_outliers_sgd",
                         {"softmax": [1.2, 1.1], "softmax1": [1.3, 1.2]}))
     _commit(tmp_path, "testbed_outliers", _runs(), **{"ablation_testbed_outliers_sgd": sgd})

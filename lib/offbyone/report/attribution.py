@@ -69,9 +69,9 @@ def carry_sentence(c: pd.DataFrame, where: str) -> str:
             whole = sub.groupby("seed").whole.first().mean()
             weights = sub.groupby("seed").weights.first().mean()
             tops = top_groups(c, v, setting)
-            parts.append(f"{_the(v)}'s gap (${fmt(whole, 2)}$ nats, the weights alone "
-                         f"${fmt(weights, 2)}$) comes mostly from "
-                         + _and([f"the {g} (${fmt(x, 2)}$ alone)" for g, x in tops]))
+            parts.append(f"{_the(v)}'s gap was ${fmt(whole, 2)}$ nats (the weights alone "
+                         f"${fmt(weights, 2)}$), and the groups that cost most alone were "
+                         + _and([f"the {g} (${fmt(x, 2)}$)" for g, x in tops]))
         out.append(f"{where} at {setting}, " + "; ".join(parts) + ".")
     return " ".join(out)
 

@@ -12,15 +12,19 @@ from .prose import disease_signs
 def baseline(R) -> pd.DataFrame:
     nat = disease_signs(R.fin)
     tbs = disease_signs(R.testbed_fin) if R.testbed_fin is not None else []
+    od = getattr(R, "outlier_data", None)           # the study where the disease grows
+    ods = disease_signs(od["fin"]) if od else []
 
     def cell(d):
         return Tex(f"{d['value']} ({'yes' if d['present'] else 'no'})")
     rows = [{"sign": d["sign"], "present when": d["criterion"], "threshold from": d["source"],
-             R.study_label: cell(d), **({"testbed": cell(tbs[i])} if tbs else {})}
+             R.study_label: cell(d), **({"testbed": cell(tbs[i])} if tbs else {}),
+             **({od["label"]: cell(ods[i])} if ods else {})}
             for i, d in enumerate(nat)]
     rag = ">{\\raggedright\\arraybackslash}"
-    table = R.table(rows, "disease.tex", f"{rag}p{{2.4cm}}{rag}p{{3.8cm}}{rag}p{{2.9cm}}"
-                    + f"{rag}p{{2.3cm}}" * (1 + bool(tbs)))
+    n = 1 + bool(tbs) + bool(ods)
+    table = R.table(rows, "disease.tex", f"{rag}p{{2.3cm}}{rag}p{{3.2cm}}{rag}p{{2.4cm}}"
+                    + f"{rag}p{{{2.3 if n < 3 else 1.9}cm}}" * n)
 
     def listed(signs):
         return ", ".join(d["sign"] for d in signs if d["present"]) or "none"
@@ -30,4 +34,7 @@ def baseline(R) -> pd.DataFrame:
     if tbs:
         M.update(DiseaseCountTestbed=fmt(sum(d["present"] for d in tbs)),
                  DiseaseListTestbed=listed(tbs))
+    M["HasDiseaseOut"] = "1" if ods else "0"
+    if ods:
+        M.update(DiseaseCountOut=fmt(sum(d["present"] for d in ods)), DiseaseListOut=listed(ods))
     return table

@@ -103,8 +103,31 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
              f"${fmt(inf.min())}$ to ${fmt(inf.max())}$ in inf-norm."
              if inf.min() >= 100 and not verdict["appeared"] else
              f" Its largest activations reached ${fmt(inf.min())}$ to ${fmt(inf.max())}$ in "
-             "inf-norm.")
+             "inf-norm")
+    if verdict["appeared"] and "avg_inf_norm" in base:
+        ratio = base.max_inf_norm.mean() / base.avg_inf_norm.mean()
+        text += (f", ${fmt(ratio, 2)}$ times the average module's ${fmt(base.avg_inf_norm.mean())}$"
+                 + (": the whole residual stream grew, more than a few outliers." if ratio < 5
+                    else ": a few massive activations stand out."))
     return Tex(text), verdict
+
+
+def against_sentence(tests: pd.DataFrame, others) -> str:
+    """Each variant's verdicts against softmax, said once for all variants when they share every
+    verdict (the table gives each effect)."""
+    groups = {o: tuple(tests[tests.other == o].sort_values("metric").verdict) for o in others}
+    if len(others) > 1 and len(set(groups.values())) == 1:
+        t = tests[tests.other == others[0]]
+        by = {v: [r["label"] for r in t.to_dict("records") if r["verdict"] == v]
+              for v in dict.fromkeys(t.verdict)}
+        words = {"equivalent": "were equivalent to softmax in", "lower": "were lower in",
+                 "higher": "were higher in", "inconclusive": "were inconclusive in"}
+        parts = [f"{words.get(v, 'had ' + v + ' in')} {_and(labels)}" for v, labels in by.items()]
+        names = _and([VARIANT_LABELS[o] for o in others])
+        return (f"{names[0].upper() + names[1:]} shared every verdict: both "
+                + "; ".join(parts) + " (\\cref{tab:outlier-primary} gives each effect).")
+    summaries = [str(verdict_summary(tests, other)) for other in others]
+    return " ".join(x[0].upper() + x[1:] + "." for x in summaries if x)
 
 
 def uncorrected_sentence(tests: pd.DataFrame) -> Tex:
@@ -120,7 +143,7 @@ def uncorrected_sentence(tests: pd.DataFrame) -> Tex:
             eff = (f"{fmt(r['ratio'], 3)} times softmax's (95\\% CI ${fmt(r['ratio_low'], 3)}$ "
                    f"to ${fmt(r['ratio_high'], 3)}$)")
         else:
-            eff = (f"${fmt(r['diff'], 2)}$ {'above' if r['diff'] > 0 else 'below'} softmax's "
+            eff = (f"${fmt(abs(r['diff']), 2)}$ {'above' if r['diff'] > 0 else 'below'} softmax's "
                    f"(95\\% CI ${fmt(r['ci_low'], 2)}$ to ${fmt(r['ci_high'], 2)}$)")
         parts.append(f"{VARIANT_LABELS[r['other']]}'s {r['label']} was {eff}, $p = "
                      f"{fmt(r['p'], 2)}$ uncorrected and ${fmt(r['p_holm'], 2)}$ after Holm")
@@ -278,7 +301,8 @@ def figure(R, df: pd.DataFrame, curve: pd.DataFrame, variants) -> None:
             if col in g:
                 ax.scatter(np.full(len(g), i + (j - 0.5) * 0.3), g[col], s=14, marker=marker,
                            color=F.COLORS[v], alpha=0.8)
-    ax.set_xticks(range(len(variants)), [VARIANT_LABELS[v] for v in variants], fontsize=8)
+    ax.set_xticks(range(len(variants)), [VARIANT_LABELS[v].replace(" ", "\n") for v in variants],
+                  fontsize=8)
     ax.set(ylabel="W16A6 gap (nats)")
     ax.set_yscale("symlog", linthresh=0.01)
     ax.yaxis.set_major_formatter(F.matplotlib.ticker.FormatStrFormatter("%g"))
@@ -340,9 +364,7 @@ def outlier_study(R) -> dict:
          "OutExploreMissing": Tex(_missing_companions(sgd, rivals))}
     for r in tests.to_dict("records"):
         M[macro_name("OutPrimary", *r["metric"].split("_"), r["other"])] = primary_sentence(r)
-    summaries = [str(verdict_summary(tests, other)) for other in others]
-    M["OutAgainst"] = Tex(" ".join(x[0].upper() + x[1:] + "." for x in summaries if x)
-                          + " " + str(uncorrected_sentence(tests)))
+    M["OutAgainst"] = Tex(against_sentence(tests, others) + " " + str(uncorrected_sentence(tests)))
     M["OutParams"] = _millions(_params(PROFILE, None)[0])
     R.outlier_data = {"profile": PROFILE, "label": label, "where": f"at lr {lr_words(lr)}",
                        "tests": tests, "fin": fin, "diseased": verdict["appeared"],
@@ -351,9 +373,8 @@ def outlier_study(R) -> dict:
 
 
 def _missing_companions(sgd: pd.DataFrame, rivals: pd.DataFrame) -> str:
-    gone = ([f"SGD control (\\texttt{{{latex_escape(SGD)}}})"] if not len(sgd) else []) \
-        + ([f"rival fixes (\\texttt{{{latex_escape(RIVALS)}}})"] if not len(rivals) else [])
+    gone = (["the SGD control"] if not len(sgd) else []) \
+        + (["the rival fixes"] if not len(rivals) else [])
     if not gone:
         return ""
-    return (f" The exploratory {' and the '.join(gone)} {'have' if len(gone) > 1 else 'has'} "
-            f"no committed results yet and {'are' if len(gone) > 1 else 'is'} left out.")
+    return f" The runs of {_and(gone)} are not committed yet, and are left out."

@@ -23,6 +23,9 @@ def _fixed(x: float, lo: float, hi: float) -> Tex:
     half-width, so a stated change is visible and noise is not printed."""
     half = (hi - lo) / 2
     d = 4 if not half > 0 else max(0, 1 - math.floor(math.log10(half)))
+    # and never fewer than two significant digits of x itself: a bound of 0.69 is not "1"
+    if x != 0 and x == x and abs(x) < 10:
+        d = max(d, 1 - math.floor(math.log10(abs(x))))
     return Tex(f"{x:,.{d}f}".replace(",", "{,}"))
 
 

@@ -289,6 +289,7 @@ class Report:
         M["HasRetrofit"] = "0"                   # unless a retrofit's results are cited
         M["HasLrDose"] = "0"                     # unless a dose profile's results are committed
         M["HasOutlierStudy"] = "0"               # unless testbed_outliers' results are committed
+        M["HasDiseaseOut"] = "0"                 # ... and the disease table has its column
         for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak", "lr_dose",
                      "outlier_study", "attribution", "magnitude", "retrofit", "synthesis"):
             M.update(self.sections.get(name, {}))

@@ -294,9 +294,8 @@ def other_baselines(studies, short: bool = False) -> str:
     had = "had little to cure" if max(gaps) < GAP_THRESHOLD else "had quantization damage"
     big = max(norms)
     if short:
-        had = "with little to cure" if max(gaps) < GAP_THRESHOLD else "with quantization damage"
-        return (f"{had} (W8A8 gaps $\\le {max(gaps):.2g}$ nats, activations "
-                f"$\\le {fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$)")
+        return (f"where activations stayed $\\le "
+                f"{fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$")
     return (f"whose baselines {had} (W8A8 gaps $\\le {max(gaps):.2g}$ nats, activations "
             f"$\\le {fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$)")
 
@@ -402,10 +401,13 @@ def lead_baseline(study: Study) -> str:
     threshold = next(sg.threshold for sg in DISEASE_CRITERION if sg.metric == "bos_resid_ratio")
     span = (f"${fmt(int(round(inf.min())))}$" if round(inf.min()) == round(inf.max()) else
             f"${fmt(int(round(inf.min())))}$ to ${fmt(int(round(inf.max())))}$")
-    crit = f"{'past' if met else 'below'} the pre-declared threshold of ${threshold:g}$"
+    crit = f"{'past' if met else 'below'} the pre-declared criterion's ${threshold:g}$"
+    gap = f.gap_W8A8.mean() if "gap_W8A8" in f else float("nan")
+    small = (f", though its W8A8 gap was ${gap:.2g}$ nats" if gap == gap and
+             gap < GAP_THRESHOLD else "")
     return (f"{study.where[0].upper() + study.where[1:]}, the softmax baseline grew "
             f"activations of {span} and a first-token residual peak of ${fmt(peak)}$ times the "
-            f"median position, {crit}.")
+            f"median position, {crit}{small}.")
 
 
 def _n_endpoints(studies) -> str:
@@ -431,7 +433,7 @@ def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
              + f", testing {n_ep} pre-declared, Holm-corrected endpoints per study.")
     else:                              # the scale in brief: the studies' table has the rest
         sizes = sorted(s.params for s in studies)
-        data = _and(list(dict.fromkeys(s.data.split(" at lr")[0] for s in studies)))
+        data = _and(list(dict.fromkeys(s.data for s in studies)))
         seeds = sorted({s.seeds for s in studies})
         m = (f"We train nanoGPT-style decoders of {_millions(sizes[0])} to "
              f"{_millions(sizes[-1])} parameters on {data} with softmax, softmax1"
@@ -484,7 +486,17 @@ def title_answer(studies, variant: str = "softmax1") -> str:
         if "lower" in v.values():
             return ("Is attention off by one? Where the outliers grow, softmax1 made them "
                     "smaller.")
-        studies = [s for s in studies if s is not lead]
+        rest = [s for s in studies if s is not lead]
+        ways = {"higher" if r["diff"] > 0 else "lower"
+                for r in t[t.metric.isin(["bos_resid_ratio", "max_inf_norm", "max_kurtosis"])]
+                .to_dict("records")}
+        lead_words = ("where the outliers grew, softmax1 did not reduce them: its estimates "
+                      "pointed higher, none significant after Holm's correction"
+                      if ways == {"higher"} else
+                      "where the outliers grew, softmax1's effect on them stayed inconclusive")
+        tail = title_answer(rest, variant).removeprefix("Is attention off by one? ") if rest else ""
+        return (f"Is attention off by one? Not measurably here: {lead_words}."
+                + (f" Elsewhere, {tail[0].lower() + tail[1:]}" if tail else ""))
     sink = _any(studies, "first_position", "lower", variant)
     mag_lower = _any(studies, "max_inf_norm", "lower", variant)
     if sink and not mag_lower:
@@ -725,7 +737,7 @@ def studies_of(R) -> list[Study]:
     od = getattr(R, "outlier_data", None)
     if od:                     # the study where the disease grows answers first
         s = _study("outliers", od["label"], od["where"], od["tests"], od["fin"], od["profile"],
-                   None, f"synthetic Bigram-Backcopy {od['where']}", "tab:outlier-primary")
+                   None, "synthetic Bigram-Backcopy", "tab:outlier-primary")
         s.extra.update(diseased=od["diseased"], peak=od["peak"])
         out.append(s)
     out += [_study("main", R.study_label, f"at {fmt(steps)} steps" if synthetic else "on text",
