@@ -490,8 +490,8 @@ def title_answer(studies, variant: str = "softmax1") -> str:
         ways = {"higher" if r["diff"] > 0 else "lower"
                 for r in t[t.metric.isin(["bos_resid_ratio", "max_inf_norm", "max_kurtosis"])]
                 .to_dict("records")}
-        lead_words = ("where the outliers grew, softmax1 did not reduce them: its estimates "
-                      "pointed higher, none significant after Holm's correction"
+        lead_words = ("where the outliers grew, softmax1 did not reduce them (its estimates "
+                      "pointed higher, none significant after Holm's correction)"
                       if ways == {"higher"} else
                       "where the outliers grew, softmax1's effect on them stayed inconclusive")
         tail = title_answer(rest, variant).removeprefix("Is attention off by one? ") if rest else ""
