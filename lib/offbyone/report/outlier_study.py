@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..profiles import rehearsal_of
 from . import figures as F
-from .attribution import carry_sentence, contributions
+from .attribution import _the, carry_sentence, contributions
 from .latex import GROUP, Tex, fmt, latex_escape, macro_name, num
 from .primary import PRIMARY_COLUMNS, primary_rows
 from .prose import _and, primary_sentence, verdict_summary
@@ -122,10 +122,12 @@ def against_sentence(tests: pd.DataFrame, others) -> str:
               for v in dict.fromkeys(t.verdict)}
         words = {"equivalent": "were equivalent to softmax in", "lower": "were lower in",
                  "higher": "were higher in", "inconclusive": "were inconclusive in"}
-        parts = [f"{words.get(v, 'had ' + v + ' in')} {_and(labels)}" for v, labels in by.items()]
-        names = _and([VARIANT_LABELS[o] for o in others])
-        return (f"{names[0].upper() + names[1:]} shared every verdict: both "
-                + "; ".join(parts) + " (\\cref{tab:outlier-primary} gives each effect).")
+        parts = [f"{words.get(v, 'had ' + v + ' in')} the {_and(labels)}"
+                 for v, labels in by.items()]
+        names = _and([_the(o) for o in others])
+        return (f"{names[0].upper() + names[1:]} shared every verdict: "
+                f"{'both' if len(others) == 2 else 'all'} " + _and(parts)
+                + " (\\cref{tab:outlier-primary} gives each effect).")
     summaries = [str(verdict_summary(tests, other)) for other in others]
     return " ".join(x[0].upper() + x[1:] + "." for x in summaries if x)
 
@@ -145,7 +147,7 @@ def uncorrected_sentence(tests: pd.DataFrame) -> Tex:
         else:
             eff = (f"${fmt(abs(r['diff']), 2)}$ {'above' if r['diff'] > 0 else 'below'} softmax's "
                    f"(95\\% CI ${fmt(r['ci_low'], 2)}$ to ${fmt(r['ci_high'], 2)}$)")
-        parts.append(f"{VARIANT_LABELS[r['other']]}'s {r['label']} was {eff}, $p = "
+        parts.append(f"{_the(r['other'])}'s {r['label']} was {eff}, $p = "
                      f"{fmt(r['p'], 2)}$ uncorrected and ${fmt(r['p_holm'], 2)}$ after Holm")
     return Tex("Before the correction " + "; ".join(parts) + ". None of these is a finding: "
                f"each comparison's family has {tests.metric.nunique()} endpoints.")
@@ -248,8 +250,8 @@ def explore_sentence(fin: pd.DataFrame, sgd: pd.DataFrame, rivals: pd.DataFrame)
         for v in [v for v in VARIANT_LABELS if v in set(rivals.variant) and v != "softmax"]:
             r = rivals[rivals.variant == v]
             b = base[base.seed.isin(r.seed)]
-            parts.append(f"{VARIANT_LABELS[v]} ${fmt(_ratio(b.max_inf_norm, r.max_inf_norm))}$ "
-                         f"times softmax's largest activation with a BOS peak of "
+            parts.append(f"{_the(v)} reached ${fmt(_ratio(b.max_inf_norm, r.max_inf_norm))}$ "
+                         f"times softmax's largest activation, with a BOS peak of "
                          f"${fmt(r.bos_resid_ratio.mean())}$ and a loss of "
                          f"${fmt(r.val_loss.mean(), 4)}$ nats")
         if parts:
