@@ -32,8 +32,9 @@ def ablations(R) -> pd.Series:
     rows = [{"metric": lab, **{c: mean_sd(sub[col]) for c, sub in columns.items()}}
             for col, lab in ABLATION_ROWS.items() if col in R.fin]
     # recipe names run long: each column a right-aligned paragraph, so its header wraps
+    width = min(2.4, 10.5 / max(1, len(columns)))       # the columns share the text width
     R.table(rows, "ablation.tex",
-            "l" + ">{\\raggedleft\\arraybackslash}p{2.4cm}" * len(columns))
+            "l" + f">{{\\raggedleft\\arraybackslash}}p{{{width:.2f}cm}}" * len(columns))
     write_text(R.gen / "ablation_text.tex", "\n".join(sentences) + "\n")
     return pd.Series(M)
 
