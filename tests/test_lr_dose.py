@@ -50,6 +50,15 @@ def test_nothing_committed_leaves_the_section_out(tmp_path):
     assert D.lr_dose(FakeReport(tmp_path)) == {"HasLrDose": "0"}
 
 
+def test_only_the_cpu_gpu_and_dose_papers_cite_it(tmp_path):
+    _commit(tmp_path, "testbed_lr", _runs(1e-2, {"softmax": 3.0, "softmax1": 12.0}))
+    for name, has in (("smoke", "0"), ("testbed_long", "0"), ("cpu", "1"),
+                      ("cpu-quickrehearsal", "1"), ("gpu", "1"), ("testbed_lr3e-4", "1")):
+        R = FakeReport(tmp_path)
+        R.profile = name
+        assert D.lr_dose(R)["HasLrDose"] == has, name
+
+
 def test_the_section_reads_the_committed_rates_and_says_where_the_peak_passed(tmp_path):
     _commit(tmp_path, "testbed_lr3e-4", _runs(3e-4, {"softmax": 1.2, "softmax1": 1.1}))
     _commit(tmp_path, "testbed_lr", _runs(1e-2, {"softmax": 3.0, "softmax1": 12.0}))

@@ -79,10 +79,13 @@ def test_nothing_committed_leaves_the_section_out(tmp_path):
     assert getattr(R, "outlier_data", None) is None
 
 
-def test_its_own_paper_does_not_cite_it(tmp_path):
+def test_only_the_cpu_and_gpu_papers_cite_it(tmp_path):
     _commit(tmp_path, "testbed_outliers", _runs())
-    for p in ("testbed_outliers", "testbed_outliers-quickrehearsal", "testbed_outliers_rivals"):
+    for p in ("testbed_outliers", "testbed_outliers-quickrehearsal", "testbed_outliers_rivals",
+              "smoke", "testbed_long"):
         assert O.outlier_study(FakeReport(tmp_path, p))["HasOutlierStudy"] == "0"
+    for p in ("cpu", "cpu-quickrehearsal", "gpu"):
+        assert O.outlier_study(FakeReport(tmp_path, p))["HasOutlierStudy"] == "1"
 
 
 def test_the_study_is_tested_on_its_declared_endpoints_and_read_first(tmp_path):

@@ -31,6 +31,9 @@ from .stats import (ALPHA, DISEASE_CRITERION, STUDY_PRIMARY, VARIANT_LABELS, dis
                     paired_difference, primary_tests)
 
 PROFILE = "testbed_outliers"
+# the papers that cite it: the cpu paper (the answer on two cores) and the GPU study's, which
+# repeats it at width 256 (its own paper, the smoke test and the rest do not)
+CITED_BY = ("cpu", "gpu")
 RIVALS = "testbed_outliers_rivals"
 SGD = "testbed_outliers_sgd"
 PEAK, GAP = DISEASE_CRITERION            # the BOS peak (threshold 5) and the W8A8 gap (0.05)
@@ -319,7 +322,7 @@ def figure(R, df: pd.DataFrame, curve: pd.DataFrame, variants) -> None:
 def outlier_study(R) -> dict:
     """The section's tables, figure and macros; HasOutlierStudy 0 when the study's results are
     not committed. Leaves R.outlier_data (the synthesis's first study) when they are."""
-    if (rehearsal_of(R.profile) or R.profile) in (PROFILE, RIVALS, SGD):
+    if (rehearsal_of(R.profile) or R.profile) not in CITED_BY:
         return {"HasOutlierStudy": "0"}          # its own paper reports it as the main study
     got = committed(R.root, PROFILE)
     if got is None:

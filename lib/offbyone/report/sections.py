@@ -294,6 +294,7 @@ class Report:
         M["HasLrDose"] = "0"                     # unless a dose profile's results are committed
         M["HasOutlierStudy"] = "0"               # unless testbed_outliers' results are committed
         M["HasDiseaseOut"] = "0"                 # ... and the disease table has its column
+        M["HasMde"] = "0"                        # unless some study has 3 seeds or more
         for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak", "lr_dose",
                      "outlier_study", "attribution", "magnitude", "retrofit", "synthesis"):
             M.update(self.sections.get(name, {}))

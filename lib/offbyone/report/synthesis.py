@@ -787,7 +787,7 @@ def mde_rows(studies, variant: str = "softmax1") -> list[dict]:
     from .latex import GROUP, num
     rows = []
     for s in studies:
-        t = s.tests[s.tests.other == variant]
+        t = s.tests[(s.tests.other == variant) & (s.tests.n >= 3)]   # fewer seeds: no test
         if not len(t):
             continue
         rows.append({GROUP: Tex(f"{s.label}: {VARIANT_LABELS[variant]} against softmax")})
@@ -812,7 +812,7 @@ def mde_rows(studies, variant: str = "softmax1") -> list[dict]:
 
 def mde_sentence(studies) -> str:
     """The standardised effects the seed counts can detect, in words."""
-    ns = sorted({int(r["n"]) for s in studies for r in s.tests.to_dict("records") if r["n"] > 1})
+    ns = sorted({int(r["n"]) for s in studies for r in s.tests.to_dict("records") if r["n"] > 2})
     if not ns:
         return ""
     parts = [f"${fmt(minimum_detectable(n), 3)}$ ({n} seeds)" for n in ns]
@@ -856,6 +856,9 @@ def synthesis(R) -> pd.Series:
     rag = ">{\\raggedright\\arraybackslash}"
     R.table(studies_table(studies), "studies.tex",
             f"{rag}p{{2.1cm}}{rag}p{{2.6cm}}lrrrr{rag}p{{2.4cm}}")
-    R.table(mde_rows(studies), "mde.tex", "lrrrrr")
+    mde = mde_rows(studies)
+    M["HasMde"] = "1" if mde else "0"
+    if mde:
+        R.table(mde, "mde.tex", "lrrrrr")
     forest_figure(studies, lambda fig: R.figure(fig, "forest"))
     return pd.Series(M)
