@@ -11,23 +11,15 @@ import pytest
 from offbyone.report import outlier_study as O
 from offbyone.report.latex import GROUP
 from offbyone.report.stats import STUDY_PRIMARY
+from test_lr_dose import FakeReport as DoseReport
 
 
-class FakeReport:
-    """What the section uses of a Report (tables, figures and derived files kept here)."""
+class FakeReport(DoseReport):
+    """The dose tests' stand-in for a Report, with the profile whose paper it builds."""
 
     def __init__(self, root: Path, profile: str = "cpu"):
-        self.root, self.profile = root, profile
-        self.tables, self.figures, self.files = {}, [], {}
-
-    def derived(self, name, frame):
-        self.files[name] = frame
-
-    def table(self, rows, name, column_format=None):
-        self.tables[name] = rows
-
-    def figure(self, fig, name):
-        self.figures.append(name)
+        super().__init__(root)
+        self.profile = profile
 
 
 PEAKS = {"softmax": [9.0, 1.4, 6.0, 2.0, 3.0], "softmax1": [17.0, 18.0, 16.0, 19.0, 17.5],
@@ -93,6 +85,9 @@ def test_the_study_is_tested_on_its_declared_endpoints_and_read_first(tmp_path):
     R = FakeReport(tmp_path)
     M = O.outlier_study(R)
     assert M["HasOutlierStudy"] == "1" and M["OutNSeeds"] == "5" and M["OutLr"] == "0.01"
+    # the study's own two endpoints' margins, from their declaration, for the text
+    assert "a factor $1.25$" in M["OutMargins"] and "$\\pm0.05$" in M["OutMargins"]
+    assert M["OutPeakThreshold"] == "5"
     tests = R.files["cited_testbed_outliers_primary.csv"]
     declared = [ep.metric for ep in STUDY_PRIMARY["testbed_outliers"]]
     assert sorted(set(tests.metric)) == sorted(declared)            # all eight, Holm within

@@ -16,7 +16,9 @@ from .prose import _and
 from .results import final, read_csv
 from .stats import DISEASE_CRITERION, VARIANT_LABELS
 
-# the papers that cite the dose-response (besides the dose profiles' own)
+# the papers that cite the disease studies on two cores (the dose-response, besides the dose
+# profiles' own, and testbed_outliers): the cpu paper and the GPU study's, which repeats them at
+# width 256; the smoke test and the rest do not
 CITED_BY = ("cpu", "gpu")
 # the dose profiles, lowest rate first; testbed_lr is the primary study's declared dose
 DOSE_PROFILES = ("testbed_lr3e-4", "testbed_lr1e-3", "testbed_lr3e-3", "testbed_lr",

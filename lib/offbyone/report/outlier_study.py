@@ -13,7 +13,6 @@ pays (`attribution`), and the exploratory companions. Every sentence is chosen b
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -22,18 +21,18 @@ import pandas as pd
 from ..profiles import rehearsal_of
 from . import figures as F
 from .attribution import _the, carry_sentence, contributions
-from .latex import GROUP, Tex, fmt, latex_escape, macro_name, num
-from .primary import PRIMARY_COLUMNS, primary_rows
+from .latex import Tex, fmt, latex_escape, macro_name, num
+from .long import committed
+from .lr_dose import CITED_BY
+from .peak import block_peaks
+from .primary import PRIMARY_COLUMNS, margins, primary_rows
 from .prose import _and, primary_sentence, verdict_summary
 from .results import final, read_csv
+from .stats import (ALPHA, DISEASE_CRITERION, PRIMARY, STUDY_PRIMARY, VARIANT_LABELS,
+                    disease_appeared, paired_difference, primary_tests)
 from .synthesis import _millions, _params
-from .stats import (ALPHA, DISEASE_CRITERION, STUDY_PRIMARY, VARIANT_LABELS, disease_appeared,
-                    paired_difference, primary_tests)
 
 PROFILE = "testbed_outliers"
-# the papers that cite it: the cpu paper (the answer on two cores) and the GPU study's, which
-# repeats it at width 256 (its own paper, the smoke test and the rest do not)
-CITED_BY = ("cpu", "gpu")
 RIVALS = "testbed_outliers_rivals"
 SGD = "testbed_outliers_sgd"
 PEAK, GAP = DISEASE_CRITERION            # the BOS peak (threshold 5) and the W8A8 gap (0.05)
@@ -54,26 +53,9 @@ def lr_words(lr: float) -> str:
     return f"{lr:g}"
 
 
-def committed(root, name: str) -> tuple[pd.DataFrame, dict] | None:
-    """(every checkpoint, provenance) of a profile's committed results, or None when they are
-    not there."""
-    res = root / "results" / name
-    if not (res / "runs.csv").exists():
-        return None
-    prov = json.loads((res / "provenance.json").read_text()) if (res / "provenance.json").exists() else {}
-    return read_csv(res / "runs.csv"), prov
-
-
 def _optional(root, name: str, file: str) -> pd.DataFrame:
     path = root / "results" / name / file
     return read_csv(path) if path.exists() else pd.DataFrame()
-
-
-def peak_curve(curve: pd.DataFrame) -> pd.DataFrame:
-    """The largest BOS ratio over the blocks (layer 0 is the embedding) at each logged step."""
-    blocks = curve[curve.layer >= 1]
-    return (blocks.groupby(["variant", "seed", "step"], as_index=False)
-            .agg(bos_ratio=("bos_ratio", "max")))
 
 
 def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
@@ -323,8 +305,8 @@ def outlier_study(R) -> dict:
     """The section's tables, figure and macros; HasOutlierStudy 0 when the study's results are
     not committed. Leaves R.outlier_data (the synthesis's first study) when they are."""
     if (rehearsal_of(R.profile) or R.profile) not in CITED_BY:
-        return {"HasOutlierStudy": "0"}          # its own paper reports it as the main study
-    got = committed(R.root, PROFILE)
+        return {"HasOutlierStudy": "0"}          # its own paper, the smoke test and the rest
+    got = committed(R, PROFILE)
     if got is None:
         print(f"results/{PROFILE}/runs.csv is not there: the paper leaves the study at the "
               f"disease's dose out (make reproduce PROFILE={PROFILE} makes it)")
@@ -342,13 +324,13 @@ def outlier_study(R) -> dict:
     R.table(primary_rows(tests, label), "outlier_primary.tex", PRIMARY_COLUMNS)
     R.table(gap_rows(fin, variants), "outlier_gaps.tex", "l" + "r" * 2 * len(variants))
     sgd = _optional(R.root, PROFILE, f"ablation_{SGD}.csv")     # its final checkpoints
-    rivals_got = committed(R.root, RIVALS)
+    rivals_got = committed(R, RIVALS)
     rivals = final(rivals_got[0]) if rivals_got else pd.DataFrame()
     cols = explore_frames(fin, sgd, rivals)
     R.table(explore_rows(cols), "outlier_explore.tex",
             "l" + ">{\\raggedleft\\arraybackslash}p{1.25cm}" * len(cols))
     curve = _optional(R.root, PROFILE, "bos_curve.csv")
-    figure(R, df, peak_curve(curve) if len(curve) else
+    figure(R, df, block_peaks(curve) if len(curve) else
            pd.DataFrame(columns=["variant", "seed", "step", "bos_ratio"]), variants)
     groups = _optional(R.root, PROFILE, "quant_groups.csv")
     where = f"At lr {lr_words(lr)}"
@@ -371,6 +353,8 @@ def outlier_study(R) -> dict:
         M[macro_name("OutPrimary", *r["metric"].split("_"), r["other"])] = primary_sentence(r)
     M["OutAgainst"] = Tex(against_sentence(tests, others) + " " + str(uncorrected_sentence(tests)))
     M["OutParams"] = _millions(_params(PROFILE, None)[0])
+    M["OutMargins"] = margins(STUDY_PRIMARY[PROFILE][len(PRIMARY):])   # the study's own two
+    M["OutPeakThreshold"] = f"{PEAK.threshold:g}"
     R.outlier_data = {"profile": PROFILE, "label": label, "where": f"at lr {lr_words(lr)}",
                        "tests": tests, "fin": fin, "diseased": verdict["appeared"],
                        "peak": verdict["values"][PEAK.name]}

@@ -32,7 +32,13 @@ def peak_curve(report) -> pd.DataFrame | None:
         curve = read_csv(path)
     else:
         return None
-    blocks = curve[curve.layer >= 1]                     # layer 0 is the embedding
+    return block_peaks(curve)
+
+
+def block_peaks(curve: pd.DataFrame) -> pd.DataFrame:
+    """bos_curve rows as the largest BOS ratio over the blocks (layer 0 is the embedding) at
+    each logged step of each run, with its validation loss."""
+    blocks = curve[curve.layer >= 1]
     return (blocks.groupby(["variant", "seed", "step"], as_index=False)
             .agg(bos_ratio=("bos_ratio", "max"), val_loss=("val_loss", "first")))
 

@@ -106,7 +106,7 @@ def margins(endpoints=PRIMARY) -> str:
     """The equivalence margins of the primary endpoints, in words."""
     return "; ".join(
         f"{ep.label}: " + (f"a factor ${fmt(math.exp(ep.margin))}$" if ep.scale == "log"
-                           else f"$\\pm{fmt(ep.margin)}$" + (f" {ep.unit}" if ep.unit else ""))
+                           else f"$\\pm{ep.margin:g}$" + (f" {ep.unit}" if ep.unit else ""))
         for ep in endpoints)
 
 

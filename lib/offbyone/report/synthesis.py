@@ -410,11 +410,6 @@ def lead_baseline(study: Study) -> str:
             f"median position, {crit}{small}.")
 
 
-def _n_endpoints(studies) -> str:
-    counts = sorted({int(s.tests.metric.nunique()) for s in studies})
-    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-
-
 def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
     """At most ABSTRACT_MAX_WORDS words of prose, in the order question, method and scale, what
     the baselines had to cure, what softmax1 did (first where the disease grows, when a study
@@ -426,11 +421,10 @@ def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
     others = {v: [s for s in studies if v in set(s.tests.other)]
               for v in dict.fromkeys(v for s in studies for v in s.tests.other) if v != "softmax1"}
     also = "".join(f" (and a {VARIANT_LABELS[v]} {_wheres(ss)})" for v, ss in others.items())
-    n_ep = _n_endpoints(studies) if any(s.key == "outliers" for s in studies) else str(n_endpoints)
     if lead is None:
         m = (f"We train nanoGPT-style decoders from scratch with softmax and softmax1{also}: "
              + ", ".join(_study_groups(studies))
-             + f", testing {n_ep} pre-declared, Holm-corrected endpoints per study.")
+             + f", testing {n_endpoints} pre-declared, Holm-corrected endpoints per study.")
     else:                              # the scale in brief: the studies' table has the rest
         sizes = sorted(s.params for s in studies)
         data = _and(list(dict.fromkeys(s.data for s in studies)))
