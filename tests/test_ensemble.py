@@ -98,6 +98,11 @@ def test_an_ensemble_refuses_what_it_cannot_match(tmp_path, tiny_corpus, tiny_da
         check_members(d)
     with pytest.raises(ConfigError, match="distinct seeds"):
         check_members([a, copy.deepcopy(a)])
+    own = [copy.deepcopy(a), copy.deepcopy(b)]
+    for c in own:
+        c.sink_lr = 1e-2
+    with pytest.raises(ConfigError, match="sink learning rate .* one by one"):
+        check_members(own)
     runs = [("p", "softmax", s) for s in range(5)] + [("p", "sink", 0)]
     assert ensemble_groups(runs, 2) == [[("p", "softmax", 0), ("p", "softmax", 1)],
                                         [("p", "softmax", 2), ("p", "softmax", 3)],

@@ -146,3 +146,87 @@ def test_retrained_sources_are_said_with_how_much_they_moved(tmp_path):
     assert "trained again" in text and "$0.249$ against $0.241$" in text
     same = RF.sources_sentence(R, "src", "softmax", committed.assign(variant=RF.SOURCE), {})
     assert same.startswith("The sources are the committed checkpoints")
+
+
+# the learned sink's own learning rate (issue 37): the sink's logit barely moved at lr 3e-4 in
+# the first retrofit, so a retrofit may give it its own optimizer parameter group
+
+def _sink_model(attention="sink"):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(attention=attention, vocab_size=11, n_layer=2, n_head=2, n_embd=16,
+                         block_size=8))
+
+
+def test_sink_lr_puts_only_the_learned_sinks_in_a_group_of_their_own():
+    model = _sink_model()
+    sinks = {id(p) for n, p in model.named_parameters() if n.endswith(".sink")}
+    assert len(sinks) == 2
+    # unset: the two groups as before, the sinks among the undecayed parameters at lr
+    g0 = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu").param_groups
+    assert len(g0) == 2 and sinks <= {id(p) for p in g0[1]["params"]}
+    # set: a third group holding exactly the sinks, undecayed, at sink_lr
+    g = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu", sink_lr=3e-2).param_groups
+    assert len(g) == 3 and {id(p) for p in g[2]["params"]} == sinks
+    assert g[2]["weight_decay"] == 0.0 and g[2]["lr"] == pytest.approx(3e-2)
+    assert not sinks & {id(p) for p in g[0]["params"] + g[1]["params"]}
+    assert sum(len(x["params"]) for x in g) == len(list(model.parameters()))
+    # a variant without a learned sink has nothing to put there
+    assert len(_sink_model("softmax1").configure_optimizer(
+        0.1, 1e-3, (0.9, 0.99), "cpu", sink_lr=3e-2).param_groups) == 2
+    with pytest.raises(ValueError, match="sink_lr must be >= 0"):
+        model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu", sink_lr=-1.0)
+    with pytest.raises(ConfigError, match="sink_lr must be >= 0"):
+        TrainConfig(sink_lr=-1e-3)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_the_sink_takes_steps_of_its_own_learning_rate_on_the_runs_schedule(kind):
+    from offbyone.train import _set_lr, lr_at
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=3, max_steps=10, sink_lr=5e-2)
+    model = _sink_model()
+    opt = model.configure_optimizer(0.0, cfg.lr, (0.9, 0.99), "cpu", kind, 0.0, cfg.sink_lr)
+    x = torch.randint(0, 11, (4, 8))
+    for step in (0, 5):      # in the warm-up and in the decay: the ratio is the schedule's
+        lr = _set_lr(opt, lr_at(step, cfg))
+        assert opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"] == lr
+        assert opt.param_groups[2]["lr"] == pytest.approx(lr * 50)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.zero_grad()
+    model(x, x)[1].backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    for n, p in model.named_parameters():
+        g, moved = grads[n], p.detach() - before[n]
+        rate = lr * (50 if n.endswith(".sink") else 1)
+        if kind == "sgd":    # no momentum, no decay: exactly -rate * grad
+            torch.testing.assert_close(moved, -rate * g)
+        elif n.endswith(".sink"):
+            # AdamW's first step moves a parameter by its rate times the sign of its gradient
+            # (eps aside)
+            torch.testing.assert_close(moved, -rate * torch.sign(g), rtol=1e-3, atol=1e-9)
+
+
+def test_a_retrofit_with_its_own_sink_lr_moves_the_sink_further_and_resumes_exactly(
+        tmp_path, source):
+    ckpt, scfg = source
+
+    class Stop(Exception):
+        pass
+
+    def stop(step):
+        if step == 3:
+            raise Stop
+    cfgs = {r: _retrofit(tmp_path / str(r), scfg, ckpt, "sink", sink_lr=r,
+                         checkpoint_fractions=[0.0, 0.5, 1.0]) for r in (0.0, 0.1)}
+    with pytest.raises(Stop):
+        train(cfgs[0.1], on_step=stop)
+    resumed = load_checkpoint(train(cfgs[0.1])["final_checkpoint"])
+    ref = load_checkpoint(train(_retrofit(tmp_path / "ref", scfg, ckpt, "sink", sink_lr=0.1,
+                                          checkpoint_fractions=[0.0, 0.5, 1.0]))["final_checkpoint"])
+    assert all(torch.equal(resumed["model"][k], ref["model"][k]) for k in ref["model"])
+    plain = load_checkpoint(train(cfgs[0.0])["final_checkpoint"])
+    sinks = [k for k in ref["model"] if k.endswith(".sink")]
+    moved = {r: max(c["model"][k].abs().max().item() for k in sinks)     # each starts at 0
+             for r, c in ((0.1, ref), (0.0, plain))}
+    assert moved[0.1] > 10 * moved[0.0] > 0
+    assert ref["config"]["sink_lr"] == 0.1

@@ -146,6 +146,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0            # 0 disables clipping
+    # the learned sink's own peak learning rate (its own parameter group, on the same warm-up
+    # and decay as lr, no weight decay); 0 leaves it in the other non-matrix parameters' group
+    # at lr. Variants without a learned sink have no such parameter and ignore it.
+    sink_lr: float = 0.0
     # evaluation, logging, checkpoints
     eval_interval: int = 250
     eval_batches: int = 20
@@ -190,7 +194,7 @@ class TrainConfig:
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1, got {getattr(self, k)}")
         for k in ("warmup_steps", "threads", "max_tokens", "lr", "min_lr", "weight_decay",
-                  "grad_clip"):
+                  "grad_clip", "sink_lr"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"{k} must be >= 0, got {getattr(self, k)}")
         if self.lr == 0:

@@ -57,6 +57,9 @@ def check_members(cfgs: list[TrainConfig]) -> None:
     if cfgs[0].init_from:
         raise ConfigError("an ensemble cannot start from a checkpoint (init_from); train a "
                           "retrofit's runs one by one (offbyone.train)")
+    if cfgs[0].sink_lr:
+        raise ConfigError("an ensemble keeps two parameter groups; train runs with their own "
+                          "sink learning rate (sink_lr) one by one (offbyone.train)")
     if 0 in cfgs[0].checkpoint_steps():
         raise ConfigError("an ensemble writes no checkpoint at step 0 (checkpoint_fractions "
                           "0.0); leave it out, or train the runs one by one")

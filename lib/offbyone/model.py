@@ -271,16 +271,25 @@ class GPT(nn.Module):
         return logits, loss
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas, device_type: str,
-                            kind: str = "adamw", momentum: float = 0.9):
+                            kind: str = "adamw", momentum: float = 0.9, sink_lr: float = 0.0):
         """AdamW (or SGD with momentum: Guo et al.'s control, under which the BOS peak does not
-        grow) with weight decay on matrices (dim >= 2) only, not on biases, norms or sinks."""
+        grow) with weight decay on matrices (dim >= 2) only, not on biases, norms or sinks.
+        sink_lr > 0 puts the learned sinks in a third group whose learning rate is sink_lr
+        whenever the others' is lr (its "lr_scale", sink_lr / lr, which train's schedule keeps)."""
         if kind not in OPTIMIZERS:
             raise ValueError(f"optimizer {kind!r} is not one of {', '.join(OPTIMIZERS)}")
-        params = [p for p in self.parameters() if p.requires_grad]
+        if sink_lr < 0:
+            raise ValueError(f"sink_lr must be >= 0 (0: the sink trains at lr), got {sink_lr}")
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        sinks = [p for n, p in named if sink_lr > 0 and n.rsplit(".", 1)[-1] == "sink"]
+        params = [p for _, p in named if not any(p is s for s in sinks)]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
+        if sinks:
+            groups.append({"params": sinks, "weight_decay": 0.0, "lr": sink_lr,
+                           "lr_scale": sink_lr / lr})
         extra = {"fused": True} if device_type == "cuda" else {}
         if kind == "sgd":
             return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)

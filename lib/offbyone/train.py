@@ -234,8 +234,9 @@ def _train(cfg: TrainConfig, run: "_Run", on_step) -> dict:
 
 
 def _set_lr(optimizer, lr: float) -> float:
+    """Every group's learning rate to lr (times its lr_scale: the learned sink's own, sink_lr)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
 
 
@@ -325,7 +326,8 @@ class _Run:
         self.mconf = cfg.model_config(data.vocab_size)
         self.raw_model = model = GPT(self.mconf).to(self.device)
         optimizer = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
-                                              self.device.type, cfg.optimizer, cfg.momentum)
+                                              self.device.type, cfg.optimizer, cfg.momentum,
+                                              cfg.sink_lr)
         gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * self.rank)
         start, val_loss = 0, None
         if state is None and cfg.init_from:

@@ -122,8 +122,16 @@ BOS_PEAK = Endpoint("bos_resid_ratio", "BOS residual peak (ratio to the median p
 BOS_SHARE = Endpoint("outlier_share_pos0", "share of activation outliers at BOS", "linear", 0.05)
 # The GPU study, redesigned on 2026-12-04 (issue 38) at the CPU study's dose before any of its
 # runs, declares the CPU study's eight.
+# The diseased retrofit (configs/retrofit_outliers.yaml, issue 37), declared on 2026-12-04 before
+# any of its runs: the same eight, each arm against the softmax control at the end of the
+# fine-tune, Holm within each arm.
 STUDY_PRIMARY = {"gpu": PRIMARY + (BOS_PEAK, BOS_SHARE),
-                 "testbed_outliers": PRIMARY + (BOS_PEAK, BOS_SHARE)}
+                 "testbed_outliers": PRIMARY + (BOS_PEAK, BOS_SHARE),
+                 "retrofit_outliers": PRIMARY + (BOS_PEAK, BOS_SHARE)}
+# The text dose-response (configs/text_lr3e-3.yaml, issue 37), declared on 2026-12-04 before any
+# of its runs: a dose trains when, for both variants and both seeds, the final validation loss is
+# within this many nats of the lowest that variant reaches at any dose of the sweep.
+TEXT_DOSE_MARGIN = 0.05
 
 
 def primary_endpoints(profile: str) -> tuple:
