@@ -37,6 +37,14 @@ def test_measure_writes_one_tidy_file(checkpoints, variant):
     assert r["attention_T64"]["T"] == 16                        # capped at the model's context
     abst = r["attention"]["mean_abstention"]
     assert (abst > 0) if variant == "sink" else (abs(abst) < 1e-6)
+    # the learned sinks' logits, read from the checkpoint's own weights (blocks x heads)
+    if variant == "sink":
+        import torch
+        state = torch.load(checkpoints[variant], weights_only=True)["model"]
+        assert r["sink_logits"] == [state[f"blocks.{i}.attn.sink"].tolist() for i in range(2)]
+        assert any(x != 0.0 for block in r["sink_logits"] for x in block)   # it trained
+    else:
+        assert r["sink_logits"] is None
     assert [q["config"] for q in r["quant"]] == ["W8A8", "W4A4", "legacy_W8A8"]
     assert [q["setup"] for q in r["quant"]] == ["fp32_head", "fp32_head", "linear_inputs"]
     assert [q["weight_method"] for q in r["quant"]] == ["mse", "mse", "minmax"]

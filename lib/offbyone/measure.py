@@ -132,6 +132,7 @@ def measure(checkpoint, config: MeasureConfig | dict | None = None, force: bool 
         "weights": {"kurtosis": wk, "avg_kurtosis": sum(wk.values()) / len(wk),
                     "max_kurtosis": max(wk.values())},
         "attention": attn, "attention_T64": attn64, "residual_peak": peak, "windowed": windowed,
+        "sink_logits": sink_logits(model),
         "data": _data_summary(data, cfg), "quant": quant,
         "quant_notes": QUANT_NOTES[mc.setup],
         # who trained it, and the code that ran then and now (provenance.staleness_of)
@@ -151,6 +152,13 @@ QUANT_NOTES = {
                  "tensor with static running min-max ranges",
     "linear_inputs": "fake quant of the Linear inputs and block outputs (offbyone's earlier "
                      "setup); final LayerNorm, q, k, v, scores and LM head in full precision"}
+
+
+def sink_logits(model) -> list[list[float]] | None:
+    """The learned sinks' logits, one list of heads per block (None without a learned sink):
+    where a retrofit's sink has gone from its initial value."""
+    sinks = [b.attn.sink for b in model.blocks if getattr(b.attn, "sink", None) is not None]
+    return [s.detach().float().cpu().tolist() for s in sinks] or None
 
 
 def _classes(data: TokenData, bos: bool, device) -> dict:

@@ -61,6 +61,10 @@ def _row(r: dict, profile: str) -> dict:
                bos_other=att.get("mean_first_position_other_queries"),
                bos_trigger=att.get("mean_first_position_trigger_queries"),
                bos_other_max_head=att.get("max_head_first_position_other_queries"))
+    sinks = [x for block in r.get("sink_logits") or [] for x in block]
+    row.update(sink_logit_mean=float(np.mean(sinks)) if sinks else None,
+               sink_logit_max=float(np.max(sinks)) if sinks else None,
+               sink_logit_min=float(np.min(sinks)) if sinks else None)
     inner, peak = r["activations"].get("anchor_inner"), r.get("residual_peak")
     row.update(inner_max_inf_norm=inner["max_inf_norm"] if inner else None,
                inner_max_inf_norm_module=inner["max_inf_norm_module"] if inner else None,
