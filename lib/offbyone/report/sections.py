@@ -18,6 +18,7 @@ sentences together) and is called through a method here:
     retrofit   softmax checkpoints fine-tuned as softmax1 or a learned sink (a cited profile)
     baseline   the signs the softmax baseline shows
     outlier_study  the study where the disease grows (lr 1e-2), from its committed results
+    cure       its softmax checkpoints fine-tuned as softmax1 or a learned sink (committed results)
     synthesis  the abstract, the forest plot, one paragraph per question, the limitations
 
 `write_macros()` writes every macro the paper prints.
@@ -34,7 +35,7 @@ from ..metrics import uniform_first_position_mass
 from ..profiles import load_profile, profile_files, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
 from . import ablation, attribution, baseline, magnitude, overview, retrofit, window
-from . import lr_dose, outlier_study
+from . import cure, lr_dose, outlier_study
 from . import figures as F
 from . import long as long_section
 from . import primary as primary_section
@@ -259,6 +260,13 @@ class Report:
         M = self.sections["outlier_study"] = outlier_study.outlier_study(self)
         return pd.Series(M, dtype=object)
 
+    def cure(self) -> pd.Series:
+        """Curing a diseased model: the study's softmax checkpoints fine-tuned as softmax,
+        softmax1 and the learned sink, from retrofit_outliers' committed results
+        (report/cure.py)."""
+        M = self.sections["cure"] = cure.cure(self)
+        return pd.Series(M, dtype=object)
+
     def magnitude(self) -> pd.Series:
         """Kurtosis read with magnitude, and the weight on the implicit zero per head
         (report/magnitude.py)."""
@@ -293,10 +301,11 @@ class Report:
         M["HasRetrofit"] = "0"                   # unless a retrofit's results are cited
         M["HasLrDose"] = "0"                     # unless a dose profile's results are committed
         M["HasOutlierStudy"] = "0"               # unless testbed_outliers' results are committed
+        M["HasCure"] = "0"                       # unless retrofit_outliers' results are committed
         M["HasDiseaseOut"] = "0"                 # ... and the disease table has its column
         M["HasMde"] = "0"                        # unless some study has 3 seeds or more
         for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak", "lr_dose",
-                     "outlier_study", "attribution", "magnitude", "retrofit", "synthesis"):
+                     "outlier_study", "cure", "attribution", "magnitude", "retrofit", "synthesis"):
             M.update(self.sections.get(name, {}))
         # a profile without softmax1 (the rivals' own) still defines what the paper's text
         # names for it, as "n/a", so that its PDF builds
