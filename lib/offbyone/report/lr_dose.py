@@ -35,11 +35,11 @@ PANELS = (("bos_resid_ratio", "BOS residual peak", True),
           ("val_loss", "validation loss (nats)", False))
 
 
-def dose_frame(root) -> tuple[pd.DataFrame, list[str]]:
+def dose_frame(root, profiles=DOSE_PROFILES) -> tuple[pd.DataFrame, list[str]]:
     """Every measured checkpoint of the dose profiles whose results are committed (with their
     `lr` column), and the names of those that are not."""
     frames, missing = [], []
-    for name in DOSE_PROFILES:
+    for name in profiles:
         path = root / "results" / name / "runs.csv"
         if not path.exists():
             missing.append(name)
@@ -82,9 +82,9 @@ def _scatter(ax, fin: pd.DataFrame, col: str, variants, log: bool) -> None:
     ax.xaxis.set_minor_formatter(F.matplotlib.ticker.NullFormatter())
 
 
-def dose_figure(R, fin: pd.DataFrame, variants) -> None:
+def dose_figure(R, fin: pd.DataFrame, variants, name: str = "lr-dose", panels=PANELS) -> None:
     fig, axes = F.plt.subplots(2, 3, figsize=(6.5, 4.4))
-    for ax, (col, label, log) in zip(axes.flat, PANELS):
+    for ax, (col, label, log) in zip(axes.flat, panels):
         _scatter(ax, fin, col, variants, log and bool((fin[col] > 0).all()))
         ax.set_title(label, fontsize=9)
         if col == "bos_resid_ratio":
@@ -95,7 +95,7 @@ def dose_figure(R, fin: pd.DataFrame, variants) -> None:
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    R.figure(fig, "lr-dose")
+    R.figure(fig, name)
 
 
 def first_dose(means: pd.DataFrame, variant: str, col: str, threshold: float) -> float | None:
@@ -117,7 +117,8 @@ def dose_rows(means: pd.DataFrame, variants) -> list[dict]:
                          "BOS peak": num(r.bos_resid_ratio), "inf-norm": num(r.max_inf_norm),
                          "w/o last": num(r.inner_max_inf_norm), "kurtosis": num(r.max_kurtosis),
                          "W8A8": num(r.gap_W8A8), "W16A6": num(r.gap_W16A6),
-                         "W16A6 copy": num(r.get("gap_trigger_W16A6", float("nan"))),
+                         **({"W16A6 copy": num(r.gap_trigger_W16A6)}
+                            if "gap_trigger_W16A6" in means else {}),
                          "W8A4": num(r.gap_W8A4)})
     return rows
 

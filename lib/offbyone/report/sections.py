@@ -18,6 +18,7 @@ sentences together) and is called through a method here:
     retrofit   softmax checkpoints fine-tuned as softmax1 or a learned sink (a cited profile)
     baseline   the signs the softmax baseline shows
     outlier_study  the study where the disease grows (lr 1e-2), from its committed results
+    text_dose  the dose-response on natural text, from its committed results
     cure       its softmax checkpoints fine-tuned as softmax1 or a learned sink (committed results)
     synthesis  the abstract, the forest plot, one paragraph per question, the limitations
 
@@ -35,7 +36,7 @@ from ..metrics import uniform_first_position_mass
 from ..profiles import load_profile, profile_files, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
 from . import ablation, attribution, baseline, magnitude, overview, retrofit, window
-from . import cure, lr_dose, outlier_study
+from . import cure, lr_dose, outlier_study, text_dose
 from . import figures as F
 from . import long as long_section
 from . import primary as primary_section
@@ -254,6 +255,12 @@ class Report:
         M = self.sections["lr_dose"] = lr_dose.lr_dose(self)
         return pd.Series(M, dtype=object)
 
+    def text_dose(self) -> pd.Series:
+        """The disease's dose-response on natural text, from the text dose profiles' committed
+        results (report/text_dose.py)."""
+        M = self.sections["text_dose"] = text_dose.text_dose(self)
+        return pd.Series(M, dtype=object)
+
     def outlier_study(self) -> pd.Series:
         """The study where the disease grows (lr 1e-2, testbed_outliers), from its committed
         results (report/outlier_study.py); the synthesis reads it first."""
@@ -302,10 +309,12 @@ class Report:
         M["HasLrDose"] = "0"                     # unless a dose profile's results are committed
         M["HasOutlierStudy"] = "0"               # unless testbed_outliers' results are committed
         M["HasCure"] = "0"                       # unless retrofit_outliers' results are committed
+        M["HasTextDose"] = "0"                   # unless a text dose profile's results are
         M["HasDiseaseOut"] = "0"                 # ... and the disease table has its column
         M["HasMde"] = "0"                        # unless some study has 3 seeds or more
-        for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak", "lr_dose",
-                     "outlier_study", "cure", "attribution", "magnitude", "retrofit", "synthesis"):
+        for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak",
+                     "lr_dose", "text_dose", "outlier_study", "cure", "attribution", "magnitude",
+                     "retrofit", "synthesis"):
             M.update(self.sections.get(name, {}))
         # a profile without softmax1 (the rivals' own) still defines what the paper's text
         # names for it, as "n/a", so that its PDF builds
