@@ -234,3 +234,20 @@ def test_run_notebook_records_its_time_and_end(tmp_path):
     row = json.loads(log.read_text())
     assert out.exists() and row["stage"] == "report" and row["target"] == str(out)
     assert before < row["end"] <= time.time() and 0 < row["seconds"] <= row["end"] - before
+
+
+def test_an_ablation_of_softmax_alone_says_only_what_the_change_did():
+    """The weight-decay control of the text study trains softmax alone: its sentences compare
+    the change on the softmax baseline, and say nothing of a softmax1 it did not train."""
+    import types
+    from offbyone.report.ablation import ablation_sentences
+    rows = lambda variants, shift: pd.DataFrame(
+        [{"variant": v, "seed": s, "sink_rate": 0.1 + shift, "first_position": 0.02 + s * 1e-3,
+          "avg_kurtosis": 5.0 + shift + s, "gap_W8A8": 0.004 + shift / 100}
+         for v in variants for s in (0, 1)])
+    R = types.SimpleNamespace(fin=rows(("softmax", "softmax1"), 0.0))
+    only = ablation_sentences(R, "text_outliers_wd01", "weight decay 0.1", rows(("softmax",), 1.0))
+    assert len(only) == 4 and not any("With weight decay 0.1" in s for s in only)
+    assert all("softmax baseline with weight decay 0.1" in s for s in only)
+    both = ablation_sentences(R, "x", "weight decay 0.1", rows(("softmax", "softmax1"), 1.0))
+    assert len(both) == 7 and both[0].startswith("With weight decay 0.1, ")

@@ -53,9 +53,12 @@ def recipe(R, name: str) -> str:
 
 
 def ablation_sentences(R, name: str, label: str, f: pd.DataFrame) -> list[str]:
+    # softmax1 against softmax within the ablation, where it trained both (a softmax-only
+    # ablation, the weight-decay control of the text study say, has only the change itself)
     out = [f"With {label}, " + effect_sentence(paired_difference(f, m, "softmax1"),
                                                METRICS[m]) + "."
-           for m in ("first_position", "avg_kurtosis", "gap_W8A8")]
+           for m in ("first_position", "avg_kurtosis", "gap_W8A8")
+           if {"softmax", "softmax1"} <= set(f.variant)]
     # the change itself, on the softmax baseline: ablation minus this profile, by seed
     both = pd.concat([R.fin[R.fin.variant == "softmax"].assign(variant="softmax"),
                       f[f.variant == "softmax"].assign(variant=name)])
