@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..metrics import ACTIVE_FRACTION
 from ..profiles import load_profile, model_params, run_config
+from . import answers
 from . import figures as F
 from .latex import Tex, fmt, macro_name
 from .prose import _and, _fixed, p_value
@@ -148,39 +149,6 @@ def _rows(studies, metric: str, variant: str = "softmax1"):
         if len(t):
             out.append((s, t.iloc[0].to_dict()))
     return out
-
-
-def endpoint_sentence(studies, metric: str, variant: str = "softmax1", detail: bool = False,
-                      short: bool = True) -> str:
-    """One endpoint across studies: studies with the same verdict (and no number to give)
-    are named together ('equivalent on the testbed and at 3,000 steps')."""
-    rows = _rows(studies, metric, variant)
-    if not rows:
-        return ""
-    label = SHORT_LABELS[metric] if short else rows[0][1]["label"]
-    parts, same = [], {"equivalent": [], NOTHING_TO_FIX: []}
-    for s, r in rows:
-        if r["verdict"] == NOTHING_TO_FIX or (r["verdict"] == "equivalent" and not detail):
-            same[r["verdict"]].append((s, r))
-        else:
-            parts.append(clause(r, s.where, detail))
-    if same["equivalent"]:
-        parts.append("equivalent " + _and([s.where for s, _ in same["equivalent"]]))
-    if same[NOTHING_TO_FIX]:
-        rs = same[NOTHING_TO_FIX]
-        unit = f" {rs[0][1]['unit']}" if rs[0][1].get("unit") else ""
-        parts.append(f"no gap to close {_and([s.where for s, _ in rs])} (softmax's own "
-                     f"value{'s' if len(rs) > 1 else ''} "
-                     f"{_and(['$' + fmt(r['base_mean'], 2) + '$' for _, r in rs])}{unit})")
-    return f"{label} {_and(parts)}"
-
-
-def question_sentence(studies, question: str, variant: str = "softmax1",
-                      detail: bool = False) -> str:
-    """A question's answer for one variant, its endpoints one after the other."""
-    _, _, metrics = next(q for q in QUESTIONS if q[0] == question)
-    parts = [endpoint_sentence(studies, m, variant, detail) for m in metrics]
-    return "; ".join(p for p in parts if p)
 
 
 def _any(studies, metric, verdict, variant="softmax1") -> list:
@@ -835,15 +803,9 @@ def synthesis(R) -> pd.Series:
     if word_count(text) > ABSTRACT_MAX_WORDS:
         print(f"warning: the abstract has {word_count(text)} words (at most "
               f"{ABSTRACT_MAX_WORDS})")
-    for key, title, _ in QUESTIONS:
-        per_variant = []
-        variants = list(dict.fromkeys(v for s in studies for v in s.tests.other))
-        for v in variants:
-            s = question_sentence(studies, key, v, detail=True)
-            if s:
-                per_variant.append(f"{VARIANT_LABELS[v]}: {s}")
-        M[macro_name("Answer", key)] = Tex(". ".join(x[0].upper() + x[1:] for x in per_variant)
-                                           + ("." if per_variant else ""))
+    variants = tuple(dict.fromkeys(v for s in studies for v in s.tests.other))
+    for key, _, _ in QUESTIONS:
+        M[macro_name("Answer", key)] = Tex(answers.paragraph(studies, key, variants))
     M["CostThroughput"] = Tex(
         f"Training the main study's model, softmax1 ran at ${fmt(ratio, 3)}$ times softmax's "
         "tokens per second (\\cref{sec:cost})." if ratio is not None else "")
