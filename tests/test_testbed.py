@@ -119,3 +119,13 @@ def test_disease_signs_thresholds():
     d = {d["sign"]: d for d in R.disease_signs(pd.DataFrame([none]))}
     assert not d["outliers on delimiters"]["present"]
     assert d["outliers on delimiters"]["value"] == "no delimiters"
+
+
+def test_bars_too_short_to_see_are_named_with_their_largest_value():
+    import pandas as pd
+    from offbyone.report.testbed import tiny_bars
+    heads = pd.DataFrame({"variant": ["softmax"] * 2 + ["softmax1"] * 2, "layer": [0, 1, 0, 1],
+                          "head": [0, 0, 0, 0], "t": [0.02, 0.05, 0.0006, 0.05]})
+    note = tiny_bars(heads, "t", ["softmax", "softmax1"], "on the right")
+    assert note == " Bars too short to see on the right: softmax1's layer-0 heads (at most $0.0006$)."
+    assert tiny_bars(heads.assign(t=0.05), "t", ["softmax", "softmax1"], "on the right") == ""

@@ -185,6 +185,7 @@ def lr_dose(R) -> dict:
     seeds = int(fin.groupby(["lr", "variant"]).seed.nunique().min())
     M = {"HasLrDose": "1", "LrDoseRates": Tex(_and([f"${_lr(x)}$" for x in sorted(fin.lr.unique())])),
          "LrDoseSeeds": str(seeds), "LrDoseSteps": fmt(int(fin.max_steps.iloc[0])),
+         "LrDosePeakThreshold": _n(PEAK.threshold),
          "LrDoseText": dose_sentences(means, fin, variants),
          "LrDoseMissing": Tex("" if not missing else
                             f" The {'rates' if len(missing) > 1 else 'rate'} "

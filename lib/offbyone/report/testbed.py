@@ -56,7 +56,7 @@ def testbed(R) -> pd.Series:
     R.table(by_metric(tfin, TESTBED_ROWS, V), "testbed.tex", "l" + "r" * len(V))
     explore = tdiffs[tdiffs.metric.isin(exploratory_metrics(PRIMARY))]
     R.table(differences_table(explore), "testbed_differences.tex", "lp{3.8cm}rrrrr")
-    figures(R, tdf, tlayers, tfin, V)
+    M["TbTinyBars"] = figures(R, tdf, tlayers, tfin, V)
     cfg, spec = run_config(tb, V[0], tprof["seeds"][0]).to_dict(), BigramBackcopy()
     M.update({"TbProfileName": latex_escape(tb),
               "TbDescription": latex_escape(tprof.get("description", "")),
@@ -95,7 +95,22 @@ def copy_sentence(tdiffs: pd.DataFrame) -> Tex:
                f"nats under softmax; " + "; ".join(parts) + ".")
 
 
-def figures(R, tdf, tlayers, tfin, V) -> None:
+def tiny_bars(heads: pd.DataFrame, col: str, V, what: str) -> str:
+    """The caption's note on bars too short to see (under 2% of the panel's tallest): which
+    variant and layer, and the largest of their values, so that a missing bar reads as ~0."""
+    top = heads[col].max()
+    notes = []
+    for (v, layer), g in heads.groupby(["variant", "layer"], sort=False):
+        if v in V and top > 0 and g[col].max() < 0.02 * top:
+            notes.append(f"{VARIANT_LABELS[v]}'s layer-{int(layer)} heads "
+                         f"(at most ${fmt(g[col].max(), 2)}$)")
+    if not notes:
+        return ""
+    return (f" Bars too short to see {what}: " + ", ".join(notes) + ".")
+
+
+def figures(R, tdf, tlayers, tfin, V) -> Tex:
+    """The two testbed figures; returns the caption's note on bars too short to see."""
     heads = tlayers[tlayers.kind == "head"].groupby(["variant", "layer", "head"])[
         ["first_position_other", "first_position_trigger"]].mean().reset_index()
     fig, axes = F.panels(2, sharey=True)
@@ -115,3 +130,6 @@ def figures(R, tdf, tlayers, tfin, V) -> None:
     axes[0].legend()
     fig.tight_layout(w_pad=2.0)
     R.figure(fig, "testbed-training")
+    return Tex("".join(tiny_bars(heads, c, V, w) for c, w in
+                       (("first_position_other", "on the left"),
+                        ("first_position_trigger", "on the right"))))
