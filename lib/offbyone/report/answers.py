@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from .latex import fmt
+from .latex import fmt, plain
 from .prose import _and
 from .stats import NOTHING_TO_FIX, VARIANT_LABELS
 
@@ -49,19 +49,6 @@ def category(r: dict) -> str:
     if v == "inconclusive":
         return "open higher" if r["diff"] > 0 else "open lower"
     return v
-
-
-def _number(x: float, digits: int = 3) -> str:
-    """A measured value as a writer prints it: `digits` significant digits, no trailing zeros
-    (0.241, 6.9, 4,048)."""
-    if x != x:
-        return "n/a"
-    if abs(x) >= 10 ** digits:
-        return f"{x:,.0f}".replace(",", "{,}")
-    d = max(0, digits - 1 - math.floor(math.log10(abs(x)))) if x else 0
-    s = f"{x:,.{d}f}"
-    s = s.rstrip("0").rstrip(".") if "." in s else s
-    return s.replace(",", "{,}")
 
 
 def _base(r: dict) -> float:
@@ -160,13 +147,13 @@ def baseline_sentence(studies, metric: str) -> str:
         if metric == "first_position" and "uniform_first_position" in s.fin:
             u = float(s.fin.uniform_first_position.mean())
             if r["base_mean"] < u:
-                below = f" (below the uniform share, ${_number(u)}$)"
+                below = f" (below the uniform share, ${plain(u)}$)"
         vals.append((_base(r), s.where, below))
     if not vals:
         return ""
     vals.sort(key=lambda x: -x[0])
     unit = " nats" if metric.startswith("gap_") else ""
-    said = [f"${_number(v)}${unit if i == 0 else ''} {where}{below}"
+    said = [f"${plain(v)}${unit if i == 0 else ''} {where}{below}"
             for i, (v, where, below) in enumerate(vals)]
     return f"Softmax's {LABELS[metric]} was " + _and(said) + "."
 

@@ -118,3 +118,16 @@ def latex_table(rows: list[dict], path, column_format: str | None = None,
         lines.append(" & ".join(latex(r.get(c, "--")) for c in cols) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     write_text(path, "\n".join(lines) + "\n")
+
+
+def plain(x: float, digits: int = 3) -> str:
+    """A measured value as a writer prints it: `digits` significant digits, no trailing zeros
+    (0.241, 6.9, 4,048)."""
+    if x != x:
+        return "n/a"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}".replace(",", "{,}")
+    d = max(0, digits - 1 - math.floor(math.log10(abs(x)))) if x else 0
+    s = f"{x:,.{d}f}"
+    s = s.rstrip("0").rstrip(".") if "." in s else s
+    return s.replace(",", "{,}")

@@ -9,7 +9,7 @@ import pandas as pd
 from ..corpora.testbed import BigramBackcopy
 from ..profiles import load_profile, run_config
 from . import figures as F
-from .latex import Tex, fmt, latex_escape, macro_name
+from .latex import Tex, fmt, latex_escape, macro_name, plain
 from .overview import by_metric, differences_table
 from .prose import effect_sentence
 from .results import collect, final, per_layer
@@ -103,7 +103,7 @@ def tiny_bars(heads: pd.DataFrame, col: str, V, what: str) -> str:
     for (v, layer), g in heads.groupby(["variant", "layer"], sort=False):
         if v in V and top > 0 and g[col].max() < 0.02 * top:
             notes.append(f"{VARIANT_LABELS[v]}'s layer-{int(layer)} heads "
-                         f"(at most ${fmt(g[col].max(), 2)}$)")
+                         f"(at most ${plain(g[col].max(), 2)}$)")
     if not notes:
         return ""
     return (f" Bars too short to see {what}: " + ", ".join(notes) + ".")
