@@ -448,7 +448,8 @@ def _measured(profile: str, runs_root: str) -> bool:
 
 def _config_macros(prefix: str, cfg: dict, ints, floats) -> dict:
     return {**{macro_name(prefix, *k.split("_")): fmt(int(cfg[k])) for k in ints},
-            **{macro_name(prefix, *k.split("_")): fmt(float(cfg[k])) for k in floats}}
+            # a setting as written (0.003, 0.5), not as a measurement (0.00300)
+            **{macro_name(prefix, *k.split("_")): f"{float(cfg[k]):g}" for k in floats}}
 
 
 def _effect_macros(prefix: str, diffs: pd.DataFrame) -> dict:

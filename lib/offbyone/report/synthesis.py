@@ -609,7 +609,7 @@ def limitations(studies, published: pd.DataFrame) -> Tex:
            + "; an endpoint that is neither different nor equivalent is inconclusive, not "
              "evidence of no effect.",
            f"The equivalence margins (\\cref{{sec:method}}) are our own choice of the smallest "
-           f"change that would matter (${fmt(gap.margin)}$ nats, {fmt(100 * (math.exp(gap.margin) - 1), 2)}\\% "
+           f"change that would matter (${gap.margin:g}$ nats, {fmt(100 * (math.exp(gap.margin) - 1), 2)}\\% "
            f"perplexity, for a loss or a gap; a factor ${fmt(RATIO_MARGIN)}$ for a magnitude), "
            "fixed with the endpoints, not derived from a power analysis.",
            "The endpoints were declared after exploratory runs under an earlier, narrower "
@@ -764,7 +764,7 @@ def mde_rows(studies, variant: str = "softmax1") -> list[dict]:
             else:
                 mde = "--"
             margin = (Tex(f"$\\times{fmt(math.exp(r['margin']), 3)}$") if log
-                      else Tex(f"$\\pm{fmt(r['margin'])}${unit}"))
+                      else Tex(f"$\\pm{r['margin']:g}${unit}"))
             rows.append({"endpoint": FOREST_LABELS.get(r["metric"], r["label"]),
                          "seeds": str(int(r["n"])), Tex("$d_z$"): num(dz, 3),
                          "sd of differences": num(sd) if sd == sd else "--",

@@ -63,7 +63,7 @@ def testbed(R) -> pd.Series:
               "TbNSeeds": fmt(len(tprof["seeds"])),
               "TbVariantList": ", ".join(VARIANT_LABELS[v] for v in V),
               "TbVocab": fmt(spec.vocab), "TbTriggers": fmt(spec.triggers),
-              "TbAlpha": fmt(spec.alpha), "TbTrainTokens": fmt(spec.train_tokens),
+              "TbAlpha": f"{spec.alpha:g}", "TbTrainTokens": fmt(spec.train_tokens),
               "TbUniformFirst": fmt(tfin.uniform_first_position.iloc[0]),
               "TbTrainWallMin": fmt(tfin.train_wall_s.sum() / 60, 2)})
     M.update(R.config_macros("TbCfg", cfg, ("n_layer", "n_head", "n_embd", "block_size",
