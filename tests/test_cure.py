@@ -108,3 +108,18 @@ def test_the_sink_sentence_compares_its_own_rate_with_the_runs_on_the_same_seeds
     gentle = str(M["CureGentle"])
     assert "$0.0003$ (2 seeds, exploratory)" in gentle
     assert str(M["CureMissing"]) == ""
+
+
+def test_the_abstract_sentence_is_chosen_by_the_verdicts(tmp_path):
+    _commit(tmp_path, "retrofit_outliers", _runs())
+    R = FakeReport(tmp_path)
+    C.cure(R)
+    tests = R.cure_data["tests"]
+    s = C.abstract_sentence(tests, 900)
+    assert s.startswith("Converting the diseased softmax models to softmax1 and the learned sink "
+                        "and fine-tuning them 900 steps lowered the BOS peak (ratios $0.56$ and "
+                        "$0.44$)")
+    assert R.cure_data["abstract"] == s
+    up = tests.assign(verdict="inconclusive", ratio=1.4)
+    s = C.abstract_sentence(up, 900)
+    assert "did not measurably lower the BOS peak (ratios $1.4$ and $1.4$, pointing higher)" in s

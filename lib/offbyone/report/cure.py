@@ -196,6 +196,7 @@ def cure(R) -> dict:
     against = " ".join(_cap(str(verdict_summary(tests, o))) + "." for o in others)
     missing = [n for n, f in ((SAMELR, samelr), (GENTLE, gentle)) if not len(f)]
     n = int(F[F.variant == SOURCE].seed.nunique())
+    R.cure_data = {"tests": tests, "steps": steps, "abstract": abstract_sentence(tests, steps)}
     return {"HasCure": "1", "CureProfile": latex_escape(PROFILE),
             "CureSourceSteps": fmt(src_steps), "CureSteps": fmt(steps), "CureEarly": fmt(e_step),
             "CureEarlyPercent": fmt(100 * e_step / src_steps, 2),
@@ -217,6 +218,39 @@ def cure(R) -> dict:
                                f"{_and([latex_escape(m) for m in missing])} "
                                f"{'are' if len(missing) > 1 else 'is'} not committed yet, and "
                                f"left out.")}
+
+
+def abstract_sentence(tests: pd.DataFrame, steps: int) -> str:
+    """The cure in one sentence for the abstract: whether converting the diseased models and
+    fine-tuning them shrank the BOS peak or the largest activation against the same fine-tune
+    as softmax (by the verdicts; an open estimate says which way it points)."""
+    arms = [o for o in VARIANT_LABELS if o in set(tests.other)]
+    if not arms:
+        return ""
+    names = _and([_name(a) for a in arms])
+    said = []
+    for metric, words in (("bos_resid_ratio", "BOS peak"), ("max_inf_norm", "largest activation")):
+        t = tests[tests.metric == metric].set_index("other")
+        if not len(t):
+            continue
+        ratios = _and([f"${fmt(t.loc[a, 'ratio'], 2)}$" for a in arms if a in t.index])
+        verdicts = set(t.verdict)
+        if verdicts == {"lower"}:
+            said.append(f"lowered the {words} (ratio{'s' if len(arms) > 1 else ''} {ratios})")
+        elif "lower" in verdicts:
+            low = _and([_name(a) for a in arms if t.loc[a, "verdict"] == "lower"])
+            said.append(f"lowered the {words} only as {low} (ratios {ratios})")
+        elif verdicts == {"equivalent"}:
+            said.append(f"left the {words} within a factor "
+                        f"${math.exp(t.margin.iloc[0]):g}$ of the control's")
+        else:
+            up = (t.ratio > 1).all()
+            said.append(f"did not measurably lower the {words} (ratio{'s' if len(arms) > 1 else ''} "
+                        f"{ratios}{', pointing higher' if up else ''})")
+    if not said:
+        return ""
+    return (f"Converting the diseased softmax models to {names} and fine-tuning them {steps} "
+            f"steps " + _and(said) + " against the same fine-tune as softmax.")
 
 
 def _final_of(R, name: str) -> pd.DataFrame:

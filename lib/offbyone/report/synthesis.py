@@ -378,7 +378,7 @@ def lead_baseline(study: Study) -> str:
             f"median position, {crit}{small}.")
 
 
-def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
+def abstract(studies, n_endpoints: int, throughput: float | None, cure: str = "") -> Tex:
     """At most ABSTRACT_MAX_WORDS words of prose, in the order question, method and scale, what
     the baselines had to cure, what softmax1 did (first where the disease grows, when a study
     grew it), its price, the caveat, and the answer to the title. The verdicts themselves live
@@ -414,7 +414,7 @@ def abstract(studies, n_endpoints: int, throughput: float | None) -> Tex:
         answer = f"Across the studies, {answer_sentence(studies)}."
     # where a study grew the disease, what softmax1 did there is the answer (said above)
     title = title_answer(studies) if lead is None else ""
-    parts = [q, m, base, answer, cost_sentence(studies, throughput),
+    parts = [q, m, base, answer, cure, cost_sentence(studies, throughput),
              caveat_sentence(studies), title]
     return Tex(" ".join(p for p in parts if p))
 
@@ -790,7 +790,8 @@ def synthesis(R) -> pd.Series:
     studies = studies_of(R)
     n_ep = len(R.endpoints)
     ratio = throughput_ratio(R)
-    text = abstract(studies, n_ep, ratio)
+    cd = getattr(R, "cure_data", None)       # the cure of the diseased models, when cited
+    text = abstract(studies, n_ep, ratio, cd["abstract"] if cd else "")
     M = R.sections["synthesis"] = {
         "Abstract": text, "AbstractWords": fmt(word_count(text)),
         "Answer": Tex(answer_sentence(studies)),
