@@ -18,11 +18,11 @@ def test_each_category_is_said_once_with_its_studies():
     assert s.startswith("The attention on the first position was lower at 3,000 steps "
                         "($0.24$ to $0.02$ under softmax1)")
     # open: the direction said, and that the interval leaves it open
-    assert "point lower on text" in s and "leave the direction open" in s
-    assert "inconclusive" not in s and "Holm" not in s        # the table says those
+    assert "point lower on text" in s and "none significant after Holm's correction" in s
+    assert "inconclusive" not in s and "p = " not in s        # the table gives the tests
     q = A.endpoint_sentence([text, tb], "gap_W8A8", ("softmax1",))
     assert "was lower on text ($0.012$ to $0.007$ under softmax1; within $0.01$ nats)" in q
-    assert "Softmax had no W8A8 gap to close at 3,000 steps: its own lay within $0.01$ nats" in q
+    assert "Softmax had no W8A8 gap to close at 3,000 steps: its value lay within $0.01$ nats" in q
 
 
 def test_ratios_and_equivalence_name_their_variants_and_margin():
@@ -62,3 +62,15 @@ def test_the_baseline_sentence_orders_the_studies_and_names_the_uniform_share():
     assert A.baseline_sentence([tb], "max_inf_norm") == (
         "Softmax's largest activation (inf-norm) was $4{,}048$ at 3,000 steps.")
     assert NOTHING_TO_FIX in A.ORDER
+
+
+def test_a_first_position_drop_is_set_beside_what_the_abstention_alone_implies():
+    t = pd.DataFrame([_row("first_position", "lower", -0.0073, -0.0124, -0.0021, base=0.0969)])
+    fin = pd.DataFrame({"variant": ["softmax1", "softmax1"], "abstention": [0.05, 0.058]})
+    s = Study("tb", "testbed", "on the testbed", t, fin, 10, 1, 1, 1, "d", "tab:x")
+    assert A.mechanical_sentence([s]) == (
+        "On the testbed softmax1 left $5.4\\%$ of its attention on the implicit zero, which alone "
+        "takes softmax's $0.0969$ to $0.0917$, and the observed value was $0.0896$.")
+    # a drop the test did not find is not explained
+    s.tests = pd.DataFrame([_row("first_position", "inconclusive", -0.0073, -0.02, 0.003)])
+    assert A.mechanical_sentence([s]) == ""

@@ -357,10 +357,14 @@ def test_kurtosis_and_magnitude_disagree_when_only_kurtosis_moves():
     ci = sps.ttest_rel(b, a).confidence_interval()
     assert ratios["max_p9999"]["ratio_low"] == pytest.approx(np.exp(ci.low))
     assert agreement(ratios) == "disagree"
-    assert sentence(ratios, "On text").endswith("kurtosis and magnitude disagree.")
+    text = sentence(ratios, "On text")
+    assert text.startswith("On text, softmax1's maximum kurtosis was ")       # a verb
+    assert " times softmax's (95\\% CI " in text and "its 99.99th percentile of |x| " in text
+    assert text.endswith("kurtosis rose while magnitude held (every interval includes 1).")
     same = {m: ratios[m] for m in ("max_kurtosis", "max_active_kurtosis")}
     same.update({m: ratios["max_kurtosis"] for m in ("max_p9999", "max_inf_norm")})
     assert agreement(same) == "agree"
+    assert sentence(same, "On text").endswith("kurtosis and magnitude both rose.")
 
 
 # --- retrofitting a trained model (report/retrofit.py) ----------------------------------------
@@ -433,6 +437,6 @@ def test_retrofit_text_says_when_no_retrofit_lowered_the_first_position():
 def test_section_one_answers_in_brief_from_the_lead_study():
     from offbyone.report.synthesis import brief_answer
     text = brief_answer([_lead()] + _studies())
-    assert text.startswith("In brief: At lr 0.01, the softmax baseline grew activations")
+    assert text.startswith("In brief: at lr 0.01, the softmax baseline grew activations")
     assert "There, softmax1 raised" in text and "In the other studies, whose baselines" in text
     assert brief_answer(_studies()).startswith("In brief: at this scale, softmax1")

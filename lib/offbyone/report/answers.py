@@ -126,11 +126,11 @@ def endpoint_sentence(studies, metric: str, variants=("softmax1", "sink")) -> st
              for c in ("open lower", "open higher") if by[c]]
     if open_:
         lead = "Its estimates point " if decided else f"The estimates of the {label} point "
-        out.append(lead + _and(open_) + ", with intervals that leave the direction open.")
+        out.append(lead + _and(open_) + ", none significant after Holm's correction.")
     if by[NOTHING_TO_FIX]:
         r0 = next(iter(by[NOTHING_TO_FIX][0][1].values()))
         out.append(f"Softmax had no {label} to close {_and([s.where for s, _ in by[NOTHING_TO_FIX]])}"
-                   f": its own lay within {_margin(r0)} of zero.")
+                   f": its value lay within {_margin(r0)} of zero.")
     if by["untestable"]:
         out.append(f"The {label} could not be tested "
                    f"{_and([s.where for s, _ in by['untestable']])}.")
@@ -158,10 +158,36 @@ def baseline_sentence(studies, metric: str) -> str:
     return f"Softmax's {LABELS[metric]} was " + _and(said) + "."
 
 
+def mechanical_sentence(studies) -> str:
+    """Where softmax1 lowered the attention on the first position, how much of the drop its
+    weight on the implicit zero alone implies: the same attention pattern scaled by one minus
+    the abstention (seed means), beside the observed value, so that a drop no larger than the
+    abstention is not read as a sink removed."""
+    parts = []
+    for s, got in _rows(studies, "first_position", ("softmax1",)):
+        r = got["softmax1"]
+        f = s.fin
+        if r["verdict"] != "lower" or "abstention" not in f:
+            continue
+        a = float(f[f.variant == "softmax1"].abstention.mean())
+        if not a > 0:
+            continue
+        parts.append(f"{s.where} softmax1 left ${plain(100 * a, 2)}\\%$ of its attention on the "
+                     f"implicit zero, which alone takes softmax's ${plain(r['base_mean'])}$ to "
+                     f"${plain(r['base_mean'] * (1 - a))}$, and the observed value was "
+                     f"${plain(r['other_mean'])}$")
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
 def paragraph(studies, question: str, variants=("softmax1", "sink")) -> str:
     """A question's paragraph: the baseline's own value where the question has one, then each
     endpoint across studies."""
     lead = {"sink": "first_position", "outliers": "max_inf_norm", "quantization": "gap_W8A8"}
     out = [baseline_sentence(studies, lead[question])] if question in lead else []
     out += [endpoint_sentence(studies, m, variants) for m in QUESTION_METRICS[question]]
+    if question == "sink":
+        out.append(mechanical_sentence(studies))
     return " ".join(x for x in out if x)

