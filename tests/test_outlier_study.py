@@ -161,3 +161,25 @@ def test_companions_when_committed_and_said_missing_when_not(tmp_path):
     _commit(tmp_path, "testbed_outliers", _runs(), **{"ablation_testbed_outliers_sgd": slow})
     assert "confounds the optimiser with how far training got" in str(
         O.outlier_study(FakeReport(tmp_path))["OutExplore"])
+
+
+def test_the_comparison_is_prose_with_the_open_estimates_by_direction():
+    rows = []
+    for o in ("softmax1", "sink"):
+        rows += [{"other": o, "metric": "val_loss", "label": "loss", "verdict": "equivalent", "diff": 0.0},
+                 {"other": o, "metric": "gap_W8A8", "label": "W8A8 gap", "verdict": "no gap to close",
+                  "diff": 0.001},
+                 {"other": o, "metric": "max_kurtosis", "label": "kurtosis", "verdict": "inconclusive",
+                  "diff": 1.0},
+                 {"other": o, "metric": "first_position", "label": "attention on BOS",
+                  "verdict": "inconclusive", "diff": -0.03}]
+    text = O.against_sentence(pd.DataFrame(rows), ["softmax1", "sink"])
+    assert text == ("Softmax1 and the learned sink matched softmax within the margin in the loss "
+                    "and had no W8A8 gap to close (softmax's own lay within the margin of zero); "
+                    "their estimates of the kurtosis pointed higher and of the attention on BOS "
+                    "lower, none significant after Holm's correction "
+                    "(\\cref{tab:outlier-primary}).")
+    # where the variants' verdicts differ, each is said on its own
+    rows[2] = {**rows[2], "verdict": "higher"}
+    text = O.against_sentence(pd.DataFrame(rows), ["softmax1", "sink"])
+    assert text.startswith("Softmax1 had a higher kurtosis") and "The learned sink " in text

@@ -28,8 +28,8 @@ from .peak import block_peaks
 from .primary import PRIMARY_COLUMNS, margins, primary_rows
 from .prose import _and, primary_sentence, verdict_summary
 from .results import final, read_csv
-from .stats import (ALPHA, DISEASE_CRITERION, PRIMARY, STUDY_PRIMARY, VARIANT_LABELS,
-                    disease_appeared, paired_difference, primary_tests)
+from .stats import (ALPHA, DISEASE_CRITERION, NOTHING_TO_FIX, PRIMARY, STUDY_PRIMARY,
+                    VARIANT_LABELS, disease_appeared, paired_difference, primary_tests)
 from .synthesis import _millions, _params
 
 PROFILE = "testbed_outliers"
@@ -98,23 +98,49 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
 
 
 def against_sentence(tests: pd.DataFrame, others) -> str:
-    """Each variant's verdicts against softmax, said once for all variants when they share every
-    verdict (the table gives each effect)."""
-    groups = {o: tuple(tests[tests.other == o].sort_values("metric").verdict) for o in others}
-    if len(others) > 1 and len(set(groups.values())) == 1:
-        t = tests[tests.other == others[0]]
-        by = {v: [r["label"] for r in t.to_dict("records") if r["verdict"] == v]
-              for v in dict.fromkeys(t.verdict)}
-        words = {"equivalent": "were equivalent to softmax in", "lower": "were lower in",
-                 "higher": "were higher in", "inconclusive": "were inconclusive in"}
-        parts = [f"{words.get(v, 'had ' + v + ' in')} the {_and(labels)}"
-                 for v, labels in by.items()]
-        names = _and([_the(o) for o in others])
-        return (f"{names[0].upper() + names[1:]} shared every verdict: "
-                f"{'both' if len(others) == 2 else 'all'} " + _and(parts)
-                + " (\\cref{tab:outlier-primary} gives each effect).")
-    summaries = [str(verdict_summary(tests, other)) for other in others]
-    return " ".join(x[0].upper() + x[1:] + "." for x in summaries if x)
+    """What the variants did against softmax, as prose: the decided verdicts (lower, higher,
+    equivalent, no gap to close) and then which way the open estimates point, the variants said
+    together where they agree (the table gives each effect and test)."""
+    by_other = {o: tests[tests.other == o] for o in others}
+    same = len(others) > 1 and len({tuple(t.sort_values("metric").verdict) for t in
+                                    by_other.values()}) == 1
+    groups = [(others, by_other[others[0]])] if same else [([o], by_other[o]) for o in others]
+    out = []
+    for names, t in groups:
+        who = _and([_the(o) for o in names])
+        who = who[0].upper() + who[1:]
+        rows = t.to_dict("records")
+        ups = [r["label"] for r in rows if r["verdict"] == "inconclusive" and r["diff"] > 0]
+        downs = [r["label"] for r in rows if r["verdict"] == "inconclusive" and r["diff"] <= 0]
+        if same:        # every variant's open estimate must point the same way to be said so
+            for r in rows:
+                dirs = {bool(x["diff"] > 0) for x in tests[(tests.metric == r["metric"])
+                                                         & tests.other.isin(names)].to_dict("records")}
+                if r["verdict"] == "inconclusive" and len(dirs) > 1:
+                    (ups if r["label"] in ups else downs).remove(r["label"])
+        parts = []
+        for verdict, words in (("lower", "had a lower"), ("higher", "had a higher")):
+            labels = [r["label"] for r in rows if r["verdict"] == verdict]
+            if labels:
+                parts.append(f"{words} {_and(labels)}")
+        eq = [r["label"] for r in rows if r["verdict"] == "equivalent"]
+        if eq:
+            parts.append(f"matched softmax within the margin in the {_and(eq)}")
+        nothing = [r["label"] for r in rows if r["verdict"] == NOTHING_TO_FIX]
+        if nothing:
+            parts.append(f"had no {_and(nothing)} to close (softmax's own lay within the margin "
+                         "of zero)")
+        lead = f"{who} " + _and(parts) if parts else who
+        their = "their" if len(names) > 1 else "its"
+        if ups or downs:
+            est = (f"{their} estimates of the {_and(ups)} pointed higher"
+                   + (f" and of the {_and(downs)} lower" if downs else "") if ups else
+                   f"{their} estimates of the {_and(downs)} pointed lower")
+            out.append(f"{lead}; {est}, none significant after Holm's correction "
+                       "(\\cref{tab:outlier-primary}).")
+        else:
+            out.append(lead + " (\\cref{tab:outlier-primary}).")
+    return " ".join(out)
 
 
 def uncorrected_sentence(tests: pd.DataFrame) -> Tex:
