@@ -28,8 +28,9 @@ from .peak import block_peaks
 from .primary import PRIMARY_COLUMNS, margins, primary_rows
 from .prose import _and, primary_sentence, verdict_summary
 from .results import final, read_csv
-from .stats import (ALPHA, DISEASE_CRITERION, NOTHING_TO_FIX, PRIMARY, STUDY_PRIMARY,
-                    VARIANT_LABELS, disease_appeared, paired_difference, primary_tests)
+from .stats import (ALPHA, DISEASE_CRITERION, DISEASE_SIGNS, NOTHING_TO_FIX, PRIMARY,
+                    STUDY_PRIMARY, VARIANT_LABELS, disease_appeared, paired_difference,
+                    primary_tests)
 from .synthesis import _millions, _params
 
 PROFILE = "testbed_outliers"
@@ -58,6 +59,15 @@ def _optional(root, name: str, file: str) -> pd.DataFrame:
     return read_csv(path) if path.exists() else pd.DataFrame()
 
 
+def _sign_note() -> str:
+    """The criterion's W8A8 threshold set beside the signs table's, where they differ: two
+    declarations, two numbers, said so that neither reads as a slip."""
+    sign = next((sg.threshold for sg in DISEASE_SIGNS if sg.metric == GAP.metric), None)
+    if sign is None or sign == GAP.threshold:
+        return ""
+    return f", where \\cref{{tab:disease}} calls ${sign:g}$ a gap"
+
+
 def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
     """The disease criterion on the softmax baseline's final checkpoints (seed means, as it was
     fixed), then how many seeds passed the peak's threshold on their own."""
@@ -77,12 +87,12 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
         text = (f"By the criterion fixed before the runs, the softmax baseline has the disease "
                 f"({_and(met)}): its BOS residual peak averaged ${fmt(peak)}$ times the median "
                 f"position (threshold ${PEAK.threshold:g}$) and its W8A8 gap ${fmt(gap)}$ nats "
-                f"(threshold ${GAP.threshold:g}$); {seeds}.")
+                f"(threshold ${GAP.threshold:g}${_sign_note()}); {seeds}.")
     else:
         text = (f"By the criterion fixed before the runs, the softmax baseline does not have the "
                 f"disease: its BOS residual peak averaged ${fmt(peak)}$ times the median "
                 f"position against a threshold of ${PEAK.threshold:g}$, and its W8A8 gap "
-                f"${fmt(gap)}$ nats against ${GAP.threshold:g}$; {seeds}.")
+                f"${fmt(gap)}$ nats against ${GAP.threshold:g}${_sign_note()}; {seeds}.")
     inf = base.max_inf_norm
     text += (f" Its largest activations were those of a diseased model all the same: "
              f"${fmt(inf.min())}$ to ${fmt(inf.max())}$ in inf-norm."
