@@ -440,3 +440,18 @@ def test_section_one_answers_in_brief_from_the_lead_study():
     assert text.startswith("In brief: at lr 0.01, the softmax baseline grew activations")
     assert "There, softmax1 raised" in text and "In the other studies, whose baselines" in text
     assert brief_answer(_studies()).startswith("In brief: at this scale, softmax1")
+
+
+def test_a_sink_removed_is_a_drop_beyond_the_margin_and_the_table_says_within_margin():
+    from offbyone.report.primary import primary_row
+    from offbyone.report.synthesis import title_answer
+    text, tb = _studies()
+    # the 3,000-step study's drop (-0.22, interval -0.24 to -0.20) is beyond the 0.01 margin
+    assert "first position at 3,000 steps" in title_answer([text, tb])
+    # a drop whose interval reaches inside the margin is not a sink removed
+    tb.tests.loc[tb.tests.metric == "first_position", ["ci_low", "ci_high"]] = [-0.012, -0.002]
+    assert "neither measurably moves weight off the first position" in title_answer([text, tb])
+    r = {**_row("val_loss", "higher", 0.0035, 0.0026, 0.0043, unit="nats"), "p_tost_holm": 1e-5,
+         "p_perm": 0.002, "base_gmean": None, "other_gmean": None}
+    assert primary_row(r)["verdict"] == "higher, within margin"
+    assert primary_row({**r, "p_tost_holm": 0.3})["verdict"] == "higher"

@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import figures as F
 from .latex import GROUP, Tex, fmt, macro_name, num
-from .prose import _fixed, primary_sentence, verdict_summary
+from .prose import _fixed, _within_margin, primary_sentence, verdict_summary
 from .stats import ALPHA, PRIMARY, VARIANT_LABELS, permutation_floor, primary_tests
 
 # an endpoint's label in the tables, with the kind of mean its columns give
@@ -68,7 +68,9 @@ def primary_row(r: dict) -> dict:
             "softmax": num(base), "variant": num(other),
             Tex("effect (95\\% CI)"): effect,
             Tex("$p$ perm."): _p(r["p_perm"]), Tex("Holm $p$"): _p(r["p_holm"]),
-            Tex("TOST $p$"): _p(r["p_tost_holm"]), "verdict": r["verdict"]}
+            Tex("TOST $p$"): _p(r["p_tost_holm"]),
+            # a detected difference that the TOST also puts inside the margin says both
+            "verdict": r["verdict"] + (", within margin" if _within_margin(r) else "")}
 
 
 def primary(R) -> pd.DataFrame:

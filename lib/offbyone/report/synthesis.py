@@ -155,6 +155,14 @@ def _any(studies, metric, verdict, variant="softmax1") -> list:
     return [s for s, r in _rows(studies, metric, variant) if r["verdict"] == verdict]
 
 
+def _sink_removed(studies, variant: str = "softmax1") -> list:
+    """The studies where `variant` removed a sink: lower attention on the first position, by
+    more than the margin over the whole interval (a drop that may be no larger than the margin,
+    the abstention's own scale, is not a sink removed)."""
+    return [s for s, r in _rows(studies, "first_position", variant)
+            if r["verdict"] == "lower" and r["ci_high"] < -r["margin"]]
+
+
 def _wheres(studies) -> str:
     return _and(list(dict.fromkeys(s.where for s in studies)))
 
@@ -164,10 +172,7 @@ def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True) 
     the magnitudes, to kurtosis and to the quantization gap, across the studies."""
     name = VARIANT_LABELS[variant]
     out = []
-    # a sink removed: lower, and by more than the margin over the whole interval (a drop that
-    # may be no larger than the margin, the abstention's own scale, is not a sink removed)
-    sink = [s for s, r in _rows(studies, "first_position", variant)
-            if r["verdict"] == "lower" and r["ci_high"] < -r["margin"]]
+    sink = _sink_removed(studies, variant)
     out.append(f"{name} shrinks the first-position sink {_wheres(sink)}" if sink else
                f"{name} does not measurably shrink the first-position sink")
     mag = {v: _any(studies, "max_inf_norm", v, variant) for v in ("lower", "higher", "equivalent")}
@@ -463,14 +468,15 @@ def title_answer(studies, variant: str = "softmax1") -> str:
         tail = title_answer(rest, variant).removeprefix("Is attention off by one? ") if rest else ""
         return (f"Is attention off by one? Not measurably here: {lead_words}."
                 + (f" Elsewhere, {tail[0].lower() + tail[1:]}" if tail else ""))
-    sink = _any(studies, "first_position", "lower", variant)
+    sink = _sink_removed(studies, variant)
     mag_lower = _any(studies, "max_inf_norm", "lower", variant)
     if sink and not mag_lower:
-        return ("Is attention off by one? Partly: at this scale softmax1 moves weight off the "
-                "first position but does not measurably shrink the largest activations.")
+        return (f"Is attention off by one? Partly: at this scale softmax1 moves weight off the "
+                f"first position {_wheres(sink)} but does not measurably shrink the largest "
+                "activations.")
     if sink and mag_lower:
-        return ("Is attention off by one? At this scale softmax1 both moves weight off the first "
-                "position and shrinks the largest activations.")
+        return (f"Is attention off by one? At this scale softmax1 both moves weight off the first "
+                f"position {_wheres(sink)} and shrinks the largest activations.")
     if mag_lower:
         return ("Is attention off by one? At this scale softmax1 shrinks the largest activations "
                 "without measurably moving weight off the first position.")
