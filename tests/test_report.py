@@ -251,3 +251,11 @@ def test_an_ablation_of_softmax_alone_says_only_what_the_change_did():
     assert all("softmax baseline with weight decay 0.1" in s for s in only)
     both = ablation_sentences(R, "x", "weight decay 0.1", rows(("softmax", "softmax1"), 1.0))
     assert len(both) == 7 and both[0].startswith("With weight decay 0.1, ")
+
+
+def test_symlog_ticks_are_decades_thinned_so_labels_never_meet():
+    from offbyone.report.attribution import decade_ticks
+    assert decade_ticks(-0.002, 0.02) == [-0.001, 0.0, 0.001, 0.01]
+    # five decades to the right: every other one, the outermost kept
+    assert decade_ticks(-0.0015, 0.3) == [-0.001, 0.0, 0.001, 0.1]
+    assert decade_ticks(-0.0004, 0.0006) == [0.0]          # inside the linear region

@@ -104,8 +104,9 @@ def differences(c: pd.DataFrame) -> pd.DataFrame:
 
 def figure(R, studies: list[tuple[str, pd.DataFrame]]) -> None:
     settings = [s for s in SETTINGS if any(s in set(c.setting) for _, c in studies)]
+    # one scale per column: a setting's panels are compared across studies
     fig, axes = F.plt.subplots(len(studies), len(settings), squeeze=False, sharey=True,
-                               figsize=(6.5, 2.6 * len(studies) + 0.4))
+                               sharex="col", figsize=(6.5, 2.6 * len(studies) + 0.4))
     for (label, c), row in zip(studies, axes):
         V = [v for v in VARIANT_LABELS if v in set(c.variant)]
         groups = list(dict.fromkeys(c.group))
@@ -120,11 +121,12 @@ def figure(R, studies: list[tuple[str, pd.DataFrame]]) -> None:
                         color=F.COLORS[v], label=VARIANT_LABELS[v], error_kw={"lw": 0.6})
             ax.set_yticks(range(len(groups)), groups)
             ax.invert_yaxis()
-            ax.set_xscale("symlog", linthresh=0.001)
-            ax.xaxis.set_major_formatter(F.matplotlib.ticker.FuncFormatter(_tick))
+            ax.set_xscale("symlog", linthresh=LINTHRESH)
             ax.axvline(0, color="k", lw=0.5)
             ax.tick_params(labelsize=8)
             ax.set_title(f"{label}: {setting}", fontsize=8)
+    for ax in axes[-1]:
+        _decade_ticks(ax)
     fig.supxlabel("loss gap with the group alone quantized, less the weights' own (nats; "
                   "symmetric log scale)", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -132,6 +134,38 @@ def figure(R, studies: list[tuple[str, pd.DataFrame]]) -> None:
                bbox_to_anchor=(0.5, 1.0))                 # above the panels, never over a bar
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_size_inches()[1]))
     R.figure(fig, "attribution")
+
+
+LINTHRESH = 0.001            # the symlog axis is linear within +-1 milli-nat
+
+
+def decade_ticks(lo: float, hi: float, most: int = 4) -> list[float]:
+    """0 and the powers of ten from the linear threshold out to the axis limits, on each side
+    the limits reach; every other decade when there are more than `most` ticks, the outermost
+    kept, so that labels of neighbouring decades never run together."""
+    def side(limit):
+        out, k = [], 0
+        while LINTHRESH * 10 ** k <= limit * 1.0001:
+            out.append(LINTHRESH * 10 ** k)
+            k += 1
+        return out
+    pos, neg = side(hi), side(-lo)
+    while len(pos) + len(neg) + 1 > most and (len(pos) > 1 or len(neg) > 1):
+        if len(pos) >= len(neg):
+            pos = pos[::-2][::-1]
+        else:
+            neg = neg[::-2][::-1]
+    return sorted([-x for x in neg] + [0.0] + pos)
+
+
+def _decade_ticks(ax) -> None:
+    lo, hi = ax.get_xlim()
+    ticks = decade_ticks(lo, hi)
+    if len(ticks) == 1:          # the whole axis inside the linear region: plain linear ticks
+        ticks = [t for t in F.matplotlib.ticker.MaxNLocator(3).tick_values(lo, hi) if lo <= t <= hi]
+    ax.xaxis.set_major_locator(F.matplotlib.ticker.FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(F.matplotlib.ticker.NullLocator())
+    ax.xaxis.set_major_formatter(F.matplotlib.ticker.FuncFormatter(_tick))
 
 
 def _tick(x: float, _pos=None) -> str:
