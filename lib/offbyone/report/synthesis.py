@@ -278,9 +278,13 @@ def other_baselines(studies, short: bool = False) -> str:
 
 def cost_sentence(studies, throughput: float | None, variant: str = "softmax1") -> str:
     """The price in full-precision loss, by verdict, and the measured training throughput."""
-    higher = _any(studies, "val_loss", "higher", variant)
-    price = (f"It raised full-precision loss {_wheres(higher)}" if higher else
-             "It raised full-precision loss in no study")
+    rows = [(s, r) for s, r in _rows(studies, "val_loss", variant) if r["verdict"] == "higher"]
+    higher = [s for s, _ in rows]
+    # a detected rise that the TOST also puts inside the margin is said to be that small
+    small = bool(rows) and all(r.get("p_tost_holm", 1.0) < ALPHA for _, r in rows)
+    price = (f"It raised full-precision loss {_wheres(higher)}"
+             + (" (within the margin)" if small else "")
+             if higher else "It raised full-precision loss in no study")
     speed = (f" and trained at ${fmt(throughput, 2)}\\times$ softmax's throughput"
              if throughput is not None else "")
     return price + speed + "."
