@@ -453,5 +453,5 @@ def test_a_sink_removed_is_a_drop_beyond_the_margin_and_the_table_says_within_ma
     assert "neither measurably moves weight off the first position" in title_answer([text, tb])
     r = {**_row("val_loss", "higher", 0.0035, 0.0026, 0.0043, unit="nats"), "p_tost_holm": 1e-5,
          "p_perm": 0.002, "base_gmean": None, "other_gmean": None}
-    assert primary_row(r)["verdict"] == "higher, within margin"
+    assert primary_row(r)["verdict"] == "higher$^{*}$"
     assert primary_row({**r, "p_tost_holm": 0.3})["verdict"] == "higher"

@@ -67,13 +67,16 @@ def _plain(x, _pos=None) -> str:
 
 def plain_log_ticks(ax, axis: str = "y") -> None:
     """A log axis labelled with plain numbers ('7.2', '20', '100', never '7.3 x 10^0'): ticks
-    at 1, 2 and 5 per decade where the range spans a decade or more, else about four evenly
-    spread ticks; no minor labels. Call it after the data are drawn."""
+    at 1, 2 and 5 per decade where the range spans one to three decades, at each power of ten
+    where it spans more (labels would crowd), else about four evenly spread ticks; no minor
+    labels. Call it after the data are drawn."""
     ticker = matplotlib.ticker
     a = ax.yaxis if axis == "y" else ax.xaxis
     ax.autoscale_view()
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
-    if lo > 0 and hi / lo >= 10:
+    if lo > 0 and hi / lo > 1000:
+        a.set_major_locator(ticker.LogLocator(subs=(1.0,)))
+    elif lo > 0 and hi / lo >= 10:
         a.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     else:
         a.set_major_locator(ticker.MaxNLocator(4))

@@ -304,7 +304,9 @@ def figure(R, df: pd.DataFrame, curve: pd.DataFrame, variants) -> None:
     ax.axhline(PEAK.threshold, ls="--", lw=0.8, color="k")
     ax.set(xlabel="step", ylabel="BOS peak (ratio to median)", yscale="log")
     F.plain_log_ticks(ax)
-    ax.legend(fontsize=8)
+    # the variants' legend above the panels: the seeds' lines fill the left panel
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="upper center", frameon=False,
+               ncol=3, bbox_to_anchor=(0.5, 1.0))
     ax = axes[1]
     for i, v in enumerate(variants):
         g = df[df.variant == v]
@@ -333,7 +335,7 @@ def figure(R, df: pd.DataFrame, curve: pd.DataFrame, variants) -> None:
     ax.legend(handles=[Line2D([], [], color="0.3", marker="o", ls="none", ms=4, label="all positions"),
                        Line2D([], [], color="0.3", marker="^", ls="none", ms=4, label="after a trigger")],
               fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_size_inches()[1]))
     R.figure(fig, "outlier-study")
 
 

@@ -69,8 +69,9 @@ def primary_row(r: dict) -> dict:
             Tex("effect (95\\% CI)"): effect,
             Tex("$p$ perm."): _p(r["p_perm"]), Tex("Holm $p$"): _p(r["p_holm"]),
             Tex("TOST $p$"): _p(r["p_tost_holm"]),
-            # a detected difference that the TOST also puts inside the margin says both
-            "verdict": r["verdict"] + (", within margin" if _within_margin(r) else "")}
+            # a detected difference that the TOST also puts inside the margin says both (the
+            # star is explained in the tables' captions)
+            "verdict": Tex(r["verdict"] + ("$^{*}$" if _within_margin(r) else ""))}
 
 
 def primary(R) -> pd.DataFrame:
