@@ -116,10 +116,10 @@ def test_the_abstract_sentence_is_chosen_by_the_verdicts(tmp_path):
     C.cure(R)
     tests = R.cure_data["tests"]
     s = C.abstract_sentence(tests, 900)
-    assert s.startswith("Converting the diseased softmax models to softmax1 and the learned sink "
-                        "and fine-tuning them 900 steps lowered the BOS peak (ratios $0.56$ and "
-                        "$0.44$)")
+    assert s.startswith("Fine-tuning the diseased models 900 more steps as softmax1 or with the "
+                        "learned sink lowered the BOS peak (softmax1 and the learned sink)")
     assert R.cure_data["abstract"] == s
-    up = tests.assign(verdict="inconclusive", ratio=1.4)
-    s = C.abstract_sentence(up, 900)
-    assert "did not measurably lower the BOS peak (ratios $1.4$ and $1.4$, pointing higher)" in s
+    none = tests.assign(verdict="inconclusive", ratio=1.4)
+    assert C.abstract_sentence(none, 900).endswith(
+        "lowered none of their outlier measures against the same fine-tune as softmax "
+        "(BOS-peak ratios $1.4$ and $1.4$).")

@@ -22,9 +22,9 @@ from ..profiles import load_profile, rehearsal_of
 from .latex import GROUP, Tex, fmt, latex_escape, num
 from .long import committed
 from .lr_dose import CITED_BY
-from .outlier_study import lr_words
+from .outlier_study import against_sentence, lr_words
 from .primary import PRIMARY_COLUMNS, primary_rows
-from .prose import _and, verdict_summary
+from .prose import _and
 from .results import final
 from .retrofit import CONVERTED, SOURCE, _mean, frames, sources_sentence
 from .stats import STUDY_PRIMARY, VARIANT_LABELS, primary_tests
@@ -52,10 +52,6 @@ DISEASE = (("bos_resid_ratio", "BOS residual peak"), ("max_inf_norm", "largest a
 
 def _name(v: str) -> str:
     return "the learned sink" if v == "sink" else VARIANT_LABELS[v]
-
-
-def _cap(s: str) -> str:
-    return s[0].upper() + s[1:]
 
 
 def checkpoints(df: pd.DataFrame) -> tuple[int, int]:
@@ -150,8 +146,9 @@ def gentle_sentence(gentle: pd.DataFrame, F: pd.DataFrame, lr: float) -> str:
 def table_rows(F: pd.DataFrame, early: pd.DataFrame, arms, e_step: int, steps: int) -> list[dict]:
     n = int(F[F.variant == SOURCE].seed.nunique())
     cols = [("source", F[F.variant == SOURCE]), ("converted", F[F.variant == CONVERTED])]
-    cols += [(Tex(f"{VARIANT_LABELS[v]}, {e_step}"), early[early.variant == v]) for v in arms]
-    cols += [(Tex(f"{VARIANT_LABELS[v]}, {steps}"), F[F.variant == v]) for v in arms]
+    head = lambda v, n: Tex(f"\\shortstack[r]{{{VARIANT_LABELS[v]}\\\\{n}}}")  # two lines
+    cols += [(head(v, e_step), early[early.variant == v]) for v in arms]
+    cols += [(head(v, steps), F[F.variant == v]) for v in arms]
     rows = [{GROUP: Tex(f"means over {n} seeds (geometric for the peak, inf-norm and kurtosis); "
                         f"the arms after {e_step} and {steps} steps of fine-tuning")}]
     for m, label, log in MEASURES:
@@ -191,9 +188,9 @@ def cure(R) -> dict:
     R.derived(f"cited_{PROFILE}_primary.csv", tests.assign(study=label))
     R.table(primary_rows(tests, label), "cure_primary.tex", PRIMARY_COLUMNS)
     R.table(table_rows(F, early, arms, e_step, steps), "cure.tex",
-            ">{\\raggedright\\arraybackslash}p{3.1cm}" + "r" * (2 + 2 * len(arms)))
+            ">{\\raggedright\\arraybackslash}p{2.6cm}" + "r" * (2 + 2 * len(arms)))
     samelr, gentle = _final_of(R, SAMELR), _final_of(R, GENTLE)
-    against = " ".join(_cap(str(verdict_summary(tests, o))) + "." for o in others)
+    against = against_sentence(tests, others, "tab:cure-primary", "the control")
     missing = [n for n, f in ((SAMELR, samelr), (GENTLE, gentle)) if not len(f)]
     n = int(F[F.variant == SOURCE].seed.nunique())
     R.cure_data = {"tests": tests, "steps": steps, "abstract": abstract_sentence(tests, steps)}
@@ -220,37 +217,31 @@ def cure(R) -> dict:
                                f"left out.")}
 
 
+OUTLIER_METRICS = (("bos_resid_ratio", "BOS peak"), ("max_inf_norm", "largest activation"),
+                   ("max_kurtosis", "kurtosis"))
+
+
 def abstract_sentence(tests: pd.DataFrame, steps: int) -> str:
-    """The cure in one sentence for the abstract: whether converting the diseased models and
-    fine-tuning them shrank the BOS peak or the largest activation against the same fine-tune
-    as softmax (by the verdicts; an open estimate says which way it points)."""
+    """The cure in one sentence for the abstract, chosen by the verdicts on the outlier
+    measures (the BOS peak, the largest activation, kurtosis) against the same fine-tune as
+    softmax: which it lowered and under which arm, or that it lowered none, with the BOS peak's
+    ratios."""
     arms = [o for o in VARIANT_LABELS if o in set(tests.other)]
     if not arms:
         return ""
-    names = _and([_name(a) for a in arms])
-    said = []
-    for metric, words in (("bos_resid_ratio", "BOS peak"), ("max_inf_norm", "largest activation")):
-        t = tests[tests.metric == metric].set_index("other")
-        if not len(t):
-            continue
-        ratios = _and([f"${fmt(t.loc[a, 'ratio'], 2)}$" for a in arms if a in t.index])
-        verdicts = set(t.verdict)
-        if verdicts == {"lower"}:
-            said.append(f"lowered the {words} (ratio{'s' if len(arms) > 1 else ''} {ratios})")
-        elif "lower" in verdicts:
-            low = _and([_name(a) for a in arms if t.loc[a, "verdict"] == "lower"])
-            said.append(f"lowered the {words} only as {low} (ratios {ratios})")
-        elif verdicts == {"equivalent"}:
-            said.append(f"left the {words} within a factor "
-                        f"${math.exp(t.margin.iloc[0]):g}$ of the control's")
-        else:
-            up = (t.ratio > 1).all()
-            said.append(f"did not measurably lower the {words} (ratio{'s' if len(arms) > 1 else ''} "
-                        f"{ratios}{', pointing higher' if up else ''})")
-    if not said:
-        return ""
-    return (f"Converting the diseased softmax models to {names} and fine-tuning them {steps} "
-            f"steps " + _and(said) + " against the same fine-tune as softmax.")
+    names = " or ".join(["as softmax1" if a == "softmax1" else f"with {_name(a)}" for a in arms])
+    peak = tests[tests.metric == "bos_resid_ratio"].set_index("other")
+    ratios = _and([f"${fmt(peak.loc[a, 'ratio'], 2)}$" for a in arms if a in peak.index])
+    lowered = []
+    for metric, words in OUTLIER_METRICS:
+        t = tests[(tests.metric == metric) & (tests.verdict == "lower")]
+        if len(t):
+            lowered.append(f"the {words} ({_and([_name(a) for a in arms if a in set(t.other)])})")
+    head = f"Fine-tuning the diseased models {steps} more steps {names}"
+    if lowered:
+        return f"{head} lowered {_and(lowered)} against the same fine-tune as softmax."
+    return (f"{head} lowered none of their outlier measures against the same fine-tune as "
+            f"softmax (BOS-peak ratio{'s' if len(arms) > 1 else ''} {ratios}).")
 
 
 def _final_of(R, name: str) -> pd.DataFrame:

@@ -107,7 +107,8 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
     return Tex(text), verdict
 
 
-def against_sentence(tests: pd.DataFrame, others) -> str:
+def against_sentence(tests: pd.DataFrame, others, table: str = "tab:outlier-primary",
+                     base: str = "softmax") -> str:
     """What the variants did against softmax, as prose: the decided verdicts (lower, higher,
     equivalent, no gap to close) and then which way the open estimates point, the variants said
     together where they agree (the table gives each effect and test)."""
@@ -135,10 +136,10 @@ def against_sentence(tests: pd.DataFrame, others) -> str:
                 parts.append(f"{words} {_and(labels)}")
         eq = [r["label"] for r in rows if r["verdict"] == "equivalent"]
         if eq:
-            parts.append(f"matched softmax within the margin in the {_and(eq)}")
+            parts.append(f"matched {base} within the margin in the {_and(eq)}")
         nothing = [r["label"] for r in rows if r["verdict"] == NOTHING_TO_FIX]
         if nothing:
-            parts.append(f"had no {_and(nothing)} to close (softmax's own lay within the margin "
+            parts.append(f"had no {_and(nothing)} to close ({base}'s own lay within the margin "
                          "of zero)")
         lead = f"{who} " + _and(parts) if parts else who
         their = "their" if len(names) > 1 else "its"
@@ -147,9 +148,9 @@ def against_sentence(tests: pd.DataFrame, others) -> str:
                    + (f" and of the {_and(downs)} lower" if downs else "") if ups else
                    f"{their} estimates of the {_and(downs)} pointed lower")
             out.append(f"{lead}; {est}, none significant after Holm's correction "
-                       "(\\cref{tab:outlier-primary}).")
+                       f"(\\cref{{{table}}}).")
         else:
-            out.append(lead + " (\\cref{tab:outlier-primary}).")
+            out.append(lead + f" (\\cref{{{table}}}).")
     return " ".join(out)
 
 

@@ -167,7 +167,8 @@ def _wheres(studies) -> str:
     return _and(list(dict.fromkeys(s.where for s in studies)))
 
 
-def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True) -> str:
+def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True,
+                    lean: bool = True) -> str:
     """The title's question answered from the verdicts: what the variant did to the sink, to
     the magnitudes, to kurtosis and to the quantization gap, across the studies."""
     name = VARIANT_LABELS[variant]
@@ -207,7 +208,7 @@ def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True) 
     else:
         # no verdict either way: an open estimate that points lower is said, not dropped
         leaning = [(s, r) for m in gaps for s, r in _rows(studies, m, variant)
-                   if r["verdict"] == "inconclusive" and r["diff"] < 0]
+                   if r["verdict"] == "inconclusive" and r["diff"] < 0] if lean else []
         notes = []
         if leaning:
             s, r = leaning[0]
@@ -245,7 +246,9 @@ def baseline_sentence(studies) -> str:
     """What the softmax baselines gave softmax1 to cure, from their own values: the W8A8 gap
     against the disease criterion's threshold, and the largest activation (geometric means)."""
     gaps = [r["base_mean"] for _, r in _rows(studies, "gap_W8A8")]
-    norms = [r.get("base_gmean", math.exp(r["base_mean"])) for _, r in _rows(studies, "max_inf_norm")]
+    # the largest activation of any run, any variant: 'stayed <= x' holds for every seed
+    norms = [float(s.fin.max_inf_norm.max()) if "max_inf_norm" in s.fin else
+             r.get("base_gmean", math.exp(r["base_mean"])) for s, r in _rows(studies, "max_inf_norm")]
     if not gaps or not norms:
         return ""
     def plain(x: float) -> str:                     # two significant digits, as written
@@ -264,7 +267,9 @@ def other_baselines(studies, short: bool = False) -> str:
     """The other studies' baselines in a clause: 'whose baselines had little to cure (W8A8
     gaps of at most 0.012 nats, largest activations of at most 26)'."""
     gaps = [r["base_mean"] for _, r in _rows(studies, "gap_W8A8")]
-    norms = [r.get("base_gmean", math.exp(r["base_mean"])) for _, r in _rows(studies, "max_inf_norm")]
+    # the largest activation of any run, any variant: 'stayed <= x' holds for every seed
+    norms = [float(s.fin.max_inf_norm.max()) if "max_inf_norm" in s.fin else
+             r.get("base_gmean", math.exp(r["base_mean"])) for s, r in _rows(studies, "max_inf_norm")]
     if not gaps or not norms:
         return "whose baselines we describe below"
     had = "had little to cure" if max(gaps) < GAP_THRESHOLD else "had quantization damage"
@@ -342,9 +347,10 @@ def verb_clauses(rows: list[tuple[str, dict]]) -> str:
     return _and(out) if out else ""
 
 
-def lead_sentence(study: Study, variant: str = "softmax1") -> str:
+def lead_sentence(study: Study, variant: str = "softmax1", most: int | None = None) -> str:
     """What softmax1 did in the study where the disease grows: the decided endpoints grouped by
-    their verdicts, then the open ones with the way their estimates point."""
+    their verdicts, then the open ones with the way their estimates point (the first `most` of
+    them, in LEAD's order, when the abstract is short of words)."""
     t = study.tests[study.tests.other == variant]
     rows = [(label, t[t.metric == m].iloc[0].to_dict()) for m, label in LEAD
             if (t.metric == m).any()]
@@ -352,7 +358,7 @@ def lead_sentence(study: Study, variant: str = "softmax1") -> str:
     if not rows:
         return ""
     decided = [(label, r) for label, r in rows if r["verdict"] != "inconclusive"]
-    open_ = [(label, r) for label, r in rows if r["verdict"] == "inconclusive"]
+    open_ = [(label, r) for label, r in rows if r["verdict"] == "inconclusive"][:most]
     name = VARIANT_LABELS[variant]
     out = []
     if decided:
@@ -360,7 +366,8 @@ def lead_sentence(study: Study, variant: str = "softmax1") -> str:
     if open_:
         ways = {direction(r) for _, r in open_}
         many = len(open_) > 1
-        way = (f"{'all ' if many else ''}pointed {next(iter(ways))}" if len(ways) == 1
+        way = (f"{('both ' if len(open_) == 2 else 'all ') if many else ''}pointed "
+               f"{next(iter(ways))}" if len(ways) == 1
                else "pointed both ways")
         items = _and([f"the {label} ({_estimate(r)})" for label, r in open_])
         noun = "estimates" if many else "estimate"
@@ -393,8 +400,23 @@ def lead_baseline(study: Study) -> str:
 def abstract(studies, n_endpoints: int, throughput: float | None, cure: str = "") -> Tex:
     """At most ABSTRACT_MAX_WORDS words of prose, in the order question, method and scale, what
     the baselines had to cure, what softmax1 did (first where the disease grows, when a study
-    grew it), its price, the caveat, and the answer to the title. The verdicts themselves live
-    in the forest plot and the primary tables."""
+    grew it), the cure of a diseased model (when cited), its price, the caveat, and the answer
+    to the title. The verdicts themselves live in the forest plot and the primary tables. When
+    the words run over, the details go first, in this order: the lead study's lesser open
+    estimates (two are kept), the open gap estimate that leans lower, the cure's numbers."""
+    text = Tex("")
+    for most, lean, brief in ((None, True, False), (2, True, False), (2, False, False),
+                              (2, False, True)):
+        # brief: the cure's sentence without its closing parenthesis of numbers
+        c = re.sub(r" \([^()]*\)\.$", ".", cure) if brief else cure
+        text = _abstract(studies, n_endpoints, throughput, c, most, lean)
+        if word_count(text) <= ABSTRACT_MAX_WORDS:
+            break
+    return text
+
+
+def _abstract(studies, n_endpoints: int, throughput: float | None, cure: str,
+              most: int | None, lean: bool) -> Tex:
     lead = next((s for s in studies if s.key == "outliers"), None)
     q = ("Softmax1 adds a zero logit to attention so that a head can abstain; Miller claimed it "
          "removes the outliers that make transformers hard to quantize.")
@@ -417,9 +439,9 @@ def abstract(studies, n_endpoints: int, throughput: float | None, cure: str = ""
     if lead is not None:
         q = ("Miller proposed softmax1, a zero logit that lets an attention head abstain, to "
              "remove the outliers that make transformers hard to quantize.")
-        base = lead_baseline(lead) + " " + lead_sentence(lead)
+        base = lead_baseline(lead) + " " + lead_sentence(lead, most=most)
         answer = (f"Elsewhere, {other_baselines(rest, short=True)}, "
-                  f"{answer_sentence(rest, note_none=False)}."
+                  f"{answer_sentence(rest, note_none=False, lean=lean)}."
                   if rest else "")
     else:
         base = baseline_sentence(studies)
