@@ -89,7 +89,7 @@ def test_the_arms_are_tested_against_the_control_on_the_declared_endpoints(tmp_p
     peak_row = next(r for r in rows if r["measure"] == "BOS residual peak")
     assert peak_row["source"] == peak_row["converted"]
     # the companions are missing: said
-    assert "retrofit\\_outliers\\_samelr" in str(M["CureMissing"])
+    assert "companion with the sink at the run's learning rate" in str(M["CureMissing"])
     assert str(M["CureGentle"]) == ""
 
 
@@ -103,8 +103,8 @@ def test_the_sink_sentence_compares_its_own_rate_with_the_runs_on_the_same_seeds
     M = C.cure(FakeReport(tmp_path))
     sink = str(M["CureSink"])
     assert "start at 0" in sink and "own learning rate of $0.01$" in sink
-    # seeds 0 and 1: own rate 4.0 + (0, 0.1) -> 4.05; the run's rate 0.01 + (0, 0.1) -> 0.06
-    assert "ended at $0.06$ on the same 2 seeds, against $4.05$" in sink
+    # seeds 0 and 1, over heads: own rate 4.0 + (0, 0.1) +- 1; the run's rate 0.01 + (0, 0.1) +- 1
+    assert "stayed within ${-}0.99$ to $1.11$ on the same 2 seeds, against $3.00$ to $5.10$" in sink
     gentle = str(M["CureGentle"])
     assert "$0.0003$ (2 seeds, exploratory)" in gentle
     assert str(M["CureMissing"]) == ""

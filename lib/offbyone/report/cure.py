@@ -32,6 +32,8 @@ from .stats import STUDY_PRIMARY, VARIANT_LABELS, primary_tests
 PROFILE = "retrofit_outliers"
 SAMELR = "retrofit_outliers_samelr"
 GENTLE = "retrofit_outliers_lr3e-4"
+COMPANION_WORDS = {SAMELR: "companion with the sink at the run's learning rate",
+                   GENTLE: "gentler fine-tune (lr 3e-4)"}
 # the before-and-after table's rows: (column, label, geometric mean)
 MEASURES = (("val_loss", "validation loss (nats)", False),
             ("copy_loss", "loss after a trigger (nats)", False),
@@ -117,12 +119,15 @@ def sink_sentence(F: pd.DataFrame, samelr: pd.DataFrame, sink_lr: float, lr: flo
     other = samelr[samelr.variant == "sink"] if len(samelr) else samelr
     if len(other) and "sink_logit_mean" in other and other.sink_logit_mean.notna().any():
         seeds = sorted(set(other.seed) & set(mine.seed))
-        a = mine[mine.seed.isin(seeds)].sink_logit_mean.mean()
-        b = other[other.seed.isin(seeds)].sink_logit_mean.mean()
-        text += (f"; at the run's own ${lr_words(lr)}$ they ended at ${_logit(b)}$ on the same "
-                 f"{len(seeds)} seeds, against ${_logit(a)}$ with their own rate")
-        pa = _mean(mine[mine.seed.isin(seeds)].bos_resid_ratio, True)
-        pb = _mean(other[other.seed.isin(seeds)].bos_resid_ratio, True)
+        a = mine[mine.seed.isin(seeds)]
+        b = other[other.seed.isin(seeds)]
+        # the heads move both ways, so the mean hides how far: the range over heads and seeds
+        text += (f"; at the run's own ${lr_words(lr)}$ they stayed within "
+                 f"${_logit(b.sink_logit_min.min())}$ to ${_logit(b.sink_logit_max.max())}$ on "
+                 f"the same {len(seeds)} seeds, against ${_logit(a.sink_logit_min.min())}$ to "
+                 f"${_logit(a.sink_logit_max.max())}$ with their own rate")
+        pa = _mean(a.bos_resid_ratio, True)
+        pb = _mean(b.bos_resid_ratio, True)
         text += f" (BOS peak ${fmt(pb)}$ against ${fmt(pa)}$)"
     return text + "."
 
@@ -211,8 +216,7 @@ def cure(R) -> dict:
             "CureSink": Tex(sink_sentence(F, samelr, sink_lr, lr)),
             "CureGentle": Tex(gentle_sentence(gentle, F, lr)),
             "CureMissing": Tex("" if not missing else
-                               f" The companion{'s' if len(missing) > 1 else ''} "
-                               f"{_and([latex_escape(m) for m in missing])} "
+                               f" The {_and([COMPANION_WORDS[m] for m in missing])} "
                                f"{'are' if len(missing) > 1 else 'is'} not committed yet, and "
                                f"left out.")}
 
