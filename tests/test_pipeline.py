@@ -79,7 +79,7 @@ def test_profiles_are_valid_and_runs_are_paired():
         diff = {k for k, v in a.to_dict().items() if b.to_dict()[k] != v}
         assert diff == {"attention", "out_dir"}     # same seed, data order and recipe
     assert len(load_profile("cpu")["seeds"]) >= 3
-    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_fineweb, gpu_lr1e-3, gpu_lr3e-3, gpu_sgd, gpu_wd01, pilot_guo, retrofit, rivals, smoke, smoke_wd, testbed, "):
+    with pytest.raises(ConfigError, match="valid profiles: cpu, cpu_bpe, gpu, gpu_fineweb, gpu_lr1e-3, gpu_lr3e-3, gpu_sgd, gpu_wd01, pilot_guo, retrofit, retrofit_outliers, "):
         load_profile("laptop")
 
 
