@@ -455,3 +455,20 @@ def test_a_sink_removed_is_a_drop_beyond_the_margin_and_the_table_says_within_ma
          "p_perm": 0.002, "base_gmean": None, "other_gmean": None}
     assert primary_row(r)["verdict"] == "higher$^{*}$"
     assert primary_row({**r, "p_tost_holm": 0.3})["verdict"] == "higher"
+
+
+def test_the_harms_are_said_where_a_paired_test_finds_them():
+    from offbyone.report.synthesis import harms_sentence
+    text, tb = _studies()
+    rows = [{"variant": v, "seed": s, "copy_loss": 0.18 + 0.01 * s + (0.06 if v == "softmax1" else 0)
+             + 0.001 * (s % 2), "gap_W4A4": 0.2} for v in ("softmax", "softmax1") for s in range(5)]
+    tb.fin = pd.DataFrame(rows)
+    out = harms_sentence([text, tb])
+    assert out.startswith("It also cost something (paired $t$-tests")
+    assert "the loss after a trigger at 3,000 steps rose from $0.200$ to $0.260$ nats" in out
+    assert "W4A4" not in out                      # no change there: not said
+    # the long study's kurtosis interval (0.64 to 3.05 in logs) lies above 1: said, with Holm
+    assert "the largest kurtosis at 3,000 steps rose $6.4$-fold" in out
+    tb.fin = pd.DataFrame(rows).assign(copy_loss=0.2)
+    tb.tests.loc[tb.tests.metric == "max_kurtosis", "ci_low"] = -0.1
+    assert harms_sentence([text, tb]) == ""

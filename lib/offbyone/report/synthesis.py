@@ -22,7 +22,7 @@ from . import figures as F
 from .latex import Tex, fmt, macro_name
 from .prose import _and, _fixed, p_value
 from .stats import (ALPHA, DISEASE_CRITERION, NOTHING_TO_FIX, POWER, PRIMARY, RATIO_MARGIN,
-                    VARIANT_LABELS, minimum_detectable, permutation_floor)
+                    VARIANT_LABELS, minimum_detectable, paired_difference, permutation_floor)
 
 ABSTRACT_MAX_WORDS = 200
 # the W8A8 gap (nats) at which the disease criterion says the baseline has quantization damage
@@ -453,6 +453,36 @@ def _abstract(studies, n_endpoints: int, throughput: float | None, cure: str,
     return Tex(" ".join(p for p in parts if p))
 
 
+# the harms the brief answer names where softmax1 measurably made them worse (exploratory,
+# paired, uncorrected): the loss where the heads must act, and the harshest quantization
+HARMS = (("copy_loss", "the loss after a trigger", " nats"), ("gap_W4A4", "the W4A4 gap", " nats"))
+
+
+def harms_sentence(studies, variant: str = "softmax1") -> str:
+    """What softmax1 made worse, where a paired t-test (exploratory, uncorrected) puts the rise
+    below ALPHA: the loss after a trigger (where the copy needs attention) and the W4A4 gap;
+    and a primary kurtosis estimate whose interval lies wholly above 1. '' when none did."""
+    parts = []
+    for s in studies:
+        f = s.fin
+        for metric, words, unit in HARMS:
+            if metric not in f or f[metric].isna().all() or not {"softmax", variant} <= set(f.variant):
+                continue
+            r = paired_difference(f, metric, variant)
+            if r["n"] >= 3 and r["p"] < ALPHA and r["diff"] > 0:
+                parts.append(f"{words} {s.where} rose from ${fmt(r['base_mean'])}$ to "
+                             f"${fmt(r['other_mean'])}${unit} ($p = {fmt(r['p'], 2)}$)")
+        for _, r in _rows([s], "max_kurtosis", variant):
+            if r["verdict"] != "higher" and r["ci_low"] > 0:
+                parts.append(f"the largest kurtosis {s.where} rose ${fmt(r['ratio'], 2)}$-fold "
+                             f"(95\\% CI ${fmt(r['ratio_low'], 2)}$ to ${fmt(r['ratio_high'], 2)}$, "
+                             "not significant after Holm)")
+    if not parts:
+        return ""
+    return ("It also cost something (paired $t$-tests, exploratory and uncorrected unless "
+            "said): " + _and(parts) + ".")
+
+
 def brief_answer(studies) -> Tex:
     """Section 1's answer in two or three sentences: where a study grew the disease, what its
     baseline grew and what softmax1 did there, then the other studies; else the answer across
@@ -466,6 +496,7 @@ def brief_answer(studies) -> Tex:
     if rest:
         out.append(f"In the other studies, {other_baselines(rest)}, "
                    f"{answer_sentence(rest, note_none=False)}.")
+        out.append(harms_sentence(rest))
     return Tex(" ".join(x for x in out if x))
 
 
