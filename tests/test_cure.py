@@ -83,6 +83,10 @@ def test_the_arms_are_tested_against_the_control_on_the_declared_endpoints(tmp_p
     assert f"${fmt(src)}$ in the sources" in course
     assert "under softmax1" in course and "under the learned sink" in course
     assert "softmax1 0.50" in course and "softmax 0.90" in course     # ratios to the source
+    # the conversion alone: step 0 of softmax1 equals the source here
+    assert course.startswith(f"Converting the weights, before any fine-tune, moved the BOS peak "
+                             f"from ${fmt(src)}$ to ${fmt(src)}$")
+    assert "left only $20\\%$ of their attention on the implicit zero" in course
     # the table: source, converted, three arms at 300, three at 900
     rows = [r for r in R.tables["cure.tex"] if GROUP not in r]
     assert len(rows[0]) == 1 + 2 + 6

@@ -82,6 +82,25 @@ def course_sentence(F: pd.DataFrame, early: pd.DataFrame, arms, e_step: int, ste
             + "; ".join(out) + ".")
 
 
+def conversion_sentence(F: pd.DataFrame) -> str:
+    """What the conversion alone did, before any fine-tune: the converted weights (step 0 of
+    the softmax1 run) against the source, on the BOS peak (geometric means), the W16A6 gap and
+    the share of attention left on the implicit zero (arithmetic means)."""
+    src, conv = F[F.variant == SOURCE], F[F.variant == CONVERTED]
+    if not len(src) or not len(conv):
+        return ""
+    parts = [f"the BOS peak from ${fmt(_mean(src.bos_resid_ratio, True))}$ to "
+             f"${fmt(_mean(conv.bos_resid_ratio, True))}$"]
+    if "gap_W16A6" in F:
+        parts.append(f"the W16A6 gap from ${fmt(src.gap_W16A6.mean())}$ to "
+                     f"${fmt(conv.gap_W16A6.mean())}$ nats")
+    text = "Converting the weights, before any fine-tune, moved " + _and(parts)
+    if "abstention" in F and conv.abstention.notna().any():
+        text += (f", and the converted heads left only ${fmt(100 * conv.abstention.mean(), 2)}\\%$ "
+                 "of their attention on the implicit zero")
+    return text + "."
+
+
 def relative_sentence(F: pd.DataFrame, arms) -> str:
     """Each arm's end against the source on the disease's magnitudes, as a ratio: what the
     control's extra training did on its own, and what the conversions did beyond it."""
@@ -211,7 +230,8 @@ def cure(R) -> dict:
             "CureBenchTokS": fmt(prov.get("bench_softmax_tokens_per_s") or float("nan"), 3),
             "CureSources": Tex(sources_sentence(R, src_name, prof["retrofit"]["variant"], F, prov)),
             "CureAgainst": Tex(against),
-            "CureCourse": Tex(" ".join(s for s in (course_sentence(F, early, arms, e_step, steps),
+            "CureCourse": Tex(" ".join(s for s in (conversion_sentence(F),
+                                                   course_sentence(F, early, arms, e_step, steps),
                                                    relative_sentence(F, arms)) if s)),
             "CureSink": Tex(sink_sentence(F, samelr, sink_lr, lr)),
             "CureGentle": Tex(gentle_sentence(gentle, F, lr)),
