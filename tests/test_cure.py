@@ -82,7 +82,7 @@ def test_the_arms_are_tested_against_the_control_on_the_declared_endpoints(tmp_p
     src = float(np.exp(np.mean(np.log(SOURCE_PEAK))))
     assert f"${fmt(src)}$ in the sources" in course
     assert "under softmax1" in course and "under the learned sink" in course
-    assert "softmax1 0.50" in course and "softmax 0.90" in course     # ratios to the source
+    assert "$0.500$ under softmax1" in course and "$0.900$ under softmax" in course   # end / start
     # the conversion alone: step 0 of softmax1 equals the source here
     assert course.startswith(f"Converting the weights, before any fine-tune, moved the BOS peak "
                              f"from ${fmt(src)}$ to ${fmt(src)}$")

@@ -130,7 +130,7 @@ def test_the_abstract_is_prose_that_fits_covers_every_study_and_answers_first():
     assert "had quantization damage for softmax1 to cure" in abstract(studies, 6, 0.97)
     # 5 of the text study's 6 tests are inconclusive and 1 of the testbed's
     assert "With 3 to 5 seeds, 6 of softmax1's 12 primary tests stay inconclusive" in text
-    assert "It raised full-precision loss in no study and trained at $0.97" in text
+    assert "Softmax1 raised full-precision loss in no study and trained at $0.97" in text
 
 
 def _lead(peak_verdict="higher", inf_verdict="higher"):

@@ -56,6 +56,12 @@ def _name(v: str) -> str:
     return "the learned sink" if v == "sink" else VARIANT_LABELS[v]
 
 
+def _has_zero(g: pd.DataFrame) -> bool:
+    """Whether a column's runs have an implicit zero (the source is softmax's step 0)."""
+    v = set(g.variant)
+    return bool(v & {"softmax1", "sink", CONVERTED})
+
+
 def checkpoints(df: pd.DataFrame) -> tuple[int, int]:
     """(the early checkpoint's step, the last's): the fine-tune's two measured points."""
     steps = sorted(int(s) for s in df.step.unique() if s > 0)
@@ -101,23 +107,23 @@ def conversion_sentence(F: pd.DataFrame) -> str:
     return text + "."
 
 
-def relative_sentence(F: pd.DataFrame, arms) -> str:
-    """Each arm's end against the source on the disease's magnitudes, as a ratio: what the
-    control's extra training did on its own, and what the conversions did beyond it."""
+def relative_sentence(df: pd.DataFrame, arms) -> str:
+    """What the fine-tune alone did to the BOS peak in each arm: its end over its own start
+    (the source under softmax, the converted weights otherwise), seed by seed, as a geometric
+    mean ratio."""
     parts = []
     for v in arms:
-        src = F[F.variant == SOURCE].set_index("seed")
-        end = F[F.variant == v].set_index("seed")
-        seeds = sorted(set(src.index) & set(end.index))
-        if len(seeds) < 2:
+        g = df[df.variant == v].pivot_table(index="seed", columns="step", values="bos_resid_ratio")
+        if g.shape[1] < 2 or len(g) < 2:
             continue
-        r = np.exp(np.mean(np.log(end.loc[seeds, "bos_resid_ratio"].astype(float))
-                           - np.log(src.loc[seeds, "bos_resid_ratio"].astype(float))))
-        parts.append(f"{_name(v)} {fmt(r, 2)}")
+        r = float(np.exp(np.mean(np.log(g[g.columns.max()].astype(float))
+                                 - np.log(g[g.columns.min()].astype(float)))))
+        parts.append(f"${fmt(r, 3)}$ under {_name(v)}")
     if not parts:
         return ""
-    return ("As a ratio to its own source, seed by seed (geometric mean), the BOS peak ended at "
-            + _and(parts) + ".")
+    return ("The fine-tune alone, each arm's end over its own start (the source under softmax, "
+            "the converted weights otherwise; geometric means of the seeds' ratios), multiplied "
+            "the BOS peak by " + _and(parts) + ".")
 
 
 def _logit(x: float) -> str:
@@ -178,9 +184,14 @@ def table_rows(F: pd.DataFrame, early: pd.DataFrame, arms, e_step: int, steps: i
     for m, label, log in MEASURES:
         if m not in F or F[m].isna().all():
             continue
+        if m == "abstention":     # softmax has no implicit zero: its rounding noise prints as 0
+            cols_m = [(c, g.assign(abstention=0.0) if (len(g) and not _has_zero(g)) else g)
+                      for c, g in cols]
+        else:
+            cols_m = cols
         digits = 4 if m == "val_loss" else 3
         rows.append({"measure": label, **{c: num(_mean(g[m], log), digits) if m in g else "n/a"
-                                          for c, g in cols}})
+                                          for c, g in cols_m}})
     return rows
 
 
@@ -232,7 +243,7 @@ def cure(R) -> dict:
             "CureAgainst": Tex(against),
             "CureCourse": Tex(" ".join(s for s in (conversion_sentence(F),
                                                    course_sentence(F, early, arms, e_step, steps),
-                                                   relative_sentence(F, arms)) if s)),
+                                                   relative_sentence(df, arms)) if s)),
             "CureSink": Tex(sink_sentence(F, samelr, sink_lr, lr)),
             "CureGentle": Tex(gentle_sentence(gentle, F, lr)),
             "CureMissing": Tex("" if not missing else

@@ -142,10 +142,10 @@ def dose_sentences(means: pd.DataFrame, fin: pd.DataFrame, variants) -> Tex:
                   if len(seeds) > 1 else "")
         if at is None:
             out.append(f"{name}'s stayed below {_n(PEAK.threshold)} times the median position "
-                       f"at every rate (largest ${fmt(top, 2)}$ at lr ${_lr(lr_top)}${spread})")
+                       f"at every rate (largest ${fmt(top)}$ at lr ${_lr(lr_top)}${spread})")
         else:
             out.append(f"{name}'s first reached {_n(PEAK.threshold)} times the median position "
-                       f"at lr ${_lr(at)}$ (largest ${fmt(top, 2)}$ at lr ${_lr(lr_top)}${spread})")
+                       f"at lr ${_lr(at)}$ (largest ${fmt(top)}$ at lr ${_lr(lr_top)}${spread})")
     text = "In seed means, the BOS peak of " + "; ".join(out).replace("'s ", " ", 1) + "."
     best = fin.val_loss.min()
     bad = fin[fin.val_loss > best + NOT_TRAINED_NATS]

@@ -26,7 +26,7 @@ from .long import committed
 from .lr_dose import CITED_BY
 from .peak import block_peaks
 from .primary import PRIMARY_COLUMNS, margins, primary_rows
-from .prose import _and, primary_sentence, verdict_summary
+from .prose import _and, _within_margin, primary_sentence, verdict_summary
 from .results import final, read_csv
 from .stats import (ALPHA, DISEASE_CRITERION, DISEASE_SIGNS, NOTHING_TO_FIX, PRIMARY,
                     STUDY_PRIMARY, VARIANT_LABELS, disease_appeared, paired_difference,
@@ -131,7 +131,9 @@ def against_sentence(tests: pd.DataFrame, others, table: str = "tab:outlier-prim
                     (ups if r["label"] in ups else downs).remove(r["label"])
         parts = []
         for verdict, words in (("lower", "had a lower"), ("higher", "had a higher")):
-            labels = [r["label"] for r in rows if r["verdict"] == verdict]
+            labels = [r["label"] + (", by less than the margin"
+                                    if "p_tost_holm" in r and _within_margin(r) else "")
+                      for r in rows if r["verdict"] == verdict]
             if labels:
                 parts.append(f"{words} {_and(labels)}")
         eq = [r["label"] for r in rows if r["verdict"] == "equivalent"]

@@ -272,7 +272,8 @@ def other_baselines(studies, short: bool = False) -> str:
              r.get("base_gmean", math.exp(r["base_mean"])) for s, r in _rows(studies, "max_inf_norm")]
     if not gaps or not norms:
         return "whose baselines we describe below"
-    had = "had little to cure" if max(gaps) < GAP_THRESHOLD else "had quantization damage"
+    had = ("had W8A8 gaps below the disease criterion's" if max(gaps) < GAP_THRESHOLD
+           else "had quantization damage")
     big = max(norms)
     if short:
         return (f"where activations stayed $\\le "
@@ -287,9 +288,10 @@ def cost_sentence(studies, throughput: float | None, variant: str = "softmax1") 
     higher = [s for s, _ in rows]
     # a detected rise that the TOST also puts inside the margin is said to be that small
     small = bool(rows) and all(r.get("p_tost_holm", 1.0) < ALPHA for _, r in rows)
-    price = (f"It raised full-precision loss {_wheres(higher)}"
+    name = VARIANT_LABELS[variant][:1].upper() + VARIANT_LABELS[variant][1:]
+    price = (f"{name} raised full-precision loss {_wheres(higher)}"
              + (" (within the margin)" if small else "")
-             if higher else "It raised full-precision loss in no study")
+             if higher else f"{name} raised full-precision loss in no study")
     speed = (f" and trained at ${fmt(throughput, 2)}\\times$ softmax's throughput"
              if throughput is not None else "")
     return price + speed + "."

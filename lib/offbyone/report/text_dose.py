@@ -68,8 +68,12 @@ def dose_sentence(tr: pd.DataFrame, fin: pd.DataFrame, margin: float) -> str:
         return text + "no rate trained both variants, so the sweep declares no dose."
     rates = sorted(tr.lr.unique())
     trained = sorted(tr.groupby("lr").trains.all().pipe(lambda s: s[s]).index)
-    text += (f"{'every rate' if len(trained) == len(rates) else _and([f'${_lr(x)}$' for x in trained])} "
-             f"trained both variants, and the text study's dose is the highest, lr ${_lr(dose)}$.")
+    if len(trained) == len(rates):
+        text += (f"every rate trained both variants, so the text study's dose is the highest rate "
+                 f"tried, lr ${_lr(dose)}$; no rate failed, and no higher one was tried.")
+    else:
+        text += (f"{_and([f'${_lr(x)}$' for x in trained])} trained both variants, and the text "
+                 f"study's dose is the highest, lr ${_lr(dose)}$.")
     if parts:
         text += " " + _and(parts)[0].upper() + _and(parts)[1:] + "."
     return text
@@ -89,12 +93,24 @@ def growth_sentence(means: pd.DataFrame, dose: float | None) -> str:
         if not len(a) or not len(b):
             continue
         moves = [(w, fmt(a[c].iloc[0]), fmt(b[c].iloc[0])) for c, w in GROWTH if c in means]
-        first, rest = moves[0], moves[1:]
-        parts.append(f"{VARIANT_LABELS[v]}'s {first[0]} went from ${first[1]}$ to ${first[2]}$"
-                     + "".join(f", its {w} from ${x}$ to ${y}$" for w, x, y in rest))
+        said = [f"{w} {'stayed at $' + x + '$' if x == y else f'went from ${x}$ to ${y}$'}"
+                for w, x, y in moves]
+        parts.append(f"{VARIANT_LABELS[v]}'s {said[0]}" + "".join(f", its {x}" for x in said[1:]))
     if not parts:
         return ""
-    return f"From lr ${_lr(lo)}$ to ${_lr(hi)}$ (seed means), " + "; ".join(parts) + "."
+    text = f"From lr ${_lr(lo)}$ to ${_lr(hi)}$ (seed means), " + "; ".join(parts) + "."
+    base_lo = means[(means.variant == "softmax") & (means.lr == lo)]
+    base_hi = means[(means.variant == "softmax") & (means.lr == hi)]
+    if len(base_lo) and len(base_hi):        # the answer to the section's question, for softmax
+        grew = base_hi.max_inf_norm.iloc[0] / base_lo.max_inf_norm.iloc[0]
+        gaps = [c for c in ("gap_W8A8", "gap_W16A6") if c in means]
+        fell = all(base_hi[c].iloc[0] < base_lo[c].iloc[0] for c in gaps)
+        rose = all(base_hi[c].iloc[0] > base_lo[c].iloc[0] for c in gaps)
+        text += (f" On text the rate grew softmax's largest activation ${fmt(grew, 2)}$-fold "
+                 + ("while its quantization gaps fell" if fell else
+                    "and its quantization gaps with it" if rose else
+                    "while its quantization gaps moved both ways") + ".")
+    return text
 
 
 def criterion_sentence(fin: pd.DataFrame, dose: float | None) -> str:
