@@ -1,8 +1,6 @@
 """The section on curing a diseased model reads the committed results of retrofit_outliers (and
 of its companions when they are there), tests its declared endpoints against the control, and
 says what the numbers say (report/cure.py)."""
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +8,7 @@ import pandas as pd
 from offbyone.report import cure as C
 from offbyone.report.latex import GROUP, fmt
 from offbyone.report.stats import STUDY_PRIMARY
-from test_outlier_study import FakeReport
+from test_outlier_study import FakeReport, _commit
 
 SOURCE_PEAK = [11.5, 2.0, 16.0, 1.5, 13.0]
 
@@ -41,15 +39,6 @@ def _runs(variants=("softmax", "softmax1", "sink"), seeds=range(5), lr=1e-3, cur
                              "sink_logit_mean": sink, "sink_logit_min": None if sink is None else sink - 1,
                              "sink_logit_max": None if sink is None else sink + 1})
     return pd.DataFrame(rows)
-
-
-def _commit(root: Path, name: str, df: pd.DataFrame) -> None:
-    d = root / "results" / name
-    d.mkdir(parents=True, exist_ok=True)
-    df.to_csv(d / "runs.csv", index=False)
-    (d / "provenance.json").write_text(json.dumps(
-        {"commit": "abcdef1234567", "pipeline_wall_s": 1800.0,
-         "bench_softmax_tokens_per_s": 30000.0}))
 
 
 def test_nothing_committed_leaves_the_section_out(tmp_path):

@@ -236,6 +236,7 @@ def cure(R) -> dict:
             "CureLr": lr_words(lr), "CureSinkLr": lr_words(sink_lr) if sink_lr else lr_words(lr),
             "CureSourceLr": lr_words(float(load_profile(src_name)["train"]["lr"])),
             "CureWarmup": fmt(int(prof["train"]["warmup_steps"])), "CureNSeeds": fmt(n),
+            "CureNEndpoints": fmt(len(STUDY_PRIMARY[PROFILE])),
             "CureCommit": latex_escape(str(prov.get("commit", "?"))[:10]),
             "CurePipelineMin": fmt(prov.get("pipeline_wall_s", float("nan")) / 60, 2),
             "CureBenchTokS": fmt(prov.get("bench_softmax_tokens_per_s") or float("nan"), 3),

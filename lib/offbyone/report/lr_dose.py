@@ -54,6 +54,18 @@ def missing_rates(names: list[str]) -> list[float]:
     return sorted(float(load_profile(n)["train"]["lr"]) for n in names)
 
 
+def missing_sentence(missing: list[str]) -> Tex:
+    """' The rates 3e-3 and 7e-3 have no committed results yet and are left out.' ('' if none):
+    the dose profiles whose results are not there, by their learning rates."""
+    if not missing:
+        return Tex("")
+    many = len(missing) > 1
+    return Tex(f" The {'rates' if many else 'rate'} "
+               f"{_and([f'${_lr(x)}$' for x in missing_rates(missing)])} "
+               f"{'have' if many else 'has'} no committed results yet and "
+               f"{'are' if many else 'is'} left out.")
+
+
 def _lr(x: float) -> str:
     """A learning rate as a writer prints it: 3e-4, 1e-2."""
     m, e = f"{x:.0e}".split("e")
@@ -187,9 +199,5 @@ def lr_dose(R) -> dict:
          "LrDoseSeeds": str(seeds), "LrDoseSteps": fmt(int(fin.max_steps.iloc[0])),
          "LrDosePeakThreshold": _n(PEAK.threshold),
          "LrDoseText": dose_sentences(means, fin, variants),
-         "LrDoseMissing": Tex("" if not missing else
-                            f" The {'rates' if len(missing) > 1 else 'rate'} "
-                            f"{_and([f'${_lr(x)}$' for x in missing_rates(missing)])} "
-                            f"{'have' if len(missing) > 1 else 'has'} no committed results yet "
-                            f"and {'are' if len(missing) > 1 else 'is'} left out.")}
+         "LrDoseMissing": missing_sentence(missing)}
     return M

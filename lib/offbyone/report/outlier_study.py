@@ -26,7 +26,7 @@ from .long import committed
 from .lr_dose import CITED_BY
 from .peak import block_peaks
 from .primary import PRIMARY_COLUMNS, margins, primary_rows
-from .prose import _and, _within_margin, primary_sentence, verdict_summary
+from .prose import _and, _within_margin, primary_sentence
 from .results import final, read_csv
 from .stats import (ALPHA, DISEASE_CRITERION, DISEASE_SIGNS, NOTHING_TO_FIX, PRIMARY,
                     STUDY_PRIMARY, VARIANT_LABELS, disease_appeared, paired_difference,

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..profiles import load_profile, rehearsal_of
 from .latex import Tex, fmt
-from .lr_dose import CITED_BY, _lr, dose_figure, dose_frame, dose_rows, missing_rates
+from .lr_dose import CITED_BY, _lr, dose_figure, dose_frame, dose_rows, missing_sentence
 from .prose import _and
 from .results import final
 from .stats import DISEASE_CRITERION, TEXT_DOSE_MARGIN, VARIANT_LABELS, disease_appeared
@@ -162,8 +162,4 @@ def text_dose(R) -> dict:
             "TextDoseMargin": f"{TEXT_DOSE_MARGIN:g}",
             "TextDoseWarmup": fmt(int(load_profile(TEXT_DOSE_PROFILES[0])["train"]["warmup_steps"])),
             "TextDoseText": Tex(text),
-            "TextDoseMissing": Tex("" if not missing else
-                                   f" The {'rates' if len(missing) > 1 else 'rate'} "
-                                   f"{_and([f'${_lr(x)}$' for x in missing_rates(missing)])} "
-                                   f"{'have' if len(missing) > 1 else 'has'} no committed results "
-                                   f"yet and {'are' if len(missing) > 1 else 'is'} left out.")}
+            "TextDoseMissing": missing_sentence(missing)}
