@@ -330,7 +330,15 @@ def test_attribution_names_the_groups_that_carry_each_gap():
     assert [g for g, _ in top_groups(c, "softmax", "W8A8")] == ["scores", "LayerNorm outputs"]
     assert [g for g, _ in top_groups(c, "softmax1", "W8A8")] == ["LayerNorm outputs", "scores"]
     text = carry_sentence(c, "On text")
-    assert text.startswith("On text at W8A8, softmax's gap") and "the scores" in text
+    # both variants' two costliest groups are the same: named once, each variant's values after
+    assert text.startswith("On text at W8A8, the gap was $0.010$ nats under softmax and $0.0060$ under")
+    assert "the scores and the LayerNorm outputs cost most alone under every variant" in text
+    assert text.count("cost most alone") == 1
+    # a variant whose costliest groups differ: each said with its own
+    c2 = c.copy()
+    c2.loc[(c2.variant == "softmax1") & (c2.group == "LayerNorm outputs"), "own"] = 0.0
+    text = carry_sentence(c2, "On text")
+    assert "the groups that cost most alone were" in text and "under softmax1." in text
     best = largest_difference(c, "W8A8")
     assert best["group"] == "scores" and best["diff"] == pytest.approx(-0.004, abs=3e-4)
 

@@ -59,20 +59,36 @@ def top_groups(c: pd.DataFrame, variant: str, setting: str, k: int = 2) -> list[
 
 
 def carry_sentence(c: pd.DataFrame, where: str) -> str:
-    """'On text at W8A8, softmax's gap (0.012 nats, of which the weights 0.002) comes mostly
-    from the scores (0.0047 alone) and the LayerNorm outputs (0.0010); softmax1's ...'."""
+    """'On text at W8A8, the gap was 0.012 nats under softmax and 0.008 under softmax1 (the
+    weights alone at most 0.002); the scores and the LayerNorm outputs cost most alone under
+    every variant (0.0047 and 0.0010 under softmax, ...)'. The costliest groups are said once
+    when every variant has the same two, each variant's own otherwise."""
     out = []
     for setting in [s for s in HEADLINE if s in set(c.setting)]:
-        parts = []
-        for v in [v for v in VARIANT_LABELS if v in set(c.variant)]:
+        variants = [v for v in VARIANT_LABELS if v in set(c.variant)]
+        wholes, weights, tops = [], [], {}
+        for v in variants:
             sub = c[(c.variant == v) & (c.setting == setting)]
-            whole = sub.groupby("seed").whole.first().mean()
-            weights = sub.groupby("seed").weights.first().mean()
-            tops = top_groups(c, v, setting)
-            parts.append(f"{_the(v)}'s gap was ${fmt(whole, 2)}$ nats (the weights alone "
-                         f"${fmt(weights, 2)}$), and the groups that cost most alone were "
-                         + _and([f"the {g} (${fmt(x, 2)}$)" for g, x in tops]))
-        out.append(f"{where} at {setting}, " + "; ".join(parts) + ".")
+            wholes.append(sub.groupby("seed").whole.first().mean())
+            weights.append(sub.groupby("seed").weights.first().mean())
+            tops[v] = top_groups(c, v, setting)
+        gaps = _and([f"${fmt(w, 2)}${' nats' if i == 0 else ''} under {_the(v)}"
+                     for i, (v, w) in enumerate(zip(variants, wholes))])
+        text = (f"{where} at {setting}, the gap was {gaps} (the weights alone at most "
+                f"${fmt(max(weights), 2)}$)")
+        names = {frozenset(g for g, _ in t) for t in tops.values()}
+        if len(names) == 1 and len(variants) > 1:
+            order = [g for g, _ in tops[variants[0]]]
+            values = "; ".join(
+                _and([f"${fmt(dict(tops[v])[g], 2)}$" for g in order]) + f" under {_the(v)}"
+                for v in variants)
+            text += (f"; {_and([f'the {g}' for g in order])} cost most alone under every variant "
+                     f"({values})")
+        else:
+            text += "; the groups that cost most alone were " + "; ".join(
+                _and([f"the {g} (${fmt(x, 2)}$)" for g, x in tops[v]]) + f" under {_the(v)}"
+                for v in variants)
+        out.append(text + ".")
     return " ".join(out)
 
 

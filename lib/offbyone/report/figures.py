@@ -23,11 +23,13 @@ def panels(n: int, width: float = 6.5, height: float = 2.6, **kw):
     return fig, list(axes[0])
 
 
-def seed_lines(ax, df: pd.DataFrame, x: str, y: str, variants, log: bool = False) -> None:
+def seed_lines(ax, df: pd.DataFrame, x: str, y: str, variants, log: bool = False,
+               dodge: float = 0.0) -> None:
     """One line per variant: the mean of `y` over seeds at each `x`, the sd as error bars; with
     `log`, the geometric mean and the geometric sd as a factor either way, so that the bars stay
-    on a log axis."""
-    for v in variants:
+    on a log axis. `dodge` shifts the variants apart along x (in x's units) so that lines that
+    coincide stay visible."""
+    for i, v in enumerate(variants):
         g = df[df.variant == v].groupby(x)[y]
         if log:
             sub = df[df.variant == v]
@@ -37,8 +39,9 @@ def seed_lines(ax, df: pd.DataFrame, x: str, y: str, variants, log: bool = False
             err = [mid - mid / spread, mid * spread - mid]
         else:
             mid, err = g.mean(), g.std().fillna(0)
-        ax.errorbar(mid.index, mid, yerr=err, marker="o", capsize=2, color=COLORS[v],
-                    label=VARIANT_LABELS[v])
+        shift = dodge * (i - (len(variants) - 1) / 2)
+        ax.errorbar(np.asarray(mid.index, dtype=float) + shift, mid, yerr=err, marker="o",
+                    capsize=2, color=COLORS[v], label=VARIANT_LABELS[v])
 
 
 def head_bars(ax, heads: pd.DataFrame, y: str, variants, baseline: float | None = None) -> None:

@@ -635,7 +635,9 @@ def forest_figure(studies, path_saver, height: float | None = None) -> None:
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_locator(F.matplotlib.ticker.NullLocator())
         for yy, label in ax._forest_heads:
-            ax.text(-lim, yy - 0.1, label, fontsize=8, fontweight="bold", va="center")
+            # on a white ground above the zero line and the margin's band, which would cross it
+            ax.text(-lim, yy - 0.1, label, fontsize=8, fontweight="bold", va="center", zorder=5,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.8})
         ax.set_ylim(low + 0.3, 0.25)
         ax.tick_params(labelsize=8)
         ax.tick_params(axis="y", length=0)
@@ -770,6 +772,12 @@ def studies_of(R) -> list[Study]:
         s = _study("outliers", od["label"], od["where"], od["tests"], od["fin"], od["profile"],
                    None, "synthetic Bigram-Backcopy", "tab:outlier-primary")
         s.extra.update(diseased=od["diseased"], peak=od["peak"])
+        out.append(s)
+    td = getattr(R, "text_study_data", None)
+    if td:                     # softmax1 on text at the text sweep's dose
+        s = _study("textlr", td["label"], td["where"], td["tests"], td["fin"], td["profile"],
+                   td["vocab"], "Shakespeare characters", "tab:text-study-primary")
+        s.extra.update(diseased=td["diseased"])
         out.append(s)
     out += [_study("main", R.study_label, f"at {fmt(steps)} steps" if synthetic else "on text",
                   R.primary_tests[R.study_label], R.fin, R.profile,

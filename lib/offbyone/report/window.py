@@ -57,7 +57,8 @@ def figure(R, wt: pd.DataFrame, W_LIST, K_LIST) -> None:
     fig, axes = F.panels(len(W_LIST), min(6.5, 2.2 * len(W_LIST) + 0.6), sharey=True)
     for ax, w in zip(axes, W_LIST):
         cell = wt[wt.window == w]
-        F.seed_lines(ax, cell, "keep", "ppl", R.variants)
+        # the variants' lines can coincide (at a wide window): dodged apart so both show
+        F.seed_lines(ax, cell, "keep", "ppl", R.variants, dodge=0.12)
         for v in R.variants:
             ax.axhline(cell[cell.variant == v].full_ppl.mean(), color=F.COLORS[v], lw=0.6, ls=":")
         ax.set(xlabel="initial positions kept ($k$)", title=f"window {w}", yscale="log")
