@@ -18,9 +18,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..profiles import load_profile, rehearsal_of
+from ..profiles import load_profile
 from .latex import GROUP, Tex, fmt, latex_escape, num
-from .long import committed
+from .long import cited_study, committed
 from .lr_dose import CITED_BY
 from .outlier_study import against_sentence, lr_words
 from .primary import PRIMARY_COLUMNS, primary_rows
@@ -198,9 +198,7 @@ def table_rows(F: pd.DataFrame, early: pd.DataFrame, arms, e_step: int, steps: i
 def cure(R) -> dict:
     """The section's tables and macros; HasCure 0 when its results are not committed or the
     paper does not cite it."""
-    if (rehearsal_of(getattr(R, "profile", "cpu")) or getattr(R, "profile", "cpu")) not in CITED_BY:
-        return {"HasCure": "0"}
-    got = committed(R, PROFILE)
+    got = cited_study(R, PROFILE, CITED_BY)
     if got is None:
         return {"HasCure": "0"}
     df, prov = got

@@ -9,7 +9,7 @@ import json
 
 import pandas as pd
 
-from ..profiles import load_profile
+from ..profiles import load_profile, rehearsal_of
 from .latex import Tex, fmt, latex_escape, macro_name
 from .primary import primary_rows, study_label
 from .prose import _and, primary_sentence, verdict_summary
@@ -29,6 +29,15 @@ def committed(R, name: str):
               f"(make reproduce PROFILE={name} makes it)")
         return None
     return read_csv(res / "runs.csv"), json.loads((res / "provenance.json").read_text())
+
+
+def cited_study(R, name: str, cited_by):
+    """committed(R, name) for a study that only the papers of `cited_by` (and their
+    rehearsals) cite; None for any other paper (its own, the smoke test's) without a word."""
+    profile = getattr(R, "profile", "cpu")
+    if (rehearsal_of(profile) or profile) not in cited_by:
+        return None
+    return committed(R, name)
 
 
 def cited(R) -> pd.Series:

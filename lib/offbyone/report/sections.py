@@ -19,6 +19,7 @@ sentences together) and is called through a method here:
     baseline   the signs the softmax baseline shows
     outlier_study  the study where the disease grows (lr 1e-2), from its committed results
     text_dose  the dose-response on natural text, from its committed results
+    text_study softmax1 on text at the text sweep's dose (committed results)
     cure       its softmax checkpoints fine-tuned as softmax1 or a learned sink (committed results)
     synthesis  the abstract, the forest plot, one paragraph per question, the limitations
 
@@ -36,7 +37,7 @@ from ..metrics import uniform_first_position_mass
 from ..profiles import load_profile, profile_files, repo_root, run_config
 from ..provenance import git_sha, provenance, staleness_of
 from . import ablation, attribution, baseline, magnitude, overview, retrofit, window
-from . import cure, lr_dose, outlier_study, text_dose
+from . import cure, lr_dose, outlier_study, text_dose, text_study
 from . import figures as F
 from . import long as long_section
 from . import primary as primary_section
@@ -104,6 +105,7 @@ class Report:
         self.cited_fin: dict[str, pd.DataFrame] = {}         # profile -> final checkpoints
         self.testbed_fin, self._tb, self.long_name = None, None, None
         self.outlier_data: dict | None = None                # set by outlier_study()
+        self.text_study_data: dict | None = None             # set by text_study()
         F.style()
 
     # loading: from runs/ (then saved under results/<profile>/), or from results/<profile>/ ----
@@ -267,6 +269,12 @@ class Report:
         M = self.sections["outlier_study"] = outlier_study.outlier_study(self)
         return pd.Series(M, dtype=object)
 
+    def text_study(self) -> pd.Series:
+        """Softmax1 on text at the text sweep's dose (text_outliers), from its committed
+        results (report/text_study.py); the synthesis reads it beside the other studies."""
+        M = self.sections["text_study"] = text_study.text_study(self)
+        return pd.Series(M, dtype=object)
+
     def cure(self) -> pd.Series:
         """Curing a diseased model: the study's softmax checkpoints fine-tuned as softmax,
         softmax1 and the learned sink, from retrofit_outliers' committed results
@@ -309,11 +317,13 @@ class Report:
         M["HasLrDose"] = "0"                     # unless a dose profile's results are committed
         M["HasOutlierStudy"] = "0"               # unless testbed_outliers' results are committed
         M["HasCure"] = "0"                       # unless retrofit_outliers' results are committed
+        M["HasTextStudy"] = "0"                  # unless text_outliers' results are committed
+        M["HasDiseaseText"] = "0"                # ... and the disease table has its column
         M["HasTextDose"] = "0"                   # unless a text dose profile's results are
         M["HasDiseaseOut"] = "0"                 # ... and the disease table has its column
         M["HasMde"] = "0"                        # unless some study has 3 seeds or more
         for name in ("windowed", "disease", "ablations", "testbed", "primary", "cited", "peak",
-                     "lr_dose", "text_dose", "outlier_study", "cure", "attribution", "magnitude",
+                     "lr_dose", "text_dose", "outlier_study", "text_study", "cure", "attribution", "magnitude",
                      "retrofit", "synthesis"):
             M.update(self.sections.get(name, {}))
         # a profile without softmax1 (the rivals' own) still defines what the paper's text

@@ -1,0 +1,116 @@
+"""The section on softmax1 on text at the text sweep's dose reads the committed results of
+text_outliers (and its weight-decay control when it is there), tests the six primary endpoints
+and says what the numbers say (report/text_study.py)."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from offbyone.report import text_study as T
+from offbyone.report.latex import GROUP
+from offbyone.report.stats import PRIMARY
+from test_outlier_study import FakeReport, _commit
+
+NORMS = {"softmax": [300.0, 350.0, 400.0, 320.0, 380.0],
+         "softmax1": [310.0, 330.0, 420.0, 300.0, 390.0],
+         "sink": [590.0, 710.0, 790.0, 650.0, 755.0]}
+
+
+def _runs(variants=("softmax", "softmax1", "sink"), seeds=range(5), profile="text_outliers",
+          norms=NORMS, peak=1.8, scale=1.0) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for v in variants:
+        for seed in seeds:
+            e = 0.001 * rng.standard_normal()
+            for frac in (0.5, 1.0):
+                rows.append({"profile": profile, "variant": v, "seed": seed,
+                             "step": int(1500 * frac), "max_steps": 1500, "fraction": frac,
+                             "lr": 0.007, "val_loss": 1.62 + 0.004 * seed + e,
+                             "bos_resid_ratio": (peak + 0.1 * seed) * scale,
+                             "max_inf_norm": norms[v][seed] * frac * scale,
+                             "max_kurtosis": 90.0 * (1 + 0.1 * seed + 10 * e) * scale,
+                             "first_position": 0.02 + 0.001 * seed + e,
+                             "outlier_share_pos0": 0.01, "outlier_share_delimiter": 0.0,
+                             "gap_W8A8": 0.004 + 0.0002 * seed + e / 10,
+                             "gap_W16A6": 0.1 + 0.01 * seed + e, "gap_W8A4": 1.0 + 0.1 * seed + e})
+    return pd.DataFrame(rows)
+
+
+def test_nothing_committed_leaves_the_section_out(tmp_path):
+    R = FakeReport(tmp_path)
+    assert T.text_study(R) == {"HasTextStudy": "0"}
+    assert getattr(R, "text_study_data", None) is None
+
+
+def test_only_the_cpu_and_gpu_papers_cite_it(tmp_path):
+    _commit(tmp_path, "text_outliers", _runs())
+    for p in ("text_outliers", "text_outliers-quickrehearsal", "text_lr7e-3", "smoke"):
+        assert T.text_study(FakeReport(tmp_path, p))["HasTextStudy"] == "0"
+    for p in ("cpu", "cpu-quickrehearsal", "gpu"):
+        assert T.text_study(FakeReport(tmp_path, p))["HasTextStudy"] == "1"
+
+
+def test_the_six_primary_endpoints_with_holm_and_the_criterion(tmp_path):
+    _commit(tmp_path, "text_outliers", _runs())
+    R = FakeReport(tmp_path)
+    M = T.text_study(R)
+    assert M["HasTextStudy"] == "1" and M["TsNSeeds"] == "5" and M["TsLr"] == "0.007"
+    assert M["TsSteps"] == "1{,}500" and M["TsWeightDecay"] == "0.0001"
+    tests = R.files["cited_text_outliers_primary.csv"]
+    assert sorted(set(tests.metric)) == sorted(ep.metric for ep in PRIMARY)
+    assert set(tests.other) == {"softmax1", "sink"}
+    # the sink's inf-norm is twice softmax's in every seed: higher, ratio 2, as scipy's paired t
+    r = tests[(tests.metric == "max_inf_norm") & (tests.other == "sink")].iloc[0]
+    assert r.verdict == "higher" and r.ratio == pytest.approx(2.0, rel=0.02)
+    fin = T.final(_runs())
+    a = np.log(fin[fin.variant == "sink"].sort_values("seed").max_inf_norm.to_numpy())
+    b = np.log(fin[fin.variant == "softmax"].sort_values("seed").max_inf_norm.to_numpy())
+    assert r.p == pytest.approx(st.ttest_rel(a, b).pvalue)
+    for other in ("softmax1", "sink"):          # Holm within each comparison, never below p
+        t = tests[tests.other == other]
+        assert (t.p_holm >= t.p - 1e-12).all() and len(t) == len(PRIMARY)
+    # a peak of 2 and a W8A8 gap of 0.004 do not meet the criterion, with the activations said
+    assert M["TsDiseased"] == "0"
+    assert "does not have the disease" in str(M["TsCriterion"])
+    assert "those of a diseased model all the same" in str(M["TsCriterion"])
+    assert "Sink" in str(M["TsAgainst"]) or "sink" in str(M["TsAgainst"])
+    assert "tab:text-study-primary" in str(M["TsAgainst"])
+    # the conclusion says the baseline had little to fix, with the criterion's thresholds
+    concl = str(M["TsConclusion"])
+    assert "without the disease" in concl and "against $5$" in concl and "against $0.05$" in concl
+    td = R.text_study_data
+    assert td["label"] == "text at lr 0.007" and td["where"] == "on text at lr 0.007"
+    groups = [r[GROUP] for r in R.tables["text_study_primary.tex"] if GROUP in r]
+    assert len(groups) == 2
+
+
+def test_the_decay_control_is_said_by_what_moved_in_every_seed(tmp_path):
+    _commit(tmp_path, "text_outliers", _runs())
+    M = T.text_study(FakeReport(tmp_path))
+    assert M["TsDecay"] == "" and "not committed yet" in str(M["TsDecayMissing"])
+    # at weight decay 0.1 the magnitudes a third of the study's on both seeds: shrank
+    decay = T.final(_runs(("softmax",), range(2), "text_outliers_wd01", scale=1 / 3))
+    _commit(tmp_path, "text_outliers", _runs(), ablation_text_outliers_wd01=decay)
+    M = T.text_study(FakeReport(tmp_path))
+    text = str(M["TsDecay"])
+    assert str(M["TsDecayMissing"]) == ""
+    assert text.startswith("With weight decay $0.1$ instead of $0.0001$ (two seeds")
+    # geometric means over seeds 0 and 1: (300*350)**0.5 / 3 against (300*350)**0.5
+    g = (300 * 350) ** 0.5
+    assert f"largest activation ${T.fmt(g / 3)}$ against ${T.fmt(g)}$" in text
+    assert "shrank the largest activation, largest kurtosis and BOS residual peak" in text
+    # one seed down, the other unchanged: nothing moved in every seed
+    mixed = decay.copy()
+    mixed.loc[mixed.seed == 1, ["max_inf_norm", "max_kurtosis", "bos_resid_ratio"]] *= 3
+    _commit(tmp_path, "text_outliers", _runs(), ablation_text_outliers_wd01=mixed)
+    text = str(T.text_study(FakeReport(tmp_path))["TsDecay"])
+    assert "No magnitude moved by a factor of $1.25$ in every seed" in text
+
+
+def test_a_baseline_past_the_peak_threshold_is_said_diseased(tmp_path):
+    _commit(tmp_path, "text_outliers", _runs(peak=6.0))
+    M = T.text_study(FakeReport(tmp_path))
+    assert M["TsDiseased"] == "1"
+    assert "has the disease (first-position residual peak)" in str(M["TsCriterion"])
+    assert "met the disease criterion (BOS peak $6.20$" in str(M["TsConclusion"])
