@@ -115,7 +115,7 @@ def test_the_criterion_is_said_with_the_seeds_that_passed(tmp_path):
     assert "2 of its 5 seeds passed the threshold on their own (seeds 0 and 2)" in text
     assert "from $1.40$ to $9.00$" in text
     # inf-norms in the thousands are said as such
-    assert "those of a diseased model all the same" in text
+    assert "Its activations grew all the same: the largest reached" in text
     peaks = {**PEAKS, "softmax": [9.0, 6.0, 7.0, 5.5, 8.0]}
     _commit(tmp_path, "testbed_outliers", _runs(peaks=peaks))
     M = O.outlier_study(FakeReport(tmp_path))
@@ -183,3 +183,18 @@ def test_the_comparison_is_prose_with_the_open_estimates_by_direction():
     rows[2] = {**rows[2], "verdict": "higher"}
     text = O.against_sentence(pd.DataFrame(rows), ["softmax1", "sink"])
     assert text.startswith("Softmax1 had a higher kurtosis") and "The learned sink " in text
+
+
+def test_differences_inside_the_margin_are_said_together_once():
+    base = {"other": "softmax1", "diff": 0.1, "p_tost_holm": 1.0}
+    rows = [{**base, "metric": "first_position", "label": "attention on BOS", "verdict": "lower",
+             "diff": -0.03},
+            {**base, "metric": "gap_W16A6", "label": "W16A6 gap", "verdict": "higher"},
+            {**base, "metric": "gap_W8A8", "label": "W8A8 gap", "verdict": "higher",
+             "p_tost_holm": 0.001},
+            {**base, "metric": "max_inf_norm", "label": "inf-norm", "verdict": "higher",
+             "p_tost_holm": 0.01}]
+    text = O.against_sentence(pd.DataFrame(rows), ["softmax1"], "tab:x")
+    assert text == ("Softmax1 had a lower attention on BOS, a higher W16A6 gap and a higher W8A8 "
+                    "gap and inf-norm, both by less than the margin (\\cref{tab:x}).")
+    assert text.count("by less than the margin") == 1

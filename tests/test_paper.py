@@ -175,6 +175,18 @@ def test_the_study_where_the_disease_grows_answers_first():
     assert "all pointed higher, none significant after Holm's correction" in text
 
 
+def test_the_lead_baseline_has_a_brief_form_for_a_full_abstract():
+    from offbyone.report.synthesis import lead_baseline
+    lead = _lead()
+    lead.fin["gap_W8A8"] = 0.0018
+    full, brief = lead_baseline(lead), lead_baseline(lead, brief=True)
+    assert full.endswith("$4.20$ times the median position, below the pre-declared criterion's "
+                         "$5$, though its W8A8 gap was $0.0018$ nats.")
+    assert brief.endswith("$4.20$ times the median (criterion: $5$), though its W8A8 gap was "
+                          "$0.0018$ nats.")
+    assert word_count(brief) < word_count(full)
+
+
 def test_clauses_say_the_verdict_and_the_direction():
     r = _row("max_kurtosis", "inconclusive", 1.85, 0.64, 3.05, "log")
     assert clause(r, "at 3,000 steps").startswith("inconclusive at 3,000 steps (estimate higher")

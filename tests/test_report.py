@@ -188,8 +188,10 @@ def test_staleness_names_what_changed_since_the_results_commit(tmp_path):
         "These numbers were produced by uncommitted changes")
     first = changed_since(_root_commit())
     if first:                                                        # lib/ has changed since
-        assert f"{len(first)} file(s) of the code under configs/ and lib/ that produced them differ" \
-            in staleness(_root_commit())
+        note = staleness(_root_commit())
+        assert note.startswith(f"{len(first)} file{'s' if len(first) > 1 else ''} of the code "
+                               "under configs/ and lib/ that produced these numbers")
+        assert f"changed since commit {_root_commit()[:10]}" in note
 
 
 def _root_commit() -> str:

@@ -73,7 +73,8 @@ def test_the_six_primary_endpoints_with_holm_and_the_criterion(tmp_path):
     # a peak of 2 and a W8A8 gap of 0.004 do not meet the criterion, with the activations said
     assert M["TsDiseased"] == "0"
     assert "does not have the disease" in str(M["TsCriterion"])
-    assert "those of a diseased model all the same" in str(M["TsCriterion"])
+    assert "Its activations grew all the same: the largest reached $300$ to $400$" in str(M["TsCriterion"])
+    assert "none of its 5 seeds passed the threshold" in str(M["TsCriterion"])
     assert "Sink" in str(M["TsAgainst"]) or "sink" in str(M["TsAgainst"])
     assert "tab:text-study-primary" in str(M["TsAgainst"])
     # the conclusion says the baseline had little to fix, with the criterion's thresholds

@@ -134,7 +134,9 @@ def staleness(commit: str, paths=("lib", "configs"), exclude=(), root: Path | No
                 f"does not have: whether the code under {where} that produced them changed "
                 f"since cannot be checked.")
     if changed:
-        return (f"These numbers were produced by commit {commit[:10]}; {len(changed)} file(s) "
-                f"of the code under {where} that produced them differ in this checkout (e.g. "
-                f"{', '.join(changed[:3])}), so they may be stale: make reproduce refreshes them.")
+        n = len(changed)
+        return (f"{n} file{'s' if n > 1 else ''} of the code under {where} that produced these "
+                f"numbers {'have' if n > 1 else 'has'} changed since commit {commit[:10]} "
+                f"({'e.g. ' if n > 3 else ''}{', '.join(changed[:3])}), so they may be stale: "
+                "make reproduce refreshes them.")
     return ""

@@ -77,7 +77,8 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
     base = fin[fin.variant == "softmax"].sort_values("seed")
     passed = base[base.bos_resid_ratio >= PEAK.threshold]
     n = len(base)
-    seeds = (f"{len(passed)} of its {n} seeds passed the threshold on their own"
+    seeds = ((f"{len(passed)} of its {n} seeds passed" if len(passed) else
+              f"none of its {n} seeds passed") + " the threshold on their own"
              + (f" (seed{'s' if len(passed) > 1 else ''} "
                 f"{_and([str(int(s)) for s in passed.seed])})" if 0 < len(passed) < n else "")
              + f"; the seeds' peaks ran from ${fmt(base.bos_resid_ratio.min())}$ to "
@@ -94,16 +95,18 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
                 f"position against a threshold of ${PEAK.threshold:g}$, and its W8A8 gap "
                 f"${fmt(gap)}$ nats against ${GAP.threshold:g}${_sign_note()}; {seeds}.")
     inf = base.max_inf_norm
-    text += (f" Its largest activations were those of a diseased model all the same: "
-             f"${fmt(inf.min())}$ to ${fmt(inf.max())}$ in inf-norm."
+    text += (f" Its activations grew all the same: the largest reached ${fmt(inf.min())}$ to "
+             f"${fmt(inf.max())}$ in inf-norm"
              if inf.min() >= 100 and not verdict["appeared"] else
              f" Its largest activations reached ${fmt(inf.min())}$ to ${fmt(inf.max())}$ in "
              "inf-norm")
-    if verdict["appeared"] and "avg_inf_norm" in base:
+    if "avg_inf_norm" in base:
         ratio = base.max_inf_norm.mean() / base.avg_inf_norm.mean()
         text += (f", ${fmt(ratio, 2)}$ times the average module's ${fmt(base.avg_inf_norm.mean())}$"
                  + (": the whole residual stream grew, more than a few outliers." if ratio < 5
                     else ": a few massive activations stand out."))
+    else:
+        text += "."
     return Tex(text), verdict
 
 
@@ -129,13 +132,19 @@ def against_sentence(tests: pd.DataFrame, others, table: str = "tab:outlier-prim
                                                          & tests.other.isin(names)].to_dict("records")}
                 if r["verdict"] == "inconclusive" and len(dirs) > 1:
                     (ups if r["label"] in ups else downs).remove(r["label"])
-        parts = []
-        for verdict, words in (("lower", "had a lower"), ("higher", "had a higher")):
-            labels = [r["label"] + (", by less than the margin"
-                                    if "p_tost_holm" in r and _within_margin(r) else "")
-                      for r in rows if r["verdict"] == verdict]
-            if labels:
-                parts.append(f"{words} {_and(labels)}")
+        parts, differ = [], []
+        for verdict in ("lower", "higher"):
+            hit = [r for r in rows if r["verdict"] == verdict]
+            small = [r["label"] for r in hit if "p_tost_holm" in r and _within_margin(r)]
+            large = [r["label"] for r in hit if r["label"] not in small]
+            if large:
+                differ.append(f"a {verdict} {_and(large)}")
+            if small:     # detectable, but inside the margin: said together, once
+                differ.append(f"a {verdict} {_and(small)}, "
+                              + ("both " if len(small) == 2 else "all " if len(small) > 2 else "")
+                              + "by less than the margin")
+        if differ:
+            parts.append("had " + _and(differ))
         eq = [r["label"] for r in rows if r["verdict"] == "equivalent"]
         if eq:
             parts.append(f"matched {base} within the margin in the {_and(eq)}")
@@ -379,7 +388,7 @@ def outlier_study(R) -> dict:
     M = {"HasOutlierStudy": "1", "OutProfile": latex_escape(PROFILE), "OutLr": lr_words(lr),
          "OutSteps": fmt(steps), "OutNSeeds": fmt(int(fin.seed.nunique())),
          "OutLabel": latex_escape(label),
-         "OutVariantList": _and([VARIANT_LABELS[v] for v in variants]),
+         "OutVariantList": _and([_the(v) for v in variants]),
          "OutCommit": latex_escape(str(prov.get("commit", "?"))[:10]),
          "OutPipelineMin": fmt(prov.get("pipeline_wall_s", float("nan")) / 60, 2),
          "OutBenchTokS": fmt(prov.get("bench_softmax_tokens_per_s") or float("nan"), 3),

@@ -19,6 +19,7 @@ from ..profiles import load_profile
 from .latex import Tex, fmt, latex_escape, macro_name
 from .long import cited_study
 from .lr_dose import CITED_BY
+from .attribution import _the
 from .outlier_study import against_sentence, criterion_sentence, lr_words, uncorrected_sentence
 from .primary import PRIMARY_COLUMNS, primary_rows
 from .prose import _and, primary_sentence
@@ -129,7 +130,7 @@ def text_study(R) -> dict:
     M = {"HasTextStudy": "1", "TsProfile": latex_escape(PROFILE), "TsLr": lr_words(lr),
          "TsSteps": fmt(int(fin.max_steps.iloc[0])), "TsNSeeds": fmt(int(fin.seed.nunique())),
          "TsLabel": latex_escape(label),
-         "TsVariantList": _and([VARIANT_LABELS[v] for v in variants]),
+         "TsVariantList": _and([_the(v) for v in variants]),
          "TsWeightDecay": f"{_wd(PROFILE):g}",
          "TsCommit": latex_escape(str(prov.get("commit", "?"))[:10]),
          "TsPipelineMin": fmt(prov.get("pipeline_wall_s", float("nan")) / 60, 2),
