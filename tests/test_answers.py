@@ -74,3 +74,13 @@ def test_a_first_position_drop_is_set_beside_what_the_abstention_alone_implies()
     # a drop the test did not find is not explained
     s.tests = pd.DataFrame([_row("first_position", "inconclusive", -0.0073, -0.02, 0.003)])
     assert A.mechanical_sentence([s]) == ""
+
+
+def test_a_mean_close_to_the_baseline_gets_the_digit_that_tells_them_apart():
+    # half-width 0.04 and means near 0.12: two decimals print '0.12 to 0.12'; one more is added
+    r = {**_row("gap_W16A6", "inconclusive", -0.0067, -0.048, 0.035, base=0.1230, unit="nats"),
+         "other": "sink"}
+    s = Study("x", "x", "on text at lr 0.007", pd.DataFrame([r]), pd.DataFrame(), 5, 1, 1, 1,
+              "d", "tab:x")
+    out = A.endpoint_sentence([s], "gap_W16A6", ("sink",))
+    assert "($0.123$ to $0.116$ under the learned sink)" in out

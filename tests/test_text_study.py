@@ -8,7 +8,7 @@ from scipy import stats as st
 
 from offbyone.report import text_study as T
 from offbyone.report.latex import GROUP
-from offbyone.report.stats import PRIMARY
+from offbyone.report.stats import DISEASE_CRITERION, PRIMARY
 from test_outlier_study import FakeReport, _commit
 
 NORMS = {"softmax": [300.0, 350.0, 400.0, 320.0, 380.0],
@@ -32,6 +32,9 @@ def _runs(variants=("softmax", "softmax1", "sink"), seeds=range(5), profile="tex
                              "max_kurtosis": 90.0 * (1 + 0.1 * seed + 10 * e) * scale,
                              "first_position": 0.02 + 0.001 * seed + e,
                              "outlier_share_pos0": 0.01, "outlier_share_delimiter": 0.0,
+                             "max_inf_norm_module": "blocks.3.resid",
+                             "inner_max_inf_norm_module": "blocks.2.resid" if seed == 4 else
+                             "blocks.3.mlp_out",
                              "gap_W8A8": 0.004 + 0.0002 * seed + e / 10,
                              "gap_W16A6": 0.1 + 0.01 * seed + e, "gap_W8A4": 1.0 + 0.1 * seed + e})
     return pd.DataFrame(rows)
@@ -73,13 +76,25 @@ def test_the_six_primary_endpoints_with_holm_and_the_criterion(tmp_path):
     # a peak of 2 and a W8A8 gap of 0.004 do not meet the criterion, with the activations said
     assert M["TsDiseased"] == "0"
     assert "does not have the disease" in str(M["TsCriterion"])
-    assert "Its activations grew all the same: the largest reached $300$ to $400$" in str(M["TsCriterion"])
+    assert "Its largest activations still reached $300$ to $400$" in str(M["TsCriterion"])
     assert "none of its 5 seeds passed the threshold" in str(M["TsCriterion"])
     assert "Sink" in str(M["TsAgainst"]) or "sink" in str(M["TsAgainst"])
     assert "tab:text-study-primary" in str(M["TsAgainst"])
-    # the conclusion says the baseline had little to fix, with the criterion's thresholds
+    # the conclusion: the baseline against the criterion's thresholds, where its activations
+    # sat, and what softmax1 did to the first position and to the largest activation
     concl = str(M["TsConclusion"])
-    assert "without the disease" in concl and "against $5$" in concl and "against $0.05$" in concl
+    assert "did not meet the disease criterion" in concl
+    assert "against $5$" in concl and "against $0.05$" in concl
+    assert "in the residual stream of the last layer" in concl
+    fp = tests[(tests.metric == "first_position") & (tests.other == "softmax1")].iloc[0]
+    mag = tests[(tests.metric == "max_inf_norm") & (tests.other == "softmax1")].iloc[0]
+    assert ("softmax1 took the first position's weight" in concl) == (fp.verdict == "lower")
+    assert ("do not depend on the first-position sink" in concl) == (
+        fp.verdict == "lower" and mag.verdict == "equivalent")
+    site = str(M["TsSite"])
+    assert site == ("They sat in the residual stream of the last layer in all 5 seeds "
+                    "(leaving out the last residual, in the MLP output of the last layer in 4 of "
+                    "the 5).")
     td = R.text_study_data
     assert td["label"] == "text at lr 0.007" and td["where"] == "on text at lr 0.007"
     groups = [r[GROUP] for r in R.tables["text_study_primary.tex"] if GROUP in r]
@@ -101,6 +116,12 @@ def test_the_decay_control_is_said_by_what_moved_in_every_seed(tmp_path):
     g = (300 * 350) ** 0.5
     assert f"largest activation ${T.fmt(g / 3)}$ against ${T.fmt(g)}$" in text
     assert "shrank the largest activation, largest kurtosis and BOS residual peak" in text
+    assert "validation loss" in text and "worse fit" not in text       # the same loss
+    worse = decay.assign(val_loss=decay.val_loss + 0.03)
+    _commit(tmp_path, "text_outliers", _runs(), ablation_text_outliers_wd01=worse)
+    text = str(T.text_study(FakeReport(tmp_path))["TsDecay"])
+    assert ("It also cost $0.030$ nats of validation loss, more than the loss margin of $0.01$, "
+            "so the smaller activations came with a worse fit.") in text
     # one seed down, the other unchanged: nothing moved in every seed
     mixed = decay.copy()
     mixed.loc[mixed.seed == 1, ["max_inf_norm", "max_kurtosis", "bos_resid_ratio"]] *= 3
@@ -115,3 +136,22 @@ def test_a_baseline_past_the_peak_threshold_is_said_diseased(tmp_path):
     assert M["TsDiseased"] == "1"
     assert "has the disease (first-position residual peak)" in str(M["TsCriterion"])
     assert "met the disease criterion (BOS peak $6.20$" in str(M["TsConclusion"])
+
+
+def test_a_first_position_drop_with_the_activations_held_is_read_as_not_the_sink():
+    from offbyone.report.text_study import conclusion_sentence
+    fin = T.final(_runs())
+    rows = [{"other": "softmax1", "metric": "first_position", "verdict": "lower",
+             "base_mean": 0.0415, "other_mean": 0.0082, "margin": 0.01},
+            {"other": "softmax1", "metric": "max_inf_norm", "verdict": "equivalent",
+             "base_mean": 6.0, "other_mean": 6.0, "margin": np.log(1.25)}]
+    verdict = {"appeared": False, "values": {DISEASE_CRITERION[0].name: 1.7,
+                                             DISEASE_CRITERION[1].name: 0.006}}
+    text = conclusion_sentence(fin, verdict, pd.DataFrame(rows), 0.007, 4)
+    assert ("softmax1 took the first position's weight from $0.0415$ to $0.00820$ and left the "
+            "largest activation within a factor $1.25$ of softmax's, so these activations do not "
+            "depend on the first-position sink.") in text
+    rows[1]["verdict"] = "inconclusive"
+    text = conclusion_sentence(fin, verdict, pd.DataFrame(rows), 0.007, 4)
+    assert "did not measurably move the largest activation." in text
+    assert "do not depend" not in text

@@ -71,6 +71,11 @@ def _per_study(got: dict) -> str:
     vals = [rs[0][1]["base_mean"]] + [r["other_mean"] for _, r in rs]
     while d > 0 and all(round(x, d - 1) == round(x, d) for x in vals):
         d -= 1                                   # no trailing zeros the values all share
+    # a variant's mean must not print as the baseline's ('0.12 to 0.12'): a digit more, at most two
+    for _ in range(2):
+        if all(round(r["other_mean"], d) != round(vals[0], d) for _, r in rs):
+            break
+        d += 1
     mean = lambda x: f"{x:.{d}f}"
     return (f"${mean(rs[0][1]['base_mean'])}$ to "
             + " and ".join(f"${mean(r['other_mean'])}$ under {_name(v)}" for v, r in rs))

@@ -95,7 +95,7 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
                 f"position against a threshold of ${PEAK.threshold:g}$, and its W8A8 gap "
                 f"${fmt(gap)}$ nats against ${GAP.threshold:g}${_sign_note()}; {seeds}.")
     inf = base.max_inf_norm
-    text += (f" Its activations grew all the same: the largest reached ${fmt(inf.min())}$ to "
+    text += (f" Its largest activations still reached ${fmt(inf.min())}$ to "
              f"${fmt(inf.max())}$ in inf-norm"
              if inf.min() >= 100 and not verdict["appeared"] else
              f" Its largest activations reached ${fmt(inf.min())}$ to ${fmt(inf.max())}$ in "
@@ -225,12 +225,12 @@ def gap_sentence(fin: pd.DataFrame, others) -> Tex:
         for v in others:
             d = paired_difference(fin, f"gap_trigger_{s}", v)
             if d["n"] > 1 and d["ci_low"] == d["ci_low"]:
-                parts.append(f"{VARIANT_LABELS[v]} ${fmt(d['other_mean'])}$ (difference "
+                parts.append(f"{_the(v)}'s ${fmt(d['other_mean'])}$ (difference "
                              f"${fmt(d['diff'])}$, 95\\% CI ${fmt(d['ci_low'])}$ to "
                              f"${fmt(d['ci_high'])}$, $p = {fmt(d['p'], 2)}$)")
         if parts:
-            out.append(f"after a trigger at {s}, softmax's ${fmt(base[f'gap_trigger_{s}'].mean())}$ "
-                       f"nats against {_and(parts)}")
+            out.append(f"after a trigger at {s}, softmax's gap was "
+                       f"${fmt(base[f'gap_trigger_{s}'].mean())}$ nats against {_and(parts)}")
     return Tex("; ".join(out) + ". These comparisons are exploratory: paired by seed, "
                "uncorrected.")
 

@@ -11,6 +11,7 @@ said so. The synthesis reads the study beside the others (R.text_study_data). Ma
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from .primary import PRIMARY_COLUMNS, primary_rows
 from .prose import _and, primary_sentence
 from .results import final, read_csv
 from .stats import DISEASE_CRITERION, PRIMARY, VARIANT_LABELS, primary_tests
-from .synthesis import _millions, _params
+from .synthesis import _millions, _module_words, _params
 
 PROFILE = "text_outliers"
 DECAY = "text_outliers_wd01"
@@ -37,6 +38,8 @@ DECAY_MEASURES = (("max_inf_norm", "largest activation", True),
                   ("val_loss", "validation loss", False))
 # a measure "moved" under the larger decay when every seed's ratio is beyond this factor
 DECAY_FACTOR = 1.25
+# the primary endpoints' margin for the validation loss (nats): a larger change is said
+LOSS_MARGIN = next(ep.margin for ep in PRIMARY if ep.metric == "val_loss")
 
 
 def _wd(profile: str) -> float:
@@ -84,24 +87,72 @@ def decay_sentence(fin: pd.DataFrame, decay: pd.DataFrame, wd: float, wd_other: 
     else:
         text += (f" No magnitude moved by a factor of ${DECAY_FACTOR:g}$ in every seed: at this "
                  "rate the larger decay did not suppress the outliers.")
+    cost = float((d.val_loss - b.val_loss).mean()) if "val_loss" in d and "val_loss" in b else 0.0
+    if abs(cost) > LOSS_MARGIN:
+        text += (f" It also {'cost' if cost > 0 else 'saved'} ${fmt(abs(cost), 2)}$ nats of "
+                 f"validation loss, more than the loss margin of ${LOSS_MARGIN:g}$"
+                 + (", so the smaller activations came with a worse fit." if cost > 0 and shrank
+                    else "."))
     return text
 
 
-def conclusion_sentence(fin: pd.DataFrame, verdict: dict, lr: float) -> str:
-    """The text study's baseline for the conclusion, chosen by the criterion's verdict: what its
-    activations grew to, its BOS peak and W8A8 gap against the criterion's thresholds."""
+def _site(base: pd.DataFrame, col: str, n_layer: int) -> tuple[str, int]:
+    """The module where most seeds' largest activation sat, in words, and in how many seeds."""
+    counts = base[col].value_counts()
+    name, k = str(counts.index[0]), int(counts.iloc[0])
+    return (_module_words(name).replace(f"of layer {n_layer - 1}", "of the last layer"), k)
+
+
+def site_sentence(fin: pd.DataFrame, n_layer: int) -> str:
+    """Where the softmax baseline's largest activations sat: the module most seeds share, with
+    and without the last residual (seed counts)."""
+    base = fin[fin.variant == "softmax"]
+    if "max_inf_norm_module" not in base or base.max_inf_norm_module.isna().all():
+        return ""
+    where, k = _site(base, "max_inf_norm_module", n_layer)
+    n = len(base)
+    count = lambda k: f"all {n}" if k == n else f"{k} of the {n}"
+    text = f"They sat in {where} in {count(k)} seeds"
+    if "inner_max_inf_norm_module" in base and base.inner_max_inf_norm_module.notna().any():
+        inner, k2 = _site(base, "inner_max_inf_norm_module", n_layer)
+        text += f" (leaving out the last residual, in {inner} in {count(k2)})"
+    return text + "."
+
+
+def conclusion_sentence(fin: pd.DataFrame, verdict: dict, tests: pd.DataFrame, lr: float,
+                        n_layer: int) -> str:
+    """The text study for the conclusion, chosen by the numbers: the baseline against the
+    disease criterion, what its activations grew to and where, and what softmax1 did to the
+    first position's weight and to the largest activation."""
     peak, gap = DISEASE_CRITERION
     base = fin[fin.variant == "softmax"]
     inf = float(np.exp(np.log(base.max_inf_norm.astype(float)).mean()))
     p, g = verdict["values"][peak.name], verdict["values"][gap.name]
-    head = (f"On Shakespeare at lr ${lr_words(lr)}$, where quantization costs loss, the softmax "
-            f"baseline's largest activation grew to ${fmt(inf)}$ (geometric mean)")
-    if verdict["appeared"]:
-        return (f"{head} and it met the disease criterion (BOS peak ${fmt(p)}$, W8A8 gap "
-                f"${fmt(g)}$ nats).")
-    return (f"{head} without the disease (BOS peak ${fmt(p)}$ against ${peak.threshold:g}$, W8A8 "
-            f"gap ${fmt(g)}$ nats against ${gap.threshold:g}$): the text study, too, tests "
-            "softmax1 against a baseline with little to fix.")
+    crit = (f"met the disease criterion (BOS peak ${fmt(p)}$, W8A8 gap ${fmt(g)}$ nats)"
+            if verdict["appeared"] else
+            f"did not meet the disease criterion (BOS peak ${fmt(p)}$ against "
+            f"${peak.threshold:g}$, W8A8 gap ${fmt(g)}$ nats against ${gap.threshold:g}$)")
+    where, _ = _site(base, "max_inf_norm_module", n_layer) if "max_inf_norm_module" in base \
+        else ("", 0)
+    text = (f"On Shakespeare at lr ${lr_words(lr)}$ the softmax baseline {crit} {'and' if verdict['appeared'] else 'but'} grew activations of ${fmt(inf)}$ (geometric mean)"
+            + (f" in {where}" if where else ""))
+    t = tests[tests.other == "softmax1"].set_index("metric")
+    if not {"first_position", "max_inf_norm"} <= set(t.index):
+        return text + "."
+    fp, mag = t.loc["first_position"], t.loc["max_inf_norm"]
+    moved = {"lower": "lowered the largest activation",
+             "higher": "raised the largest activation",
+             "equivalent": f"left the largest activation within a factor "
+                           f"${math.exp(mag.margin):g}$ of softmax's"}.get(
+        mag.verdict, "did not measurably move the largest activation")
+    if fp.verdict == "lower":
+        text += (f"; softmax1 took the first position's weight from ${fmt(fp.base_mean)}$ to "
+                 f"${fmt(fp.other_mean)}$ and {moved}")
+        if mag.verdict == "equivalent":
+            text += ", so these activations do not depend on the first-position sink"
+    else:
+        text += f"; softmax1 {moved}"
+    return text + "."
 
 
 def text_study(R) -> dict:
@@ -121,6 +172,7 @@ def text_study(R) -> dict:
     R.derived(f"cited_{PROFILE}_primary.csv", tests)
     R.table(primary_rows(tests, label), "text_study_primary.tex", PRIMARY_COLUMNS)
     criterion, verdict = criterion_sentence(fin)
+    n_layer = int(_params(PROFILE, None)[1]["n_layer"])
     path = R.root / "results" / PROFILE / f"ablation_{DECAY}.csv"
     decay = final(read_csv(path)) if path.exists() else pd.DataFrame()
     res = R.root / "results" / PROFILE
@@ -136,7 +188,8 @@ def text_study(R) -> dict:
          "TsPipelineMin": fmt(prov.get("pipeline_wall_s", float("nan")) / 60, 2),
          "TsBenchTokS": fmt(prov.get("bench_softmax_tokens_per_s") or float("nan"), 3),
          "TsCriterion": criterion, "TsDiseased": "1" if verdict["appeared"] else "0",
-         "TsConclusion": Tex(conclusion_sentence(fin, verdict, lr)),
+         "TsConclusion": Tex(conclusion_sentence(fin, verdict, tests, lr, n_layer)),
+         "TsSite": Tex(site_sentence(fin, n_layer)),
          "TsAgainst": Tex(against_sentence(tests, others, "tab:text-study-primary") + " "
                           + str(uncorrected_sentence(tests))),
          "TsDecay": Tex(decay_sentence(fin, decay, _wd(PROFILE), _wd(DECAY))),
