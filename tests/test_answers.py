@@ -84,3 +84,21 @@ def test_a_mean_close_to_the_baseline_gets_the_digit_that_tells_them_apart():
               "d", "tab:x")
     out = A.endpoint_sentence([s], "gap_W16A6", ("sink",))
     assert "($0.123$ to $0.116$ under the learned sink)" in out
+
+
+def test_variants_whose_open_estimates_point_both_ways_are_said_once_as_a_split():
+    a = {**_row("gap_W16A6", "inconclusive", -0.0067, -0.048, 0.035, base=0.1230, unit="nats"),
+         "other": "sink"}
+    b = _row("gap_W16A6", "inconclusive", 0.0077, -0.034, 0.050, base=0.1230, unit="nats")
+    s = Study("x", "x", "on text at lr 0.007", pd.DataFrame([b, a]), pd.DataFrame(), 5, 1, 1, 1,
+              "d", "tab:x")
+    out = A.endpoint_sentence([s], "gap_W16A6")
+    assert out.count("on text at lr 0.007") == 1
+    assert out.startswith("The estimates of the W16A6 gap (activations only) split on text at lr "
+                          "0.007 ($0.123$ to $0.131$ under softmax1 and $0.116$ under the learned "
+                          "sink), none significant")
+    # a ratio that rounds to 1.0 keeps its third digit
+    k = _row("max_kurtosis", "inconclusive", math.log(1.0115), -0.29, 0.32, "log")
+    s = Study("x", "x", "on text at lr 0.007", pd.DataFrame([k]), pd.DataFrame(), 5, 1, 1, 1,
+              "d", "tab:x")
+    assert "(softmax1 $1.01$)" in A.endpoint_sentence([s], "max_kurtosis", ("softmax1",))

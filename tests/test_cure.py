@@ -114,5 +114,5 @@ def test_the_abstract_sentence_is_chosen_by_the_verdicts(tmp_path):
     assert R.cure_data["abstract"] == s
     none = tests.assign(verdict="inconclusive", ratio=1.4)
     assert C.abstract_sentence(none, 900).endswith(
-        "lowered none of their outlier measures against the same fine-tune as softmax "
+        "lowered none of their outlier measures against fine-tuning as softmax "
         "(BOS-peak ratios $1.4$ and $1.4$).")

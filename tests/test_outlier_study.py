@@ -198,3 +198,16 @@ def test_differences_inside_the_margin_are_said_together_once():
     assert text == ("Softmax1 had a lower attention on BOS, a higher W16A6 gap and a higher W8A8 "
                     "gap and inf-norm, both by less than the margin (\\cref{tab:x}).")
     assert text.count("by less than the margin") == 1
+
+
+def test_open_estimates_the_variants_point_both_ways_are_said_as_a_split():
+    rows = []
+    for o, d in (("softmax1", 0.0077), ("sink", -0.0067)):
+        rows += [{"other": o, "metric": "val_loss", "label": "loss", "verdict": "equivalent",
+                  "diff": 0.0},
+                 {"other": o, "metric": "gap_W16A6", "label": "W16A6 gap",
+                  "verdict": "inconclusive", "diff": d}]
+    text = O.against_sentence(pd.DataFrame(rows), ["softmax1", "sink"], "tab:x")
+    assert text == ("Softmax1 and the learned sink matched softmax within the margin in the loss; "
+                    "their estimates of the W16A6 gap split between them, none significant "
+                    "after Holm's correction (\\cref{tab:x}).")

@@ -199,11 +199,11 @@ def test_clauses_say_the_verdict_and_the_direction():
 def test_the_answer_is_chosen_by_the_verdicts():
     studies = _studies()
     a = answer_sentence(studies)
-    assert a.startswith("softmax1 shrinks the first-position sink at 3,000 steps")
+    assert a.startswith("softmax1 moves weight off the first position at 3,000 steps")
     assert "within a factor 1.25" in a and "narrows a quantization gap only on text" in a
     for s in studies:                                     # no sink anywhere: said so
         s.tests.loc[s.tests.metric == "first_position", "verdict"] = "inconclusive"
-    assert "does not measurably shrink the first-position sink" in answer_sentence(studies)
+    assert "does not measurably move weight off the first position" in answer_sentence(studies)
 
 
 def test_verdicts_are_quoted_with_the_test_that_decides_them():
@@ -380,7 +380,7 @@ def test_kurtosis_and_magnitude_disagree_when_only_kurtosis_moves():
     text = sentence(ratios, "On text")
     assert text.startswith("On text, softmax1's maximum kurtosis was ")       # a verb
     assert " times softmax's (95\\% CI " in text and "its 99.99th percentile of |x| " in text
-    assert text.endswith("kurtosis rose while magnitude held (every interval includes 1).")
+    assert text.endswith("kurtosis rose while magnitude held (each of its intervals includes 1).")
     same = {m: ratios[m] for m in ("max_kurtosis", "max_active_kurtosis")}
     same.update({m: ratios["max_kurtosis"] for m in ("max_p9999", "max_inf_norm")})
     assert agreement(same) == "agree"
@@ -492,3 +492,13 @@ def test_the_harms_are_said_where_a_paired_test_finds_them():
     tb.fin = pd.DataFrame(rows).assign(copy_loss=0.2)
     tb.tests.loc[tb.tests.metric == "max_kurtosis", "ci_low"] = -0.1
     assert harms_sentence([text, tb]) == ""
+
+
+def test_the_baselines_activations_are_softmaxs_own_and_the_short_form_any_variants():
+    from offbyone.report.synthesis import other_baselines
+    studies = _studies()
+    for s in studies:
+        s.fin = pd.DataFrame({"variant": ["softmax", "softmax1"], "seed": [0, 0],
+                              "max_inf_norm": [558.0, 585.0]})
+    assert "activations $\\le 558$" in other_baselines(studies)
+    assert other_baselines(studies, short=True) == "where activations stayed $\\le 585$"

@@ -89,7 +89,7 @@ def test_the_six_primary_endpoints_with_holm_and_the_criterion(tmp_path):
     fp = tests[(tests.metric == "first_position") & (tests.other == "softmax1")].iloc[0]
     mag = tests[(tests.metric == "max_inf_norm") & (tests.other == "softmax1")].iloc[0]
     assert ("softmax1 took the first position's weight" in concl) == (fp.verdict == "lower")
-    assert ("do not depend on the first-position sink" in concl) == (
+    assert ("do not depend on attention to the first position" in concl) == (
         fp.verdict == "lower" and mag.verdict == "equivalent")
     site = str(M["TsSite"])
     assert site == ("They sat in the residual stream of the last layer in all 5 seeds "
@@ -150,8 +150,30 @@ def test_a_first_position_drop_with_the_activations_held_is_read_as_not_the_sink
     text = conclusion_sentence(fin, verdict, pd.DataFrame(rows), 0.007, 4)
     assert ("softmax1 took the first position's weight from $0.0415$ to $0.00820$ and left the "
             "largest activation within a factor $1.25$ of softmax's, so these activations do not "
-            "depend on the first-position sink.") in text
+            "depend on attention to the first position.") in text
     rows[1]["verdict"] = "inconclusive"
     text = conclusion_sentence(fin, verdict, pd.DataFrame(rows), 0.007, 4)
     assert "did not measurably move the largest activation." in text
     assert "do not depend" not in text
+
+
+def test_runs_shared_with_the_sweep_are_said_known_before_the_declaration():
+    fin = T.final(_runs())
+    sweep = fin[fin.variant.isin(["softmax", "softmax1"]) & fin.seed.isin([0, 1])]
+    text = T.repeat_sentence(fin, sweep)
+    assert text == ("Seeds 0 and 1 of softmax and softmax1 are the sweep's own runs at this rate "
+                    "(the same configuration trains the same weights), so their results were "
+                    "known when the study was declared; the learned sink and seeds 2, 3 and 4 "
+                    "were not.")
+    # a sweep run that differs (another configuration) is not the study's
+    assert T.repeat_sentence(fin, sweep.assign(val_loss=sweep.val_loss + 0.01)) == ""
+    assert T.repeat_sentence(fin, pd.DataFrame()) == ""
+
+
+def test_smaller_activations_with_wider_gaps_are_said_not_to_quantize_better(tmp_path):
+    decay = T.final(_runs(("softmax",), range(2), "text_outliers_wd01", scale=1 / 3))
+    decay = decay.assign(gap_W16A6=decay.gap_W16A6 * 1.5, gap_W8A8=decay.gap_W8A8 * 1.5)
+    _commit(tmp_path, "text_outliers", _runs(), ablation_text_outliers_wd01=decay)
+    text = str(T.text_study(FakeReport(tmp_path))["TsDecay"])
+    assert ("Its W8A8 gap and W16A6 gap were larger in every seed: the smaller activations did "
+            "not quantize better.") in text

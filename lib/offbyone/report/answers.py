@@ -18,8 +18,8 @@ from .prose import _and
 from .stats import NOTHING_TO_FIX, VARIANT_LABELS
 
 # a clause's order within a sentence: findings first, then the open estimates, then the rest
-ORDER = ("lower", "higher", "open lower", "open higher", "equivalent", NOTHING_TO_FIX,
-         "untestable")
+ORDER = ("lower", "higher", "open lower", "open higher", "open split", "equivalent",
+         NOTHING_TO_FIX, "untestable")
 LABELS = {"first_position": "attention on the first position",
           "max_inf_norm": "largest activation (inf-norm)", "max_kurtosis": "largest kurtosis",
           "bos_resid_ratio": "BOS residual peak",
@@ -61,8 +61,9 @@ def _per_study(got: dict) -> str:
     1.1'), or the baseline's mean once and each variant's ('0.241 to 0.022 under softmax1 and
     0.014 under the learned sink')."""
     rs = list(got.items())
-    if rs[0][1]["scale"] == "log":
-        return ", ".join(f"{_name(v)} ${fmt(r['ratio'], 2)}$" for v, r in rs)
+    if rs[0][1]["scale"] == "log":      # a ratio that rounds to 1.0 gets its third digit
+        return ", ".join(f"{_name(v)} ${fmt(r['ratio'], 3 if fmt(r['ratio'], 2) == '1.0' else 2)}$"
+                         for v, r in rs)
     half = min((r["ci_high"] - r["ci_low"]) / 2 for _, r in rs)
     # one digit of the half-width, and two significant digits of the smallest mean
     means = [abs(x) for _, r in rs for x in (r["base_mean"], r["other_mean"]) if x]
@@ -114,6 +115,9 @@ def endpoint_sentence(studies, metric: str, variants=("softmax1", "sink")) -> st
         cats: dict[str, dict] = {}
         for v, r in got.items():
             cats.setdefault(category(r), {})[v] = r
+        if "open lower" in cats and "open higher" in cats:     # the variants' estimates split
+            both = {**cats.pop("open lower"), **cats.pop("open higher")}
+            cats["open split"] = {v: both[v] for v in variants if v in both}
         for c, sub in cats.items():
             by[c].append((s, sub))
     label = LABELS[metric]
@@ -129,9 +133,14 @@ def endpoint_sentence(studies, metric: str, variants=("softmax1", "sink")) -> st
         out.append(f"The {label} was " + _and(decided) + ".")
     open_ = [f"{c.split()[1]} {_and([f'{s.where} ({_per_study(g)})' for s, g in by[c]])}"
              for c in ("open lower", "open higher") if by[c]]
-    if open_:
-        lead = "Its estimates point " if decided else f"The estimates of the {label} point "
-        out.append(lead + _and(open_) + ", none significant after Holm's correction.")
+    # a study whose variants' estimates point both ways: said once, as a split
+    split = (_and([f"{s.where} ({_per_study(g)})" for s, g in by["open split"]])
+             if by["open split"] else "")
+    if open_ or split:
+        its = "Its estimates" if decided else f"The estimates of the {label}"
+        text = (f"{its} point {_and(open_)}" + (f", and split {split}" if split else "")
+                if open_ else f"{its} split {split}")
+        out.append(text + ", none significant after Holm's correction.")
     if by[NOTHING_TO_FIX]:
         r0 = next(iter(by[NOTHING_TO_FIX][0][1].values()))
         out.append(f"Softmax had no {label} to close {_and([s.where for s, _ in by[NOTHING_TO_FIX]])}"

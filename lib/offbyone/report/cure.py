@@ -273,8 +273,8 @@ def abstract_sentence(tests: pd.DataFrame, steps: int) -> str:
             lowered.append(f"the {words} ({_and([_name(a) for a in arms if a in set(t.other)])})")
     head = f"Fine-tuning the diseased models {steps} more steps {names}"
     if lowered:
-        return f"{head} lowered {_and(lowered)} against the same fine-tune as softmax."
-    return (f"{head} lowered none of their outlier measures against the same fine-tune as "
+        return f"{head} lowered {_and(lowered)} against fine-tuning as softmax."
+    return (f"{head} lowered none of their outlier measures against fine-tuning as "
             f"softmax (BOS-peak ratio{'s' if len(arms) > 1 else ''} {ratios}).")
 
 

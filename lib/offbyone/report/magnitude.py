@@ -52,7 +52,7 @@ def agreement(ratios: dict) -> str:
 
 def _moved(sides: set) -> str:
     return ("fell" if sides == {-1} else "rose" if sides == {1} else
-            "held (every interval includes 1)" if sides == {0} else "moved both ways")
+            "held (each of its intervals includes 1)" if sides == {0} else "moved both ways")
 
 
 def agreement_words(ratios: dict) -> str:

@@ -77,8 +77,8 @@ def criterion_sentence(fin: pd.DataFrame) -> tuple[Tex, dict]:
     base = fin[fin.variant == "softmax"].sort_values("seed")
     passed = base[base.bos_resid_ratio >= PEAK.threshold]
     n = len(base)
-    seeds = ((f"{len(passed)} of its {n} seeds passed" if len(passed) else
-              f"none of its {n} seeds passed") + " the threshold on their own"
+    seeds = ((f"{len(passed)} of its {n} seeds passed the threshold on their own" if len(passed)
+              else f"none of its {n} seeds passed the threshold on its own")
              + (f" (seed{'s' if len(passed) > 1 else ''} "
                 f"{_and([str(int(s)) for s in passed.seed])})" if 0 < len(passed) < n else "")
              + f"; the seeds' peaks ran from ${fmt(base.bos_resid_ratio.min())}$ to "
@@ -126,12 +126,14 @@ def against_sentence(tests: pd.DataFrame, others, table: str = "tab:outlier-prim
         rows = t.to_dict("records")
         ups = [r["label"] for r in rows if r["verdict"] == "inconclusive" and r["diff"] > 0]
         downs = [r["label"] for r in rows if r["verdict"] == "inconclusive" and r["diff"] <= 0]
+        split = []      # open estimates the variants point different ways: said as a split
         if same:        # every variant's open estimate must point the same way to be said so
             for r in rows:
                 dirs = {bool(x["diff"] > 0) for x in tests[(tests.metric == r["metric"])
                                                          & tests.other.isin(names)].to_dict("records")}
                 if r["verdict"] == "inconclusive" and len(dirs) > 1:
                     (ups if r["label"] in ups else downs).remove(r["label"])
+                    split.append(r["label"])
         parts, differ = [], []
         for verdict in ("lower", "higher"):
             hit = [r for r in rows if r["verdict"] == verdict]
@@ -154,12 +156,12 @@ def against_sentence(tests: pd.DataFrame, others, table: str = "tab:outlier-prim
                          "of zero)")
         lead = f"{who} " + _and(parts) if parts else who
         their = "their" if len(names) > 1 else "its"
-        if ups or downs:
-            est = (f"{their} estimates of the {_and(ups)} pointed higher"
-                   + (f" and of the {_and(downs)} lower" if downs else "") if ups else
-                   f"{their} estimates of the {_and(downs)} pointed lower")
-            out.append(f"{lead}; {est}, none significant after Holm's correction "
-                       f"(\\cref{{{table}}}).")
+        if ups or downs or split:
+            est = [f"of the {_and(ups)} pointed higher"] if ups else []
+            est += [f"of the {_and(downs)} {'' if ups else 'pointed '}lower"] if downs else []
+            est += [f"of the {_and(split)} split between them"] if split else []
+            out.append(f"{lead}; {their} estimates " + _and(est) + ", none significant after "
+                       f"Holm's correction (\\cref{{{table}}}).")
         else:
             out.append(lead + f" (\\cref{{{table}}}).")
     return " ".join(out)
@@ -383,7 +385,10 @@ def outlier_study(R) -> dict:
     figure(R, df, block_peaks(curve) if len(curve) else
            pd.DataFrame(columns=["variant", "seed", "step", "bos_ratio"]), variants)
     groups = _optional(R.root, PROFILE, "quant_groups.csv")
-    where = f"At lr {lr_words(lr)}"
+    # the grouped gaps are measured on fewer windows than the study's gaps: said where they are
+    where = (f"On its first {int(groups.windows.iloc[0])} validation windows "
+             "(\\cref{sec:attribution} gives the method)"
+             if len(groups) and "windows" in groups else f"At lr {lr_words(lr)}")
     criterion, verdict = criterion_sentence(fin)
     M = {"HasOutlierStudy": "1", "OutProfile": latex_escape(PROFILE), "OutLr": lr_words(lr),
          "OutSteps": fmt(steps), "OutNSeeds": fmt(int(fin.seed.nunique())),

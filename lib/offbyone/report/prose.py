@@ -140,7 +140,8 @@ def _and(items: list[str]) -> str:
 CRITERIA = {
     "kurtosis": "max kurtosis $\\ge {t}$ (Bondarenko et al.'s modules)",
     "massive activations": "max inf-norm $\\ge {t}\\times$ the mean module's",
-    "attention sink": "some head $> {head}$ on position 0 ($T = {T}$)",
+    "attention sink": "some head $> {head}$ on position 0 ($T = {T}$; shown: the top head, "
+                      "the sink rate)",
     "outliers on delimiters": "share $\\ge {t}\\times$ the delimiter base rate",
     "W8A8 gap": "$\\ge {t}$ nats (1\\% perplexity)",
 }
@@ -168,6 +169,8 @@ def sign_value(sign: Sign, r: dict) -> Tex:
             return Tex("no delimiters")
         return Tex(f"{pct(r[sign.metric])} vs {pct(r[sign.of])}")
     shown = f"${fmt(r[sign.shown or sign.metric])}$"
+    if sign.shown:        # judged on another column (the sink rate): both, so they agree
+        return Tex(f"{shown}, rate ${fmt(r[sign.metric])}$")
     return Tex(shown + (f" vs ${fmt(r[sign.of])}$" if sign.of else ""))
 
 

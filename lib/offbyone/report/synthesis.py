@@ -168,21 +168,27 @@ def _wheres(studies) -> str:
 
 
 def answer_sentence(studies, variant: str = "softmax1", note_none: bool = True,
-                    lean: bool = True) -> str:
+                    lean: bool = True, counted: bool = False) -> str:
     """The title's question answered from the verdicts: what the variant did to the sink, to
-    the magnitudes, to kurtosis and to the quantization gap, across the studies."""
+    the magnitudes, to kurtosis and to the quantization gap, across the studies. `counted`
+    (an abstract short of words) counts the studies where the largest activations matched
+    softmax's instead of naming them."""
     name = VARIANT_LABELS[variant]
     out = []
     sink = _sink_removed(studies, variant)
-    out.append(f"{name} shrinks the first-position sink {_wheres(sink)}" if sink else
-               f"{name} does not measurably shrink the first-position sink")
+    # 'weight off the first position', not 'the sink': a baseline's share can sit near uniform
+    out.append(f"{name} moves weight off the first position {_wheres(sink)}" if sink else
+               f"{name} does not measurably move weight off the first position")
     mag = {v: _any(studies, "max_inf_norm", v, variant) for v in ("lower", "higher", "equivalent")}
     if mag["lower"]:
         out.append(f"lowers the largest activations {_wheres(mag['lower'])}")
     elif mag["higher"]:
         out.append(f"raises the largest activations {_wheres(mag['higher'])}")
     elif mag["equivalent"]:
-        out.append("leaves the largest activations within a factor 1.25 of softmax's")
+        eq = mag["equivalent"]
+        out.append("leaves the largest activations within a factor 1.25 of softmax's "
+                   + (f"in {len(eq)} of {len(studies)} studies" if counted and len(eq) > 2
+                      else _wheres(eq)))
     else:
         out.append("leaves the largest activations' change undetermined")
     kurt = _rows(studies, "max_kurtosis", variant)
@@ -275,11 +281,15 @@ def other_baselines(studies, short: bool = False) -> str:
     had = ("had W8A8 gaps below the disease criterion's" if max(gaps) < GAP_THRESHOLD
            else "had quantization damage")
     big = max(norms)
-    if short:
+    if short:              # any variant's: 'where activations stayed <= x'
         return (f"where activations stayed $\\le "
                 f"{fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$")
+    # the baselines' own: softmax's runs alone
+    base = max(float(s.fin[s.fin.variant == "softmax"].max_inf_norm.max())
+               if "max_inf_norm" in s.fin and (s.fin.variant == "softmax").any() else n
+               for (s, _), n in zip(_rows(studies, "max_inf_norm"), norms))
     return (f"whose baselines {had} (W8A8 gaps $\\le {max(gaps):.2g}$ nats, activations "
-            f"$\\le {fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$)")
+            f"$\\le {fmt(int(round(base))) if base >= 10 else f'{base:.2g}'}$)")
 
 
 def cost_sentence(studies, throughput: float | None, variant: str = "softmax1") -> str:
@@ -414,21 +424,24 @@ def abstract(studies, n_endpoints: int, throughput: float | None, cure: str = ""
     to the title. The verdicts themselves live in the forest plot and the primary tables. When
     the words run over, the details go first, in this order: the lead study's lesser open
     estimates (two are kept), the open gap estimate that leans lower, the cure's numbers, then
-    the lead baseline's wording is cut and one open estimate kept."""
+    the lead baseline's wording is cut and one open estimate kept, then the studies where the
+    largest activations matched softmax's are counted, not named."""
     text = Tex("")
-    for most, lean, brief in ((None, True, False), (2, True, False), (2, False, False),
-                              (2, False, True), (1, False, True)):
+    for most, lean, brief, counted in ((None, True, False, False), (2, True, False, False),
+                                       (2, False, False, False), (2, False, True, False),
+                                       (1, False, True, False), (1, False, True, True)):
         # brief: the cure's sentence without its closing parenthesis of numbers
         c = re.sub(r" \([^()]*\)\.$", ".", cure) if brief else cure
         text = _abstract(studies, n_endpoints, throughput, c, most, lean,
-                         short_lead=most == 1)
+                         short_lead=most == 1, counted=counted)
         if word_count(text) <= ABSTRACT_MAX_WORDS:
             break
     return text
 
 
 def _abstract(studies, n_endpoints: int, throughput: float | None, cure: str,
-              most: int | None, lean: bool, short_lead: bool = False) -> Tex:
+              most: int | None, lean: bool, short_lead: bool = False,
+              counted: bool = False) -> Tex:
     lead = next((s for s in studies if s.key == "outliers"), None)
     q = ("Softmax1 adds a zero logit to attention so that a head can abstain; Miller claimed it "
          "removes the outliers that make transformers hard to quantize.")
@@ -453,7 +466,7 @@ def _abstract(studies, n_endpoints: int, throughput: float | None, cure: str,
              "remove the outliers that make transformers hard to quantize.")
         base = lead_baseline(lead, brief=short_lead) + " " + lead_sentence(lead, most=most)
         answer = (f"Elsewhere, {other_baselines(rest, short=True)}, "
-                  f"{answer_sentence(rest, note_none=False, lean=lean)}."
+                  f"{answer_sentence(rest, note_none=False, lean=lean, counted=counted)}."
                   if rest else "")
     else:
         base = baseline_sentence(studies)
@@ -530,10 +543,11 @@ def title_answer(studies, variant: str = "softmax1") -> str:
         ways = {"higher" if r["diff"] > 0 else "lower"
                 for r in t[t.metric.isin(["bos_resid_ratio", "max_inf_norm", "max_kurtosis"])]
                 .to_dict("records")}
-        lead_words = ("where the outliers grew, softmax1 did not reduce them (its estimates "
-                      "pointed higher, none significant after Holm's correction)"
+        grew = f"where the disease grew ({lead.where})"
+        lead_words = (f"{grew}, softmax1 did not reduce its outliers (its estimates pointed "
+                      "higher, none significant after Holm's correction)"
                       if ways == {"higher"} else
-                      "where the outliers grew, softmax1's effect on them stayed inconclusive")
+                      f"{grew}, softmax1's effect on its outliers stayed inconclusive")
         tail = title_answer(rest, variant).removeprefix("Is attention off by one? ") if rest else ""
         return (f"Is attention off by one? Not measurably here: {lead_words}."
                 + (f" Elsewhere, {tail[0].lower() + tail[1:]}" if tail else ""))

@@ -30,10 +30,12 @@ from .synthesis import _millions, _module_words, _params
 
 PROFILE = "text_outliers"
 DECAY = "text_outliers_wd01"
+SWEEP = load_profile(PROFILE).get("base", "text_lr7e-3")    # the sweep's profile at this rate
 # what the weight-decay control compares, seed by seed: (column, words, geometric)
 DECAY_MEASURES = (("max_inf_norm", "largest activation", True),
                   ("max_kurtosis", "largest kurtosis", True),
                   ("bos_resid_ratio", "BOS residual peak", True),
+                  ("gap_W8A8", "W8A8 gap", False),
                   ("gap_W16A6", "W16A6 gap", False),
                   ("val_loss", "validation loss", False))
 # a measure "moved" under the larger decay when every seed's ratio is beyond this factor
@@ -87,6 +89,11 @@ def decay_sentence(fin: pd.DataFrame, decay: pd.DataFrame, wd: float, wd_other: 
     else:
         text += (f" No magnitude moved by a factor of ${DECAY_FACTOR:g}$ in every seed: at this "
                  "rate the larger decay did not suppress the outliers.")
+    wider = [words for col, words, geo in DECAY_MEASURES
+             if col.startswith("gap_") and col in d and col in b and (d[col] > b[col]).all()]
+    if shrank and wider:
+        text += (f" Its {_and(wider)} {'were' if len(wider) > 1 else 'was'} larger in every seed: "
+                 "the smaller activations did not quantize better.")
     cost = float((d.val_loss - b.val_loss).mean()) if "val_loss" in d and "val_loss" in b else 0.0
     if abs(cost) > LOSS_MARGIN:
         text += (f" It also {'cost' if cost > 0 else 'saved'} ${fmt(abs(cost), 2)}$ nats of "
@@ -94,6 +101,29 @@ def decay_sentence(fin: pd.DataFrame, decay: pd.DataFrame, wd: float, wd_other: 
                  + (", so the smaller activations came with a worse fit." if cost > 0 and shrank
                     else "."))
     return text
+
+
+def repeat_sentence(fin: pd.DataFrame, sweep: pd.DataFrame) -> str:
+    """The runs the study shares with the sweep at its rate (same variant, seed and final
+    validation loss: the same configuration trains the same weights), said so: their results
+    were known when the study was declared."""
+    if not len(sweep):
+        return ""
+    keys = ["variant", "seed"]
+    both = fin.merge(sweep[keys + ["val_loss"]], on=keys, suffixes=("", "_sweep"))
+    same = both[(both.val_loss - both.val_loss_sweep).abs() < 1e-9]
+    if not len(same):
+        return ""
+    seeds = sorted(int(x) for x in same.seed.unique())
+    names = [v for v in VARIANT_LABELS if v in set(same.variant)]
+    new = [v for v in VARIANT_LABELS if v in set(fin.variant) and v not in names]
+    rest = sorted(set(int(x) for x in fin.seed.unique()) - set(seeds))
+    later = ([f"{_and([_the(v) for v in new])}"] if new else []) + \
+        ([f"seed{'s' if len(rest) > 1 else ''} {_and([str(x) for x in rest])}"] if rest else [])
+    return (f"Seed{'s' if len(seeds) > 1 else ''} {_and([str(x) for x in seeds])} of "
+            f"{_and([_the(v) for v in names])} are the sweep's own runs at this rate (the same "
+            "configuration trains the same weights), so their results were known when the study "
+            "was declared" + (f"; {_and(later)} were not." if later else "."))
 
 
 def _site(base: pd.DataFrame, col: str, n_layer: int) -> tuple[str, int]:
@@ -149,7 +179,7 @@ def conclusion_sentence(fin: pd.DataFrame, verdict: dict, tests: pd.DataFrame, l
         text += (f"; softmax1 took the first position's weight from ${fmt(fp.base_mean)}$ to "
                  f"${fmt(fp.other_mean)}$ and {moved}")
         if mag.verdict == "equivalent":
-            text += ", so these activations do not depend on the first-position sink"
+            text += ", so these activations do not depend on attention to the first position"
     else:
         text += f"; softmax1 {moved}"
     return text + "."
@@ -173,6 +203,8 @@ def text_study(R) -> dict:
     R.table(primary_rows(tests, label), "text_study_primary.tex", PRIMARY_COLUMNS)
     criterion, verdict = criterion_sentence(fin)
     n_layer = int(_params(PROFILE, None)[1]["n_layer"])
+    sweep_path = R.root / "results" / SWEEP / "runs.csv"
+    sweep = final(read_csv(sweep_path)) if sweep_path.exists() else pd.DataFrame()
     path = R.root / "results" / PROFILE / f"ablation_{DECAY}.csv"
     decay = final(read_csv(path)) if path.exists() else pd.DataFrame()
     res = R.root / "results" / PROFILE
@@ -190,6 +222,7 @@ def text_study(R) -> dict:
          "TsCriterion": criterion, "TsDiseased": "1" if verdict["appeared"] else "0",
          "TsConclusion": Tex(conclusion_sentence(fin, verdict, tests, lr, n_layer)),
          "TsSite": Tex(site_sentence(fin, n_layer)),
+         "TsRepeat": Tex(repeat_sentence(fin, sweep)),
          "TsAgainst": Tex(against_sentence(tests, others, "tab:text-study-primary") + " "
                           + str(uncorrected_sentence(tests))),
          "TsDecay": Tex(decay_sentence(fin, decay, _wd(PROFILE), _wd(DECAY))),
