@@ -199,7 +199,7 @@ def test_clauses_say_the_verdict_and_the_direction():
 def test_the_answer_is_chosen_by_the_verdicts():
     studies = _studies()
     a = answer_sentence(studies)
-    assert a.startswith("softmax1 moves weight off the first position at 3,000 steps")
+    assert a.startswith("softmax1 moves weight off the first position beyond the margin at 3,000 steps")
     assert "within a factor 1.25" in a and "narrows a quantization gap only on text" in a
     for s in studies:                                     # no sink anywhere: said so
         s.tests.loc[s.tests.metric == "first_position", "verdict"] = "inconclusive"
@@ -467,7 +467,7 @@ def test_a_sink_removed_is_a_drop_beyond_the_margin_and_the_table_says_within_ma
     from offbyone.report.synthesis import title_answer
     text, tb = _studies()
     # the 3,000-step study's drop (-0.22, interval -0.24 to -0.20) is beyond the 0.01 margin
-    assert "first position at 3,000 steps" in title_answer([text, tb])
+    assert "first position beyond the margin at 3,000 steps" in title_answer([text, tb])
     # a drop whose interval reaches inside the margin is not a sink removed
     tb.tests.loc[tb.tests.metric == "first_position", ["ci_low", "ci_high"]] = [-0.012, -0.002]
     assert "neither measurably moves weight off the first position" in title_answer([text, tb])
@@ -502,3 +502,12 @@ def test_the_baselines_activations_are_softmaxs_own_and_the_short_form_any_varia
                               "max_inf_norm": [558.0, 585.0]})
     assert "activations $\\le 558$" in other_baselines(studies)
     assert other_baselines(studies, short=True) == "where activations stayed $\\le 585$"
+
+
+def test_kurtosis_is_said_by_its_verdicts_not_by_intervals():
+    studies = _studies()
+    # the testbed's kurtosis interval lies above 0 but its verdict is inconclusive: not claimed
+    a = answer_sentence(studies)
+    assert "kurtosis" not in a
+    studies[1].tests.loc[studies[1].tests.metric == "max_kurtosis", "verdict"] = "lower"
+    assert "lowers kurtosis only at 3,000 steps" in answer_sentence(studies)

@@ -140,8 +140,8 @@ def _and(items: list[str]) -> str:
 CRITERIA = {
     "kurtosis": "max kurtosis $\\ge {t}$ (Bondarenko et al.'s modules)",
     "massive activations": "max inf-norm $\\ge {t}\\times$ the mean module's",
-    "attention sink": "some head $> {head}$ on position 0 ($T = {T}$; shown: the top head, "
-                      "the sink rate)",
+    "attention sink": "sink rate $> 0$: some head $> {head}$ on position 0 ($T = {T}$) in "
+                      "some seed (shown: the mean top head, the rate)",
     "outliers on delimiters": "share $\\ge {t}\\times$ the delimiter base rate",
     "W8A8 gap": "$\\ge {t}$ nats (1\\% perplexity)",
 }

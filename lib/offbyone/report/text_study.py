@@ -61,7 +61,7 @@ def decay_sentence(fin: pd.DataFrame, decay: pd.DataFrame, wd: float, wd_other: 
         return ""
     d, b = d.loc[seeds], b.loc[seeds]
     n = len(seeds)
-    mean = lambda s, geo: float(np.exp(np.log(s).mean())) if geo else float(s.mean())
+    mean = lambda s, geo: float(s.mean())   # arithmetic, as the sweep's table gives the same runs
     parts, shrank, grew = [], [], []
     for col, words, geo in DECAY_MEASURES:
         if col not in d or col not in b:
@@ -77,7 +77,7 @@ def decay_sentence(fin: pd.DataFrame, decay: pd.DataFrame, wd: float, wd_other: 
                 grew.append(words)
     text = (f"With weight decay ${wd_other:g}$ instead of ${wd:g}$ ({'two seeds' if n == 2 else f'{n} seeds'}, "
             f"exploratory: no test), the softmax baseline had " + _and(parts)
-            + " on the same seeds (geometric means for the magnitudes).")
+            + " on the same seeds (arithmetic means over them, as in the sweep's table).")
     moved = []
     if shrank:
         moved.append(f"shrank the {_and(shrank)}")
@@ -179,7 +179,7 @@ def conclusion_sentence(fin: pd.DataFrame, verdict: dict, tests: pd.DataFrame, l
         text += (f"; softmax1 took the first position's weight from ${fmt(fp.base_mean)}$ to "
                  f"${fmt(fp.other_mean)}$ and {moved}")
         if mag.verdict == "equivalent":
-            text += ", so these activations do not depend on attention to the first position"
+            text += ", so these activations did not measurably track the attention on the first position"
     else:
         text += f"; softmax1 {moved}"
     return text + "."
