@@ -177,3 +177,14 @@ def test_smaller_activations_with_wider_gaps_are_said_not_to_quantize_better(tmp
     text = str(T.text_study(FakeReport(tmp_path))["TsDecay"])
     assert ("Its W8A8 gap and W16A6 gap were larger in every seed: the smaller activations did "
             "not quantize better.") in text
+
+
+def test_the_sink_sign_counts_the_seeds_its_rule_passes():
+    from offbyone.report.prose import disease_signs
+    fin = T.final(_runs()).assign(avg_inf_norm=60.0, delimiter_base_rate=0.24,
+                                  max_head_first_position_T64=0.26,
+                                  sink_rate=lambda f: (f.seed == 4) * 0.0625)
+    sink = next(d for d in disease_signs(fin) if d["sign"] == "attention sink")
+    # the mean top head (0.26) is below 0.3, but one seed has a head past it: present, said so
+    assert sink["present"] and str(sink["value"]) == "$0.260$, 1 of 5 seeds"
+    assert "in some seed" in str(sink["criterion"])

@@ -141,7 +141,7 @@ CRITERIA = {
     "kurtosis": "max kurtosis $\\ge {t}$ (Bondarenko et al.'s modules)",
     "massive activations": "max inf-norm $\\ge {t}\\times$ the mean module's",
     "attention sink": "sink rate $> 0$: some head $> {head}$ on position 0 ($T = {T}$) in "
-                      "some seed (shown: the mean top head, the rate)",
+                      "some seed (shown: the mean top head, the seeds with one)",
     "outliers on delimiters": "share $\\ge {t}\\times$ the delimiter base rate",
     "W8A8 gap": "$\\ge {t}$ nats (1\\% perplexity)",
 }
@@ -162,15 +162,18 @@ def criterion(sign: Sign) -> Tex:
                                           T=SINK_T))
 
 
-def sign_value(sign: Sign, r: dict) -> Tex:
-    """The value a sign is judged on, as the table shows it."""
+def sign_value(sign: Sign, r: dict, seeds: tuple[int, int] | None = None) -> Tex:
+    """The value a sign is judged on, as the table shows it; `seeds` (how many of how many seeds
+    pass), for a sign judged on another column than the one shown."""
     if sign.metric == "outlier_share_delimiter":
         if not r["delimiter_base_rate"] > 0:
             return Tex("no delimiters")
         return Tex(f"{pct(r[sign.metric])} vs {pct(r[sign.of])}")
     shown = f"${fmt(r[sign.shown or sign.metric])}$"
-    if sign.shown:        # judged on another column (the sink rate): both, so they agree
-        return Tex(f"{shown}, rate ${fmt(r[sign.metric])}$")
+    if sign.shown:        # judged on another column (the sink rate): the seeds that pass it
+        k, n = seeds if seeds else (None, None)
+        return Tex(f"{shown}, {k} of {n} seeds" if k is not None else
+                   f"{shown}, rate ${fmt(r[sign.metric])}$")
     return Tex(shown + (f" vs ${fmt(r[sign.of])}$" if sign.of else ""))
 
 
@@ -179,8 +182,15 @@ def disease_signs(fin: pd.DataFrame, base: str = "softmax") -> list[dict]:
     r = baseline_means(fin, base)
     if r is None:
         return []
+    sub = fin[fin.variant == base]
+
+    def seeds(s):                 # how many seeds pass a sign judged on another column
+        if not s.shown or s.metric not in sub:
+            return None
+        col = sub[s.metric].astype(float)
+        return int((col > s.threshold if s.op == ">" else col >= s.threshold).sum()), len(col)
     return [{"sign": s.name, "criterion": criterion(s), "source": Tex(SOURCES[s.name]),
-             "value": sign_value(s, r),
+             "value": sign_value(s, r, seeds(s)),
              "present": bool(s.present(r))} for s in DISEASE_SIGNS]
 
 
