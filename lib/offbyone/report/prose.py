@@ -171,9 +171,7 @@ def sign_value(sign: Sign, r: dict, seeds: tuple[int, int] | None = None) -> Tex
         return Tex(f"{pct(r[sign.metric])} vs {pct(r[sign.of])}")
     shown = f"${fmt(r[sign.shown or sign.metric])}$"
     if sign.shown:        # judged on another column (the sink rate): the seeds that pass it
-        k, n = seeds if seeds else (None, None)
-        return Tex(f"{shown}, {k} of {n} seeds" if k is not None else
-                   f"{shown}, rate ${fmt(r[sign.metric])}$")
+        return Tex(f"{shown}, {seeds[0]} of {seeds[1]} seeds" if seeds else shown)
     return Tex(shown + (f" vs ${fmt(r[sign.of])}$" if sign.of else ""))
 
 

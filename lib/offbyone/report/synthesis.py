@@ -254,8 +254,7 @@ def baseline_sentence(studies) -> str:
     against the disease criterion's threshold, and the largest activation (geometric means)."""
     gaps = [r["base_mean"] for _, r in _rows(studies, "gap_W8A8")]
     # the largest activation of any run, any variant: 'stayed <= x' holds for every seed
-    norms = [float(s.fin.max_inf_norm.max()) if "max_inf_norm" in s.fin else
-             r.get("base_gmean", math.exp(r["base_mean"])) for s, r in _rows(studies, "max_inf_norm")]
+    norms = _largest(studies)
     if not gaps or not norms:
         return ""
     def plain(x: float) -> str:                     # two significant digits, as written
@@ -270,13 +269,23 @@ def baseline_sentence(studies) -> str:
             f"activations of {span(norms)}.")
 
 
+def _largest(studies, variant: str | None = None) -> list[float]:
+    """Each study's largest activation over its runs (of `variant` alone, when given), or its
+    baseline's geometric mean where the runs are not there."""
+    out = []
+    for s, r in _rows(studies, "max_inf_norm"):
+        f = s.fin if variant is None or "variant" not in s.fin else s.fin[s.fin.variant == variant]
+        out.append(float(f.max_inf_norm.max()) if "max_inf_norm" in f and len(f) else
+                   r.get("base_gmean", math.exp(r["base_mean"])))
+    return out
+
+
 def other_baselines(studies, short: bool = False) -> str:
     """The other studies' baselines in a clause: 'whose baselines had little to cure (W8A8
     gaps of at most 0.012 nats, largest activations of at most 26)'."""
     gaps = [r["base_mean"] for _, r in _rows(studies, "gap_W8A8")]
     # the largest activation of any run, any variant: 'stayed <= x' holds for every seed
-    norms = [float(s.fin.max_inf_norm.max()) if "max_inf_norm" in s.fin else
-             r.get("base_gmean", math.exp(r["base_mean"])) for s, r in _rows(studies, "max_inf_norm")]
+    norms = _largest(studies)
     if not gaps or not norms:
         return "whose baselines we describe below"
     had = ("had W8A8 gaps below the disease criterion's" if max(gaps) < GAP_THRESHOLD
@@ -285,10 +294,7 @@ def other_baselines(studies, short: bool = False) -> str:
     if short:              # any variant's: 'where activations stayed <= x'
         return (f"where activations stayed $\\le "
                 f"{fmt(int(round(big))) if big >= 10 else f'{big:.2g}'}$")
-    # the baselines' own: softmax's runs alone
-    base = max(float(s.fin[s.fin.variant == "softmax"].max_inf_norm.max())
-               if "max_inf_norm" in s.fin and (s.fin.variant == "softmax").any() else n
-               for (s, _), n in zip(_rows(studies, "max_inf_norm"), norms))
+    base = max(_largest(studies, "softmax"))     # the baselines' own: softmax's runs alone
     return (f"whose baselines {had} (W8A8 gaps $\\le {max(gaps):.2g}$ nats, activations "
             f"$\\le {fmt(int(round(base))) if base >= 10 else f'{base:.2g}'}$)")
 
@@ -564,7 +570,7 @@ def title_answer(studies, variant: str = "softmax1") -> str:
                 "the largest activations.")
     if sink and mag_lower:
         return (f"Is attention off by one? At this scale softmax1 both moves weight off the first "
-                f"position {_wheres(sink)} and shrinks the largest activations.")
+                f"position beyond the margin {_wheres(sink)} and shrinks the largest activations.")
     if mag_lower:
         return ("Is attention off by one? At this scale softmax1 shrinks the largest activations "
                 "without measurably moving weight off the first position.")

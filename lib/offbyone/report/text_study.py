@@ -17,21 +17,23 @@ import numpy as np
 import pandas as pd
 
 from ..profiles import load_profile
-from .latex import Tex, fmt, latex_escape, macro_name
+from .latex import Tex, fmt, latex_escape
 from .long import cited_study
-from .lr_dose import CITED_BY
 from .attribution import _the
-from .outlier_study import against_sentence, criterion_sentence, lr_words, uncorrected_sentence
+from .lr_dose import CITED_BY
+from .outlier_study import (_optional, against_sentence, criterion_sentence, lr_words,
+                            uncorrected_sentence)
 from .primary import PRIMARY_COLUMNS, primary_rows
-from .prose import _and, primary_sentence
-from .results import final, read_csv
+from .prose import _and
+from .results import final
 from .stats import DISEASE_CRITERION, PRIMARY, VARIANT_LABELS, primary_tests
 from .synthesis import _millions, _module_words, _params
 
 PROFILE = "text_outliers"
 DECAY = "text_outliers_wd01"
 SWEEP = load_profile(PROFILE).get("base", "text_lr7e-3")    # the sweep's profile at this rate
-# what the weight-decay control compares, seed by seed: (column, words, geometric)
+# what the weight-decay control compares, seed by seed: (column, words, a magnitude: its ratio
+# is what "moved" judges)
 DECAY_MEASURES = (("max_inf_norm", "largest activation", True),
                   ("max_kurtosis", "largest kurtosis", True),
                   ("bos_resid_ratio", "BOS residual peak", True),
@@ -61,22 +63,23 @@ def decay_sentence(fin: pd.DataFrame, decay: pd.DataFrame, wd: float, wd_other: 
         return ""
     d, b = d.loc[seeds], b.loc[seeds]
     n = len(seeds)
-    mean = lambda s, geo: float(s.mean())   # arithmetic, as the sweep's table gives the same runs
     parts, shrank, grew = [], [], []
-    for col, words, geo in DECAY_MEASURES:
+    for col, words, magnitude in DECAY_MEASURES:
         if col not in d or col not in b:
             continue
         digits = 4 if col == "val_loss" else 3
-        parts.append(f"its {words} ${fmt(mean(d[col], geo), digits)}$ against "
-                     f"${fmt(mean(b[col], geo), digits)}$")
-        if geo:
+        # arithmetic means, as the sweep's table gives the same runs
+        parts.append(f"its {words} ${fmt(d[col].mean(), digits)}$ against "
+                     f"${fmt(b[col].mean(), digits)}$")
+        if magnitude:
             r = d[col].astype(float) / b[col].astype(float)
             if (r < 1 / DECAY_FACTOR).all():
                 shrank.append(words)
             elif (r > DECAY_FACTOR).all():
                 grew.append(words)
-    text = (f"With weight decay ${wd_other:g}$ instead of ${wd:g}$ ({'two seeds' if n == 2 else f'{n} seeds'}, "
-            f"exploratory: no test), the softmax baseline had " + _and(parts)
+    seeds_words = "two seeds" if n == 2 else f"{n} seeds"
+    text = (f"With weight decay ${wd_other:g}$ instead of ${wd:g}$ ({seeds_words}, exploratory: "
+            "no test), the softmax baseline had " + _and(parts)
             + " on the same seeds (arithmetic means over them, as in the sweep's table).")
     moved = []
     if shrank:
@@ -89,7 +92,7 @@ def decay_sentence(fin: pd.DataFrame, decay: pd.DataFrame, wd: float, wd_other: 
     else:
         text += (f" No magnitude moved by a factor of ${DECAY_FACTOR:g}$ in every seed: at this "
                  "rate the larger decay did not suppress the outliers.")
-    wider = [words for col, words, geo in DECAY_MEASURES
+    wider = [words for col, words, _ in DECAY_MEASURES
              if col.startswith("gap_") and col in d and col in b and (d[col] > b[col]).all()]
     if shrank and wider:
         text += (f" Its {_and(wider)} {'were' if len(wider) > 1 else 'was'} larger in every seed: "
@@ -164,8 +167,9 @@ def conclusion_sentence(fin: pd.DataFrame, verdict: dict, tests: pd.DataFrame, l
             f"${peak.threshold:g}$, W8A8 gap ${fmt(g)}$ nats against ${gap.threshold:g}$)")
     where, _ = _site(base, "max_inf_norm_module", n_layer) if "max_inf_norm_module" in base \
         else ("", 0)
-    text = (f"On Shakespeare at lr ${lr_words(lr)}$ the softmax baseline {crit} {'and' if verdict['appeared'] else 'but'} grew activations of ${fmt(inf)}$ (geometric mean)"
-            + (f" in {where}" if where else ""))
+    text = (f"On Shakespeare at lr ${lr_words(lr)}$ the softmax baseline {crit} "
+            f"{'and' if verdict['appeared'] else 'but'} grew activations of ${fmt(inf)}$ "
+            "(geometric mean)" + (f" in {where}" if where else ""))
     t = tests[tests.other == "softmax1"].set_index("metric")
     if not {"first_position", "max_inf_norm"} <= set(t.index):
         return text + "."
@@ -179,7 +183,8 @@ def conclusion_sentence(fin: pd.DataFrame, verdict: dict, tests: pd.DataFrame, l
         text += (f"; softmax1 took the first position's weight from ${fmt(fp.base_mean)}$ to "
                  f"${fmt(fp.other_mean)}$ and {moved}")
         if mag.verdict == "equivalent":
-            text += ", so these activations did not measurably track the attention on the first position"
+            text += (", so these activations did not measurably track the attention on the first "
+                     "position")
     else:
         text += f"; softmax1 {moved}"
     return text + "."
@@ -203,17 +208,16 @@ def text_study(R) -> dict:
     R.table(primary_rows(tests, label), "text_study_primary.tex", PRIMARY_COLUMNS)
     criterion, verdict = criterion_sentence(fin)
     n_layer = int(_params(PROFILE, None)[1]["n_layer"])
-    sweep_path = R.root / "results" / SWEEP / "runs.csv"
-    sweep = final(read_csv(sweep_path)) if sweep_path.exists() else pd.DataFrame()
-    path = R.root / "results" / PROFILE / f"ablation_{DECAY}.csv"
-    decay = final(read_csv(path)) if path.exists() else pd.DataFrame()
+    sweep = _optional(R.root, SWEEP, "runs.csv")
+    sweep = final(sweep) if len(sweep) else sweep
+    decay = _optional(R.root, PROFILE, f"ablation_{DECAY}.csv")
+    decay = final(decay) if len(decay) else decay
     res = R.root / "results" / PROFILE
     vocab = None
     if (res / "corpus.json").exists():
         vocab = json.loads((res / "corpus.json").read_text()).get("vocab_size")
     M = {"HasTextStudy": "1", "TsProfile": latex_escape(PROFILE), "TsLr": lr_words(lr),
          "TsSteps": fmt(int(fin.max_steps.iloc[0])), "TsNSeeds": fmt(int(fin.seed.nunique())),
-         "TsLabel": latex_escape(label),
          "TsVariantList": _and([_the(v) for v in variants]),
          "TsWeightDecay": f"{_wd(PROFILE):g}",
          "TsCommit": latex_escape(str(prov.get("commit", "?"))[:10]),
@@ -230,9 +234,8 @@ def text_study(R) -> dict:
                                f" The weight-decay control ({latex_escape(DECAY)}) is not "
                                "committed yet, and is left out."),
          "TsParams": _millions(_params(PROFILE, vocab)[0])}
-    for r in tests.to_dict("records"):
-        M[macro_name("TsPrimary", *r["metric"].split("_"), r["other"])] = primary_sentence(r)
-    R.text_study_data = {"profile": PROFILE, "label": label, "where": f"on text at lr {lr_words(lr)}",
-                         "tests": tests, "fin": fin, "vocab": vocab,
+    R.text_study_data = {"profile": PROFILE, "label": label,
+                         "where": f"on text at lr {lr_words(lr)}", "tests": tests, "fin": fin,
+                         "vocab": vocab,
                          "diseased": verdict["appeared"]}
     return M
